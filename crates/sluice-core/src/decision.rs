@@ -1,0 +1,107 @@
+//! A decision is a value: admitted or denied, and what every limit it touched looks like now.
+
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::time::Timestamp;
+
+/// When a denied request could be admitted, assuming no other traffic in between.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retry {
+    /// Exactly this long from the decision's instant: one nanosecond earlier the request would
+    /// still be denied.
+    After(Duration),
+    /// When requests in flight are released (a concurrency limit).
+    OnRelease,
+    /// Never: the request costs more than the limit can ever admit.
+    Never,
+}
+
+impl Retry {
+    /// The later of two retries: `Never` beats `OnRelease`, which beats any `After`.
+    pub fn max(self, other: Retry) -> Retry {
+        match (self, other) {
+            (Retry::Never, _) | (_, Retry::Never) => Retry::Never,
+            (Retry::OnRelease, _) | (_, Retry::OnRelease) => Retry::OnRelease,
+            (Retry::After(a), Retry::After(b)) => Retry::After(a.max(b)),
+        }
+    }
+}
+
+/// One limit, as the request left it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LimitStatus {
+    pub(crate) limit: u64,
+    pub(crate) remaining: u64,
+    pub(crate) reset: Timestamp,
+    pub(crate) retry: Option<Retry>,
+}
+
+impl LimitStatus {
+    /// The limit's capacity per period (in flight, for a concurrency limit).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// Cost units a request could still spend now.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// The instant at which, without further traffic, `remaining` is back to the full limit.
+    pub fn reset(&self) -> Timestamp {
+        self.reset
+    }
+
+    /// `Some` when this limit stands between a denied request and its admission: when it would
+    /// admit the same request again. Set on the limits that denied it, and on limits that count
+    /// rejected requests once the attempt they just counted leaves them full.
+    pub fn retry(&self) -> Option<Retry> {
+        self.retry
+    }
+
+    /// Whether this limit denied the request.
+    pub fn denied(&self) -> bool {
+        self.retry.is_some()
+    }
+}
+
+/// The outcome of one request against all the limits it touches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub(crate) now: Timestamp,
+    pub(crate) limits: SmallVec<[LimitStatus; 4]>,
+    /// Invariant: `Some` exactly when some limit denied; indexes the one with the longest wait.
+    pub(crate) denied_by: Option<usize>,
+}
+
+impl Decision {
+    /// Whether every limit admitted the request.
+    pub fn allowed(&self) -> bool {
+        self.denied_by.is_none()
+    }
+
+    /// The instant the decision was made at; resets and retries count from it.
+    pub fn now(&self) -> Timestamp {
+        self.now
+    }
+
+    /// Every limit the request touched, in the order it named them.
+    pub fn limits(&self) -> &[LimitStatus] {
+        &self.limits
+    }
+
+    /// The index of the limit that decided a denial: the one with the longest wait.
+    pub fn denied_by(&self) -> Option<usize> {
+        self.denied_by
+    }
+
+    /// When a denied request could be admitted: the latest retry over every limit that denied.
+    pub fn retry(&self) -> Option<Retry> {
+        self.limits
+            .iter()
+            .filter_map(LimitStatus::retry)
+            .reduce(Retry::max)
+    }
+}

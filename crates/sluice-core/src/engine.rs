@@ -1,0 +1,574 @@
+//! The decision engine: every algorithm, written once, as pure functions from (limit, operation,
+//! stored state, now) to the next state and a report.
+//!
+//! All arithmetic is on integers (nanoseconds, cost units) widened to `u128` and saturating, so
+//! results are exact and no input can overflow or panic. Limit construction bounds capacities by
+//! 2^48 and spans by 2^62 ns, which keeps every product below 2^116.
+
+use std::time::Duration;
+
+use smallvec::SmallVec;
+
+use crate::decision::{Decision, LimitStatus, Retry};
+use crate::key::CounterKey;
+use crate::limit::{Algorithm, Limit, MAX_CAPACITY, Period};
+use crate::state::CounterState;
+use crate::time::Timestamp;
+
+/// What a request does to one counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Take `cost` units, if the limit admits them.
+    Acquire {
+        /// Cost units; 0 reads the counter without taking anything.
+        cost: u64,
+    },
+    /// Give back `cost` units taken by an acquire decided at `acquired_at`: a request that
+    /// finished (concurrency) or one that should not count after all (a refunded quota).
+    /// A release always succeeds; units whose window has passed are not given back.
+    Release {
+        /// Cost units to give back.
+        cost: u64,
+        /// The `now` of the decision that acquired them.
+        acquired_at: Timestamp,
+    },
+}
+
+/// One counter a request touches: which counter, under which limit, and what to do to it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Transition<'a> {
+    /// The counter.
+    pub key: CounterKey,
+    /// The limit it counts for.
+    pub limit: &'a Limit,
+    /// What to do to it.
+    pub op: Op,
+}
+
+/// Decides a request against every counter it touches, all or nothing.
+///
+/// `states[i]` is the stored state of `transitions[i]`'s counter ([`CounterState::EMPTY`] when
+/// the store has none). The request is admitted only if every limit admits it; then every state is
+/// replaced by its next value. A denied request leaves every state exactly as it was, except
+/// those of limits that count rejected requests: they count every attempt that reaches them.
+/// Extra elements of the longer slice are ignored.
+pub fn decide(
+    now: Timestamp,
+    transitions: &[Transition<'_>],
+    states: &mut [CounterState],
+) -> Decision {
+    let mut outcomes: SmallVec<[Outcome; 4]> = SmallVec::new();
+    for (transition, state) in transitions.iter().zip(states.iter()) {
+        outcomes.push(evaluate(transition.limit, transition.op, *state, now));
+    }
+    let allowed = outcomes.iter().all(|outcome| outcome.admits);
+
+    let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::new();
+    let mut denied_by: Option<(usize, Retry)> = None;
+    for (index, ((transition, state), outcome)) in transitions
+        .iter()
+        .zip(states.iter_mut())
+        .zip(outcomes)
+        .enumerate()
+    {
+        if allowed {
+            *state = outcome.admitted;
+        } else if let Some(rejected) = outcome.rejected {
+            *state = rejected;
+        }
+        // A limit that counts rejections has just counted this attempt, even if another limit
+        // denied it; from its new state it may now stand in the way of the retry too.
+        let denied = !allowed
+            && (!outcome.admits
+                || (outcome.rejected.is_some()
+                    && !evaluate(transition.limit, transition.op, *state, now).admits));
+        let status = report(
+            transition.limit,
+            transition.op,
+            live(*state, now),
+            now,
+            denied,
+        );
+        if let Some(retry) = status.retry {
+            denied_by = match denied_by {
+                Some((_, worst)) if retry.max(worst) == worst => denied_by,
+                _ => Some((index, retry)),
+            };
+        }
+        limits.push(status);
+    }
+    Decision {
+        now,
+        limits,
+        denied_by: denied_by.map(|(index, _)| index),
+    }
+}
+
+/// The two futures of one counter: if the whole request is admitted, and if it is denied.
+#[derive(Clone, Copy, Debug)]
+struct Outcome {
+    admits: bool,
+    admitted: CounterState,
+    /// `Some` only for limits that count rejected requests.
+    rejected: Option<CounterState>,
+}
+
+fn live(state: CounterState, now: Timestamp) -> CounterState {
+    if state.is_live(now) {
+        state
+    } else {
+        CounterState::EMPTY
+    }
+}
+
+/// Clamps a cost so that products with spans stay inside `u128`; anything above the maximum
+/// capacity is denied the same way whatever its size.
+fn clamp_cost(cost: u64) -> u64 {
+    cost.min(MAX_CAPACITY.saturating_add(1))
+}
+
+fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outcome {
+    let state = live(stored, now);
+    let outcome = if limit.capacity() == 0 {
+        // Nothing is ever admitted and nothing is ever counted.
+        let admits = matches!(op, Op::Release { .. } | Op::Acquire { cost: 0 });
+        return Outcome {
+            admits,
+            admitted: stored,
+            rejected: None,
+        };
+    } else {
+        match limit.algorithm() {
+            Algorithm::FixedWindow => fixed_window(limit, op, state, now),
+            Algorithm::SlidingWindow => sliding_window(limit, op, state, now),
+            Algorithm::TokenBucket { burst } => token_bucket(limit, burst, op, state, now),
+            Algorithm::Concurrency => concurrency(limit, op, state, now),
+        }
+    };
+    Outcome {
+        rejected: outcome.rejected.filter(|_| limit.counts_rejected()),
+        ..outcome
+    }
+}
+
+fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bool) -> LimitStatus {
+    let cost = match op {
+        Op::Acquire { cost } => clamp_cost(cost),
+        Op::Release { .. } => 0,
+    };
+    if limit.capacity() == 0 {
+        return LimitStatus {
+            limit: 0,
+            remaining: 0,
+            reset: now,
+            retry: denied.then_some(Retry::Never),
+        };
+    }
+    match limit.algorithm() {
+        Algorithm::FixedWindow => fixed_window_report(limit, cost, state, now, denied),
+        Algorithm::SlidingWindow => sliding_window_report(limit, cost, state, now, denied),
+        Algorithm::TokenBucket { burst } => {
+            token_bucket_report(limit, burst, cost, state, now, denied)
+        }
+        Algorithm::Concurrency => LimitStatus {
+            limit: limit.capacity(),
+            remaining: limit.capacity().saturating_sub(state.value),
+            reset: now,
+            retry: denied.then(|| {
+                if cost > limit.capacity() {
+                    Retry::Never
+                } else {
+                    Retry::OnRelease
+                }
+            }),
+        },
+    }
+}
+
+fn span_of(limit: &Limit) -> u64 {
+    match limit.period() {
+        Period::Span(span) => (*span).max(1),
+        // Limit construction allows calendar periods only for fixed windows; a month is the
+        // harmless reading should one ever reach another algorithm.
+        Period::Monthly(_) => 2_629_800_000_000_000,
+    }
+}
+
+fn wait_until(at: Timestamp, now: Timestamp) -> Retry {
+    Retry::After(at.saturating_duration_since(now))
+}
+
+// --- fixed window -------------------------------------------------------------------------
+
+fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    let window = limit.period().window_at(now);
+    let count = if state.window == window.index {
+        state.value
+    } else {
+        0
+    };
+    match op {
+        Op::Acquire { cost } => {
+            let total = count.saturating_add(clamp_cost(cost));
+            let next = CounterState {
+                window: window.index,
+                value: total,
+                aux: 0,
+                expires_at: window.end,
+            };
+            Outcome {
+                admits: total <= limit.capacity(),
+                admitted: next,
+                rejected: Some(next),
+            }
+        }
+        Op::Release { cost, acquired_at } => {
+            let mut next = state;
+            if count > 0 && limit.period().window_at(acquired_at).index == window.index {
+                next.value = count.saturating_sub(cost);
+            }
+            Outcome {
+                admits: true,
+                admitted: next,
+                rejected: None,
+            }
+        }
+    }
+}
+
+fn fixed_window_report(
+    limit: &Limit,
+    cost: u64,
+    state: CounterState,
+    now: Timestamp,
+    denied: bool,
+) -> LimitStatus {
+    let window = limit.period().window_at(now);
+    let count = if state.window == window.index {
+        state.value
+    } else {
+        0
+    };
+    LimitStatus {
+        limit: limit.capacity(),
+        remaining: limit.capacity().saturating_sub(count),
+        reset: window.end,
+        retry: denied.then(|| {
+            if cost > limit.capacity() {
+                Retry::Never
+            } else {
+                // The next window starts from zero, and the cost fits in an empty window.
+                wait_until(window.end, now)
+            }
+        }),
+    }
+}
+
+// --- sliding window -----------------------------------------------------------------------
+
+/// The sliding window's view of a counter at `now`.
+struct Sliding {
+    span: u128,
+    /// Start of the current window, in ns.
+    start: u128,
+    /// Elapsed ns of the current window.
+    elapsed: u128,
+    index: u64,
+    current: u64,
+    previous: u64,
+}
+
+impl Sliding {
+    fn at(limit: &Limit, state: CounterState, now: Timestamp) -> Sliding {
+        let span = span_of(limit);
+        let index = now.as_nanos().checked_div(span).unwrap_or(0);
+        let start = index.saturating_mul(span);
+        let (current, previous) = if state.window == index {
+            (state.value, state.aux)
+        } else if state.window.checked_add(1) == Some(index) {
+            (0, state.value)
+        } else {
+            (0, 0)
+        };
+        Sliding {
+            span: u128::from(span),
+            start: u128::from(start),
+            elapsed: u128::from(now.as_nanos().saturating_sub(start)),
+            index,
+            current,
+            previous,
+        }
+    }
+
+    /// The previous window's count weighted by its overlap with the sliding window, times span.
+    fn weighted_previous(&self) -> u128 {
+        u128::from(self.previous).saturating_mul(self.span.saturating_sub(self.elapsed))
+    }
+
+    /// The state after the current window's count becomes `current` and the previous `previous`.
+    fn state(&self, current: u64, previous: u64) -> CounterState {
+        CounterState {
+            window: self.index,
+            value: current,
+            aux: previous,
+            expires_at: to_timestamp(self.start.saturating_add(self.span.saturating_mul(2))),
+        }
+    }
+}
+
+fn sliding_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    let view = Sliding::at(limit, state, now);
+    match op {
+        Op::Acquire { cost } => {
+            let current = view.current.saturating_add(clamp_cost(cost));
+            let estimate = view
+                .weighted_previous()
+                .saturating_add(u128::from(current).saturating_mul(view.span));
+            let ceiling = u128::from(limit.capacity()).saturating_mul(view.span);
+            let next = view.state(current, view.previous);
+            Outcome {
+                admits: estimate <= ceiling,
+                admitted: next,
+                rejected: Some(next),
+            }
+        }
+        Op::Release { cost, acquired_at } => {
+            let acquired = acquired_at
+                .as_nanos()
+                .checked_div(span_of(limit))
+                .unwrap_or(0);
+            let (mut current, mut previous) = (view.current, view.previous);
+            if acquired == view.index {
+                current = current.saturating_sub(cost);
+            } else if acquired.checked_add(1) == Some(view.index) {
+                previous = previous.saturating_sub(cost);
+            }
+            Outcome {
+                admits: true,
+                admitted: view.state(current, previous),
+                rejected: None,
+            }
+        }
+    }
+}
+
+fn sliding_window_report(
+    limit: &Limit,
+    cost: u64,
+    state: CounterState,
+    now: Timestamp,
+    denied: bool,
+) -> LimitStatus {
+    let view = Sliding::at(limit, state, now);
+    let capacity = u128::from(limit.capacity());
+    let ceiling = capacity.saturating_mul(view.span);
+    let headroom = ceiling
+        .saturating_sub(view.weighted_previous())
+        .checked_div(view.span)
+        .unwrap_or(0);
+    let remaining = to_u64(headroom.saturating_sub(u128::from(view.current)));
+    let window_end = view.start.saturating_add(view.span);
+    let reset = if view.current > 0 {
+        to_timestamp(window_end.saturating_add(view.span))
+    } else if view.previous > 0 {
+        to_timestamp(window_end)
+    } else {
+        now
+    };
+    let retry = denied.then(|| {
+        let cost = u128::from(cost);
+        if cost > capacity {
+            return Retry::Never;
+        }
+        let current = u128::from(view.current);
+        let admit_at = if current.saturating_add(cost) <= capacity {
+            // Later in this window, once the previous window's weight has shrunk enough:
+            // previous × (span − e) ≤ (capacity − current − cost) × span.
+            let room = capacity
+                .saturating_sub(current)
+                .saturating_sub(cost)
+                .saturating_mul(view.span);
+            let shrink = room
+                .checked_div(u128::from(view.previous))
+                .unwrap_or(view.span)
+                .min(view.span);
+            view.start.saturating_add(view.span.saturating_sub(shrink))
+        } else {
+            // In the next window, where this window's count becomes the weighted previous one:
+            // current × (span − e) ≤ (capacity − cost) × span.
+            let room = capacity.saturating_sub(cost).saturating_mul(view.span);
+            let shrink = room
+                .checked_div(current)
+                .unwrap_or(view.span)
+                .min(view.span);
+            window_end.saturating_add(view.span.saturating_sub(shrink))
+        };
+        wait_until(to_timestamp(admit_at).max(now), now)
+    });
+    LimitStatus {
+        limit: limit.capacity(),
+        remaining,
+        reset,
+        retry,
+    }
+}
+
+// --- token bucket (GCRA) ------------------------------------------------------------------
+
+/// The bucket in "scaled" units of 1/capacity ns, where one cost unit weighs exactly `span`
+/// and the theoretical arrival time (TAT) is an integer.
+struct Bucket {
+    capacity: u128,
+    span: u128,
+    now: u128,
+    /// The theoretical arrival time; the bucket is full (empty of debt) when it is ≤ `now`.
+    tat: u128,
+    /// Debt in scaled units: how far the TAT is ahead of now.
+    level: u128,
+}
+
+impl Bucket {
+    fn at(limit: &Limit, state: CounterState, now: Timestamp) -> Bucket {
+        let capacity = u128::from(limit.capacity().max(1));
+        let now = u128::from(now.as_nanos()).saturating_mul(capacity);
+        let tat = u128::from(state.value)
+            .saturating_mul(capacity)
+            .saturating_add(u128::from(state.aux));
+        Bucket {
+            capacity,
+            span: u128::from(span_of(limit)),
+            now,
+            tat,
+            level: tat.saturating_sub(now),
+        }
+    }
+
+    fn state(&self, tat: u128) -> CounterState {
+        let whole = tat.checked_div(self.capacity).unwrap_or(0);
+        let fraction = tat.checked_rem(self.capacity).unwrap_or(0);
+        CounterState {
+            window: 0,
+            value: to_u64(whole),
+            aux: to_u64(fraction),
+            expires_at: to_timestamp(tat.div_ceil(self.capacity)),
+        }
+    }
+}
+
+fn token_bucket(limit: &Limit, burst: u64, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    let bucket = Bucket::at(limit, state, now);
+    let base = bucket.tat.max(bucket.now);
+    match op {
+        Op::Acquire { cost } => {
+            let weight = u128::from(clamp_cost(cost)).saturating_mul(bucket.span);
+            let level = bucket.level.saturating_add(weight);
+            let ceiling = u128::from(burst).saturating_mul(bucket.span);
+            // A denied request that is counted anyway adds debt, but never beyond a second full
+            // bucket: hammering keeps a client limited for at most one more refill.
+            let rejected_level = level.min(ceiling.saturating_mul(2)).max(bucket.level);
+            Outcome {
+                admits: level <= ceiling,
+                admitted: bucket.state(base.saturating_add(weight)),
+                rejected: Some(bucket.state(bucket.now.saturating_add(rejected_level))),
+            }
+        }
+        Op::Release { cost, .. } => {
+            let weight = u128::from(cost).saturating_mul(bucket.span);
+            let tat = bucket.tat.saturating_sub(weight).max(bucket.now);
+            Outcome {
+                admits: true,
+                admitted: bucket.state(tat),
+                rejected: None,
+            }
+        }
+    }
+}
+
+fn token_bucket_report(
+    limit: &Limit,
+    burst: u64,
+    cost: u64,
+    state: CounterState,
+    now: Timestamp,
+    denied: bool,
+) -> LimitStatus {
+    let bucket = Bucket::at(limit, state, now);
+    let ceiling = u128::from(burst).saturating_mul(bucket.span);
+    let remaining = to_u64(
+        ceiling
+            .saturating_sub(bucket.level)
+            .checked_div(bucket.span)
+            .unwrap_or(0),
+    );
+    let reset = if bucket.tat > bucket.now {
+        to_timestamp(bucket.tat.div_ceil(bucket.capacity))
+    } else {
+        now
+    };
+    let retry = denied.then(|| {
+        if cost > burst {
+            return Retry::Never;
+        }
+        // Admitted at t once t × capacity ≥ TAT + (cost − burst) × span.
+        let weight = u128::from(cost).saturating_mul(bucket.span);
+        let admit_at = bucket
+            .tat
+            .saturating_add(weight)
+            .saturating_sub(ceiling)
+            .div_ceil(bucket.capacity);
+        wait_until(to_timestamp(admit_at).max(now), now)
+    });
+    LimitStatus {
+        limit: limit.capacity(),
+        remaining,
+        reset,
+        retry,
+    }
+}
+
+// --- concurrency --------------------------------------------------------------------------
+
+fn concurrency(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    match op {
+        Op::Acquire { cost } => {
+            let in_flight = state.value.saturating_add(clamp_cost(cost));
+            Outcome {
+                admits: in_flight <= limit.capacity(),
+                admitted: CounterState {
+                    window: 0,
+                    value: in_flight,
+                    aux: 0,
+                    expires_at: now.saturating_add(Duration::from_nanos(span_of(limit))),
+                },
+                rejected: None,
+            }
+        }
+        Op::Release { cost, .. } => {
+            let in_flight = state.value.saturating_sub(cost);
+            let expires_at = if in_flight == 0 {
+                now
+            } else {
+                state.expires_at
+            };
+            Outcome {
+                admits: true,
+                admitted: CounterState {
+                    value: in_flight,
+                    expires_at,
+                    ..state
+                },
+                rejected: None,
+            }
+        }
+    }
+}
+
+// --- conversions --------------------------------------------------------------------------
+
+fn to_u64(value: u128) -> u64 {
+    u64::try_from(value).unwrap_or(u64::MAX)
+}
+
+fn to_timestamp(nanos: u128) -> Timestamp {
+    Timestamp::from_nanos(to_u64(nanos))
+}

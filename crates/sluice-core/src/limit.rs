@@ -1,0 +1,217 @@
+//! What a limit is: an algorithm, a capacity and a period, validated once so that the engine can
+//! trust every number it computes with.
+
+use std::fmt;
+use std::time::Duration;
+
+use crate::calendar::{MonthlyCycle, Window};
+use crate::time::{Timestamp, duration_to_nanos};
+
+/// The largest capacity, burst or per-request cost a limit accepts (2^48, about 2.8 × 10^14).
+///
+/// The bound keeps every intermediate product of the engine inside a `u128`, which is what lets
+/// the engine be exact without ever overflowing.
+pub const MAX_CAPACITY: u64 = 1 << 48;
+
+/// The shortest span a windowed limit accepts.
+pub const MIN_SPAN: Duration = Duration::from_millis(1);
+
+/// The longest span a limit accepts: 100 years of 365.25 days.
+pub const MAX_SPAN: Duration = Duration::from_secs(100 * 31_557_600);
+
+/// How a limit counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Algorithm {
+    /// A counter per window; windows are aligned on the clock (or the calendar) and the counter
+    /// starts from zero in each.
+    FixedWindow,
+    /// Two adjacent fixed windows, the previous one weighted by how much of it still overlaps a
+    /// sliding window ending now (the "two-window weighted counter").
+    SlidingWindow,
+    /// The generic cell rate algorithm: a token bucket of `burst` tokens refilled continuously at
+    /// `capacity` per period.
+    TokenBucket {
+        /// How many cost units may be spent at once from a full bucket.
+        burst: u64,
+    },
+    /// A count of requests in flight; each admitted request holds its cost until released, or
+    /// until the lease runs out (so a crashed holder cannot leak capacity forever).
+    Concurrency,
+}
+
+/// The window a limit counts in.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Period {
+    /// A fixed span in nanoseconds; windows are aligned on multiples of it since the epoch.
+    Span(u64),
+    /// Calendar or billing months.
+    Monthly(MonthlyCycle),
+}
+
+impl Period {
+    /// The window containing `now`.
+    pub fn window_at(&self, now: Timestamp) -> Window {
+        match self {
+            Period::Span(span) => {
+                let span = (*span).max(1);
+                let index = now.as_nanos().checked_div(span).unwrap_or(0);
+                let start = Timestamp::from_nanos(index.saturating_mul(span));
+                Window {
+                    index,
+                    start,
+                    end: start.saturating_add_nanos(span),
+                }
+            }
+            Period::Monthly(cycle) => cycle.window_at(now),
+        }
+    }
+}
+
+/// A validated limit: `capacity` cost units per `period`, counted by `algorithm`.
+///
+/// Construct one with [`Limit::fixed_window`], [`Limit::sliding_window`],
+/// [`Limit::token_bucket`] or [`Limit::concurrency`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limit {
+    algorithm: Algorithm,
+    /// Invariant: at most `MAX_CAPACITY`.
+    capacity: u64,
+    /// Invariant: a `Span` lies within `MIN_SPAN..=MAX_SPAN`; `Monthly` only with `FixedWindow`.
+    period: Period,
+    /// Invariant: never true for `Concurrency`.
+    count_rejected: bool,
+}
+
+impl Limit {
+    /// `capacity` per window of `period`, windows aligned on the clock or the calendar.
+    pub fn fixed_window(capacity: u64, period: Period) -> Result<Limit, LimitError> {
+        if let Period::Span(span) = period {
+            check_span(Duration::from_nanos(span))?;
+        }
+        Limit::new(Algorithm::FixedWindow, capacity, period)
+    }
+
+    /// `capacity` per sliding `span`, estimated from two fixed windows.
+    pub fn sliding_window(capacity: u64, span: Duration) -> Result<Limit, LimitError> {
+        let span = check_span(span)?;
+        Limit::new(Algorithm::SlidingWindow, capacity, Period::Span(span))
+    }
+
+    /// `capacity` per `span` refilled continuously, with up to `burst` at once.
+    pub fn token_bucket(capacity: u64, span: Duration, burst: u64) -> Result<Limit, LimitError> {
+        let span = check_span(span)?;
+        if burst == 0 || burst > MAX_CAPACITY {
+            return Err(LimitError::Burst(burst));
+        }
+        Limit::new(
+            Algorithm::TokenBucket { burst },
+            capacity,
+            Period::Span(span),
+        )
+    }
+
+    /// At most `capacity` in flight; a holder that never releases loses its hold after `lease`.
+    pub fn concurrency(capacity: u64, lease: Duration) -> Result<Limit, LimitError> {
+        let lease = check_span(lease)?;
+        Limit::new(Algorithm::Concurrency, capacity, Period::Span(lease))
+    }
+
+    fn new(algorithm: Algorithm, capacity: u64, period: Period) -> Result<Limit, LimitError> {
+        if capacity > MAX_CAPACITY {
+            return Err(LimitError::Capacity(capacity));
+        }
+        Ok(Limit {
+            algorithm,
+            capacity,
+            period,
+            count_rejected: false,
+        })
+    }
+
+    /// This limit, changed to count requests it denies as if they had been admitted, so that a
+    /// client that keeps hammering stays limited. Not available for concurrency limits, which
+    /// count holders, not attempts.
+    pub fn counting_rejected(self) -> Result<Limit, LimitError> {
+        if self.algorithm == Algorithm::Concurrency {
+            return Err(LimitError::CountRejectedConcurrency);
+        }
+        Ok(Limit {
+            count_rejected: true,
+            ..self
+        })
+    }
+
+    /// How the limit counts.
+    pub fn algorithm(&self) -> Algorithm {
+        self.algorithm
+    }
+
+    /// Cost units per period (or in flight, for a concurrency limit).
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// The window the limit counts in (the lease, for a concurrency limit).
+    pub fn period(&self) -> &Period {
+        &self.period
+    }
+
+    /// Whether denied requests are counted too.
+    pub fn counts_rejected(&self) -> bool {
+        self.count_rejected
+    }
+}
+
+fn check_span(span: Duration) -> Result<u64, LimitError> {
+    if span < MIN_SPAN || span > MAX_SPAN {
+        return Err(LimitError::Span(span));
+    }
+    Ok(duration_to_nanos(span))
+}
+
+/// Why a limit could not be built.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// The capacity exceeds [`MAX_CAPACITY`].
+    Capacity(u64),
+    /// The burst is zero or exceeds [`MAX_CAPACITY`].
+    Burst(u64),
+    /// The span lies outside [`MIN_SPAN`]..=[`MAX_SPAN`].
+    Span(Duration),
+    /// A billing-cycle anchor outside 1..=31.
+    AnchorDay(u8),
+    /// A time-zone name the bundled database does not know.
+    TimeZone(String),
+    /// `counting_rejected` on a concurrency limit.
+    CountRejectedConcurrency,
+}
+
+impl fmt::Display for LimitError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LimitError::Capacity(capacity) => {
+                write!(
+                    f,
+                    "capacity {capacity} exceeds the maximum of {MAX_CAPACITY}"
+                )
+            }
+            LimitError::Burst(burst) => {
+                write!(f, "burst {burst} must lie between 1 and {MAX_CAPACITY}")
+            }
+            LimitError::Span(span) => write!(
+                f,
+                "period {span:?} must lie between {MIN_SPAN:?} and 100 years"
+            ),
+            LimitError::AnchorDay(day) => {
+                write!(f, "billing anchor day {day} must lie between 1 and 31")
+            }
+            LimitError::TimeZone(name) => write!(f, "unknown time zone {name:?}"),
+            LimitError::CountRejectedConcurrency => {
+                write!(f, "a concurrency limit cannot count rejected requests")
+            }
+        }
+    }
+}
+
+impl std::error::Error for LimitError {}

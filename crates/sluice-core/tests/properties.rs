@@ -1,0 +1,287 @@
+//! Property tests of the decision engine's promises: no algorithm admits more than its limit
+//! within its own window definition, retry-after is exact, a denied request changes no counter,
+//! and no input makes a decision panic.
+
+use std::time::Duration;
+
+use proptest::prelude::*;
+use sluice_core::{
+    Algorithm, CounterKey, CounterState, Decision, Limit, MAX_CAPACITY, Op, Period, Retry,
+    Timestamp, Transition, decide,
+};
+
+/// 2026-11-22T10:15:30.25Z, so windows are not aligned on the start.
+const START: u64 = 1_795_342_530_250_000_000;
+
+fn span_of(limit: &Limit) -> u64 {
+    match limit.period() {
+        Period::Span(span) => *span,
+        Period::Monthly(_) => unreachable!("only spans are generated"),
+    }
+}
+
+prop_compose! {
+    fn a_limit(count_rejected: bool)(
+        algorithm in 0..4u8,
+        capacity in 1u64..=12,
+        span in prop_oneof![
+            Just(1_000_000u64),
+            Just(1_000_000_000u64),
+            Just(120_000_000_000u64),
+            1_000_000u64..=5_000_000_000,
+        ],
+        burst in 1u64..=12,
+        counting in any::<bool>(),
+    ) -> Limit {
+        let span_duration = Duration::from_nanos(span);
+        let limit = match algorithm {
+            0 => Limit::fixed_window(capacity, Period::Span(span)),
+            1 => Limit::sliding_window(capacity, span_duration),
+            2 => Limit::token_bucket(capacity, span_duration, burst),
+            _ => Limit::concurrency(capacity, span_duration),
+        }
+        .unwrap();
+        if count_rejected && counting && algorithm != 3 {
+            limit.counting_rejected().unwrap()
+        } else {
+            limit
+        }
+    }
+}
+
+/// One step of a client's history: wait `advance` thousandths of the first limit's span, then
+/// acquire `cost` or release the oldest acquisition.
+#[derive(Clone, Debug)]
+struct Step {
+    advance_permille: u64,
+    cost: u64,
+    release: bool,
+}
+
+fn steps(max: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        (
+            prop_oneof![3 => 0u64..60, 1 => 0u64..2_500],
+            prop_oneof![8 => 1u64..=3, 1 => Just(0u64), 1 => 4u64..=30],
+            prop::bool::weighted(0.2),
+        )
+            .prop_map(|(advance_permille, cost, release)| Step {
+                advance_permille,
+                cost,
+                release,
+            }),
+        1..max,
+    )
+}
+
+fn transitions<'a>(limits: &'a [Limit], op: Op) -> Vec<Transition<'a>> {
+    limits
+        .iter()
+        .enumerate()
+        .map(|(index, limit)| Transition {
+            key: CounterKey::new(b"user:1", &[u8::try_from(index).unwrap()]),
+            limit,
+            op,
+        })
+        .collect()
+}
+
+fn acquire(limits: &[Limit], states: &mut [CounterState], now: Timestamp, cost: u64) -> Decision {
+    decide(now, &transitions(limits, Op::Acquire { cost }), states)
+}
+
+/// Checks, from the history of admitted requests alone, that the limit was never exceeded.
+fn assert_within_limit(limit: &Limit, admitted: &[(u64, u64)]) {
+    let capacity = u128::from(limit.capacity());
+    let span = u128::from(span_of(limit));
+    let Some(&(now, _)) = admitted.last() else {
+        return;
+    };
+    match limit.algorithm() {
+        Algorithm::FixedWindow => {
+            let window = now / span_of(limit);
+            let in_window: u64 = admitted
+                .iter()
+                .filter(|(at, _)| at / span_of(limit) == window)
+                .map(|(_, cost)| cost)
+                .sum();
+            assert!(
+                u128::from(in_window) <= capacity,
+                "{in_window} in one window"
+            );
+        }
+        Algorithm::SlidingWindow => {
+            let window = now / span_of(limit);
+            let elapsed = u128::from(now % span_of(limit));
+            let sum_in = |w: u64| -> u128 {
+                admitted
+                    .iter()
+                    .filter(|(at, _)| at / span_of(limit) == w)
+                    .map(|(_, cost)| u128::from(*cost))
+                    .sum()
+            };
+            let current = sum_in(window);
+            let previous = if window > 0 { sum_in(window - 1) } else { 0 };
+            // previous × (span − elapsed)/span + current ≤ capacity, in integers.
+            assert!(
+                previous * (span - elapsed) + current * span <= capacity * span,
+                "weighted estimate over the limit: previous {previous}, current {current}"
+            );
+        }
+        Algorithm::TokenBucket { burst } => {
+            // GCRA: any run of admissions between t_i and t_j holds at most
+            // burst + (t_j − t_i) × capacity / span cost units.
+            let last = admitted.len() - 1;
+            for first in 0..=last {
+                let total: u128 = admitted[first..]
+                    .iter()
+                    .map(|(_, cost)| u128::from(*cost))
+                    .sum();
+                let elapsed = u128::from(now - admitted[first].0);
+                assert!(
+                    total * span <= u128::from(burst) * span + elapsed * capacity,
+                    "{total} units in {elapsed} ns"
+                );
+            }
+        }
+        Algorithm::Concurrency => {}
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// No algorithm ever admits more than its limit within its own window definition; the
+    /// concurrency limit is checked against a model of who holds what.
+    #[test]
+    fn no_algorithm_admits_more_than_its_limit(limit in a_limit(true), steps in steps(120)) {
+        let limits = [limit];
+        let limit = &limits[0];
+        let span = span_of(limit);
+        let mut states = [CounterState::EMPTY];
+        let mut now = START;
+        let mut admitted: Vec<(u64, u64)> = Vec::new();
+        // The concurrency model: costs held, and when the counter's lease runs out.
+        let mut held: Vec<u64> = Vec::new();
+        let mut lease_end = 0u64;
+        for step in steps {
+            now += span / 1_000 * step.advance_permille;
+            let at = Timestamp::from_nanos(now);
+            if limit.algorithm() == Algorithm::Concurrency {
+                if now >= lease_end {
+                    held.clear();
+                }
+                if step.release && !held.is_empty() {
+                    let cost = held.remove(0);
+                    let op = Op::Release { cost, acquired_at: at };
+                    decide(at, &transitions(&limits, op), &mut states);
+                    if held.is_empty() {
+                        lease_end = now;
+                    }
+                    continue;
+                }
+            }
+            let decision = acquire(&limits, &mut states, at, step.cost);
+            if decision.allowed() {
+                admitted.push((now, step.cost));
+                if limit.algorithm() == Algorithm::Concurrency {
+                    held.push(step.cost);
+                    lease_end = now + span;
+                }
+                assert_within_limit(limit, &admitted);
+            }
+            if limit.algorithm() == Algorithm::Concurrency {
+                prop_assert!(held.iter().sum::<u64>() <= limit.capacity());
+                let in_flight = if states[0].is_live(at) { states[0].value } else { 0 };
+                prop_assert_eq!(in_flight, held.iter().sum::<u64>());
+            }
+        }
+    }
+
+    /// A denied request told to retry after `d` is admitted at exactly now + d and still denied
+    /// one nanosecond earlier, for any mix of limits.
+    #[test]
+    fn retry_after_is_exact(
+        limits in prop::collection::vec(a_limit(true), 1..4),
+        steps in steps(80),
+    ) {
+        let span = span_of(&limits[0]);
+        let mut states = vec![CounterState::EMPTY; limits.len()];
+        let mut now = START;
+        for step in steps {
+            now += span / 1_000 * step.advance_permille;
+            let at = Timestamp::from_nanos(now);
+            let decision = acquire(&limits, &mut states, at, step.cost);
+            let Some(Retry::After(wait)) = decision.retry() else { continue };
+            let wait = u64::try_from(wait.as_nanos()).unwrap();
+            let admit_at = Timestamp::from_nanos(now + wait);
+            let mut copy = states.clone();
+            prop_assert!(
+                acquire(&limits, &mut copy, admit_at, step.cost).allowed(),
+                "not admitted after the advertised {wait} ns"
+            );
+            if wait > 0 {
+                let mut copy = states.clone();
+                let early = Timestamp::from_nanos(now + wait - 1);
+                prop_assert!(
+                    !acquire(&limits, &mut copy, early, step.cost).allowed(),
+                    "admitted 1 ns before the advertised {wait} ns"
+                );
+            }
+        }
+    }
+
+    /// A request denied by any of its limits leaves every counter exactly as it was.
+    #[test]
+    fn a_denied_request_changes_no_counter(
+        limits in prop::collection::vec(a_limit(false), 2..5),
+        steps in steps(80),
+    ) {
+        let span = span_of(&limits[0]);
+        let mut states = vec![CounterState::EMPTY; limits.len()];
+        let mut now = START;
+        for step in steps {
+            now += span / 1_000 * step.advance_permille;
+            let before = states.clone();
+            let decision = acquire(&limits, &mut states, Timestamp::from_nanos(now), step.cost);
+            if !decision.allowed() {
+                prop_assert_eq!(&states, &before);
+                prop_assert!(decision.denied_by().is_some());
+                prop_assert!(decision.limits()[decision.denied_by().unwrap()].denied());
+            }
+        }
+    }
+
+    /// Whatever a store hands back and whatever a request asks, a decision is made.
+    #[test]
+    fn no_input_makes_a_decision_panic(
+        algorithm in 0..4u8,
+        capacity in prop_oneof![Just(0u64), Just(MAX_CAPACITY), any::<u64>().prop_map(|c| c % (MAX_CAPACITY + 1))],
+        span in prop_oneof![Just(1_000_000u64), Just(3_155_760_000_000_000_000u64), 1_000_000u64..=3_155_760_000_000_000_000],
+        burst in prop_oneof![Just(1u64), Just(MAX_CAPACITY), 1u64..=MAX_CAPACITY],
+        state in (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        now in any::<u64>(),
+        cost in any::<u64>(),
+        acquired_at in any::<u64>(),
+        counting in any::<bool>(),
+    ) {
+        let span_duration = Duration::from_nanos(span);
+        let limit = match algorithm {
+            0 => Limit::fixed_window(capacity, Period::Span(span)),
+            1 => Limit::sliding_window(capacity, span_duration),
+            2 => Limit::token_bucket(capacity, span_duration, burst),
+            _ => Limit::concurrency(capacity, span_duration),
+        }
+        .unwrap();
+        let limit = if counting && algorithm != 3 { limit.counting_rejected().unwrap() } else { limit };
+        let limits = [limit];
+        let (window, value, aux, expires_at) = state;
+        let stored = CounterState { window, value, aux, expires_at: Timestamp::from_nanos(expires_at) };
+        let now = Timestamp::from_nanos(now);
+        for op in [Op::Acquire { cost }, Op::Acquire { cost: 1 }, Op::Release { cost, acquired_at: Timestamp::from_nanos(acquired_at) }] {
+            let mut states = [stored];
+            let decision = decide(now, &transitions(&limits, op), &mut states);
+            prop_assert_eq!(decision.limits().len(), 1);
+        }
+    }
+}
