@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use smallvec::SmallVec;
 
+use crate::calendar::Window;
 use crate::decision::{Decision, LimitStatus, Retry};
 use crate::key::CounterKey;
 use crate::limit::{Algorithm, Limit, MAX_CAPACITY, Period};
@@ -200,13 +201,28 @@ fn wait_until(at: Timestamp, now: Timestamp) -> Retry {
 
 // --- fixed window -------------------------------------------------------------------------
 
-fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+/// The window a fixed-window counter counts in at `now`, and its count there.
+///
+/// A stored window later than now's means the clock stepped back; that window keeps counting
+/// until the clock catches up, so a step back never re-admits what was already counted.
+fn fixed_window_at(limit: &Limit, state: CounterState, now: Timestamp) -> (Window, u64) {
     let window = limit.period().window_at(now);
-    let count = if state.window == window.index {
-        state.value
+    if state.window > window.index {
+        let stored = Window {
+            index: state.window,
+            start: now,
+            end: state.expires_at,
+        };
+        (stored, state.value)
+    } else if state.window == window.index {
+        (window, state.value)
     } else {
-        0
-    };
+        (window, 0)
+    }
+}
+
+fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    let (window, count) = fixed_window_at(limit, state, now);
     match op {
         Op::Acquire { cost } => {
             let total = count.saturating_add(clamp_cost(cost));
@@ -243,12 +259,7 @@ fn fixed_window_report(
     now: Timestamp,
     denied: bool,
 ) -> LimitStatus {
-    let window = limit.period().window_at(now);
-    let count = if state.window == window.index {
-        state.value
-    } else {
-        0
-    };
+    let (window, count) = fixed_window_at(limit, state, now);
     LimitStatus {
         limit: limit.capacity(),
         remaining: limit.capacity().saturating_sub(count),
@@ -281,6 +292,9 @@ struct Sliding {
 impl Sliding {
     fn at(limit: &Limit, state: CounterState, now: Timestamp) -> Sliding {
         let span = span_of(limit);
+        // A stored window later than now's means the clock stepped back: look at the counter
+        // from the start of that window instead, so a step back never re-admits anything.
+        let now = now.max(Timestamp::from_nanos(state.window.saturating_mul(span)));
         let index = now.as_nanos().checked_div(span).unwrap_or(0);
         let start = index.saturating_mul(span);
         let (current, previous) = if state.window == index {

@@ -350,3 +350,25 @@ fn stored_states_of_any_shape_never_break_a_decision() {
         }
     }
 }
+
+#[test]
+fn a_clock_that_steps_back_never_readmits_what_was_counted() {
+    let limits = [
+        Limit::fixed_window(2, Period::Span(1_000_000_000)).unwrap(),
+        Limit::sliding_window(2, SECOND).unwrap(),
+        Limit::token_bucket(2, SECOND, 2).unwrap(),
+    ];
+    for limit in &limits {
+        let mut client = Client::new(&[limit]);
+        let now = t0().saturating_add(SECOND);
+        assert!(client.request(now, 2).allowed());
+        // The wall clock jumps back five seconds (an NTP step).
+        let stepped_back = Timestamp::from_nanos(now.as_nanos() - 5_000_000_000);
+        let denied = client.request(stepped_back, 1);
+        assert!(!denied.allowed(), "{limit:?}");
+        let Some(Retry::After(wait)) = denied.retry() else {
+            panic!("no wait for {limit:?}")
+        };
+        assert!(wait > 5 * SECOND, "{limit:?} waits only {wait:?}");
+    }
+}

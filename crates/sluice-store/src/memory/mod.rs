@@ -1,0 +1,216 @@
+//! The in-memory backend: counters in sharded hash tables, each shard behind its own lock.
+//!
+//! Design, and why:
+//! - A counter is named by a 128-bit SipHash-1-3 of its key under a secret chosen at start-up.
+//!   Storing the hash instead of the key bytes keeps an entry at 48 bytes whatever the key's
+//!   length (the memory budget is 128 bytes per live counter); the secret keeps clients from
+//!   forging two keys that share a counter, and 128 bits keep accidental collisions out of reach.
+//! - Shards are picked by the hash's top bits, the table slot by its low bits. A request locks
+//!   only the shards its counters live in, in ascending order (so two requests can never wait on
+//!   each other in a cycle), and holds them while the engine decides: all or nothing.
+//! - Expired counters read as empty. They are removed by a sweep that runs when a shard's table
+//!   reaches twice the number of counters that were live at its last sweep (so sweeping costs
+//!   O(1) per insert, amortised, and a flood of one-shot keys cannot grow a table past twice its
+//!   live size), and by [`MemoryStore::sweep`], which a server calls on a timer.
+
+mod table;
+
+use std::collections::hash_map::RandomState;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::Arc;
+
+use siphasher::sip128::{Hasher128, SipHasher13};
+use sluice_core::{Clock, CounterKey, CounterState, Decision, Transition, decide};
+use smallvec::SmallVec;
+
+use crate::CounterStore;
+use crate::error::StoreError;
+use crate::sync::{Mutex, MutexGuard, lock};
+use table::Table;
+
+/// How to build a [`MemoryStore`].
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryStoreConfig {
+    /// Number of shards, rounded up to a power of two. More shards mean less lock contention and
+    /// a little more fixed memory; 64 suits machines up to a few dozen cores.
+    pub shards: usize,
+    /// The secret keys of the counter-name hash. `None` (the default) draws random ones, which is
+    /// what a server wants; tests that need the same shard layout on every run set them.
+    pub hash_secret: Option<(u64, u64)>,
+}
+
+impl Default for MemoryStoreConfig {
+    fn default() -> MemoryStoreConfig {
+        MemoryStoreConfig {
+            shards: 64,
+            hash_secret: None,
+        }
+    }
+}
+
+/// Counters in memory, for one process. Fast, and gone when the process ends.
+pub struct MemoryStore {
+    /// Invariant: the length is a power of two, `1 << shard_bits`.
+    shards: Box<[Shard]>,
+    shard_bits: u32,
+    secret: (u64, u64),
+    clock: Arc<dyn Clock>,
+}
+
+/// One shard, aligned to its own cache lines so that locking one does not slow its neighbours.
+#[repr(align(128))]
+struct Shard {
+    table: Mutex<Table>,
+}
+
+impl MemoryStore {
+    /// An empty store reading time from `clock`, with the default configuration.
+    pub fn new(clock: Arc<dyn Clock>) -> MemoryStore {
+        MemoryStore::with_config(clock, MemoryStoreConfig::default())
+    }
+
+    /// An empty store reading time from `clock`.
+    pub fn with_config(clock: Arc<dyn Clock>, config: MemoryStoreConfig) -> MemoryStore {
+        let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
+        let secret = config.hash_secret.unwrap_or_else(|| {
+            let random = RandomState::new();
+            (
+                random.hash_one(0x736c_7569_6365_u64),
+                random.hash_one(1_u64),
+            )
+        });
+        MemoryStore {
+            shards: (0..shards)
+                .map(|_| Shard {
+                    table: Mutex::new(Table::default()),
+                })
+                .collect(),
+            shard_bits: shards.trailing_zeros(),
+            secret,
+            clock,
+        }
+    }
+
+    /// Applies one request, as [`CounterStore::apply`] does, without the future around it.
+    pub fn apply_now(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        let now = self.clock.now();
+        if let [transition] = transitions {
+            return Ok(self.apply_one(transition, now));
+        }
+        let hashes: SmallVec<[u128; 4]> = transitions.iter().map(|t| self.hash(&t.key)).collect();
+        for (index, hash) in hashes.iter().enumerate() {
+            if let Some(duplicate) = hashes
+                .iter()
+                .skip(index + 1)
+                .position(|other| other == hash)
+            {
+                return Err(StoreError::DuplicateKey(
+                    transitions[index + 1 + duplicate].key.clone(),
+                ));
+            }
+        }
+        let mut shard_ids: SmallVec<[usize; 4]> =
+            hashes.iter().map(|hash| self.shard_of(*hash)).collect();
+        shard_ids.sort_unstable();
+        shard_ids.dedup();
+        // Ascending order: no two requests ever wait on each other in a cycle.
+        let mut guards: SmallVec<[(usize, MutexGuard<'_, Table>); 4]> = shard_ids
+            .iter()
+            .map(|&id| (id, lock(&self.shards[id].table)))
+            .collect();
+        // For each transition, which of the held guards covers its counter.
+        let slots: SmallVec<[usize; 4]> = hashes
+            .iter()
+            .map(|&hash| {
+                let id = self.shard_of(hash);
+                guards
+                    .iter()
+                    .position(|(shard, _)| *shard == id)
+                    .unwrap_or(0)
+            })
+            .collect();
+        let mut states: SmallVec<[CounterState; 4]> = hashes
+            .iter()
+            .zip(&slots)
+            .map(|(&hash, &slot)| guards[slot].1.get(hash))
+            .collect();
+        let decision = decide(now, transitions, &mut states);
+        for ((&hash, &slot), state) in hashes.iter().zip(&slots).zip(states) {
+            guards[slot].1.put(hash, state, now);
+        }
+        Ok(decision)
+    }
+
+    /// The common case, one counter: one lock and one table probe for a counter that exists.
+    fn apply_one(&self, transition: &Transition<'_>, now: sluice_core::Timestamp) -> Decision {
+        let hash = self.hash(&transition.key);
+        let mut table = lock(&self.shards[self.shard_of(hash)].table);
+        table.update(hash, now, |state| {
+            decide(
+                now,
+                std::slice::from_ref(transition),
+                std::slice::from_mut(state),
+            )
+        })
+    }
+
+    /// Removes every expired counter and gives memory back to the allocator where a table is
+    /// mostly empty. Locks one shard at a time.
+    pub fn sweep(&self) {
+        let now = self.clock.now();
+        for shard in &self.shards {
+            lock(&shard.table).sweep(now);
+        }
+    }
+
+    /// Counters held, live or expired-but-not-yet-swept.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.table).len()).sum()
+    }
+
+    /// Whether the store holds no counter.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Counters the tables have room for without growing.
+    pub fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.table).capacity()).sum()
+    }
+
+    /// The shard `key`'s counter lives in; for tests and diagnostics.
+    pub fn shard_of_key(&self, key: &CounterKey) -> usize {
+        self.shard_of(self.hash(key))
+    }
+
+    fn hash(&self, key: &CounterKey) -> u128 {
+        let mut hasher = SipHasher13::new_with_keys(self.secret.0, self.secret.1);
+        let scope = key.scope();
+        hasher.write(&(scope.len() as u64).to_le_bytes());
+        hasher.write(scope);
+        hasher.write(key.name());
+        hasher.finish128().as_u128()
+    }
+
+    fn shard_of(&self, hash: u128) -> usize {
+        // The top bits pick the shard; the table uses the low 64 bits.
+        hash.checked_shr(128 - self.shard_bits).unwrap_or(0) as usize
+    }
+}
+
+impl CounterStore for MemoryStore {
+    fn apply(
+        &self,
+        transitions: &[Transition<'_>],
+    ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
+        std::future::ready(self.apply_now(transitions))
+    }
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .finish_non_exhaustive()
+    }
+}

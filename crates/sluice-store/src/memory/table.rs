@@ -1,0 +1,90 @@
+//! One shard's hash table of counters, and the sweep that keeps it no larger than its live set.
+
+use hashbrown::HashTable;
+use sluice_core::{CounterState, Timestamp};
+
+/// Tables below this size are never swept on insert: sweeping them would cost more than the
+/// few dead entries they can hold.
+const MIN_SWEEP: usize = 64;
+
+/// A counter: its key's 128-bit hash and its state. 48 bytes.
+#[derive(Clone, Copy)]
+struct Entry {
+    key: u128,
+    state: CounterState,
+}
+
+fn slot_hash(entry: &Entry) -> u64 {
+    entry.key as u64
+}
+
+#[derive(Default)]
+pub(super) struct Table {
+    entries: HashTable<Entry>,
+    /// Sweep on insert once `entries` reaches this length.
+    /// Invariant: at least `MIN_SWEEP` once any entry was inserted.
+    sweep_at: usize,
+}
+
+impl Table {
+    pub(super) fn get(&self, key: u128) -> CounterState {
+        self.entries
+            .find(key as u64, |entry| entry.key == key)
+            .map_or(CounterState::EMPTY, |entry| entry.state)
+    }
+
+    /// Stores `state` for `key`. A state that is already expired is not inserted (an existing
+    /// entry is updated in place and left for the sweep).
+    pub(super) fn put(&mut self, key: u128, state: CounterState, now: Timestamp) {
+        if let Some(entry) = self.entries.find_mut(key as u64, |entry| entry.key == key) {
+            entry.state = state;
+        } else if state.is_live(now) {
+            self.insert(key, state, now);
+        }
+    }
+
+    /// Runs `f` on the state of `key` (empty if absent) and stores what it leaves, with a single
+    /// probe when the counter exists.
+    pub(super) fn update<R>(
+        &mut self,
+        key: u128,
+        now: Timestamp,
+        f: impl FnOnce(&mut CounterState) -> R,
+    ) -> R {
+        if let Some(entry) = self.entries.find_mut(key as u64, |entry| entry.key == key) {
+            return f(&mut entry.state);
+        }
+        let mut state = CounterState::EMPTY;
+        let result = f(&mut state);
+        if state.is_live(now) {
+            self.insert(key, state, now);
+        }
+        result
+    }
+
+    fn insert(&mut self, key: u128, state: CounterState, now: Timestamp) {
+        if self.entries.len() >= self.sweep_at {
+            self.sweep(now);
+        }
+        self.entries
+            .insert_unique(key as u64, Entry { key, state }, slot_hash);
+    }
+
+    /// Drops expired entries; shrinks the table when it is mostly empty.
+    pub(super) fn sweep(&mut self, now: Timestamp) {
+        self.entries.retain(|entry| entry.state.is_live(now));
+        let live = self.entries.len();
+        self.sweep_at = live.saturating_mul(2).max(MIN_SWEEP);
+        if self.entries.capacity() > live.saturating_mul(4).max(MIN_SWEEP) {
+            self.entries.shrink_to(live.saturating_mul(2), slot_hash);
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub(super) fn capacity(&self) -> usize {
+        self.entries.capacity()
+    }
+}

@@ -1,0 +1,163 @@
+//! The memory backend: the shared conformance suite, exact counting under many threads, and
+//! memory that stays bounded by live counters.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{Clock, CounterKey, Limit, ManualClock, Op, Period, Timestamp, Transition};
+use sluice_store::{MemoryStore, MemoryStoreConfig};
+use sluice_test_support::conformance::START;
+
+mod conformance {
+    use sluice_store::MemoryStore;
+    sluice_test_support::store_conformance!(|clock| async move { MemoryStore::new(clock) });
+}
+
+/// The same suite on a single shard, where every counter of a request shares one lock.
+mod conformance_one_shard {
+    use sluice_store::{MemoryStore, MemoryStoreConfig};
+    sluice_test_support::store_conformance!(|clock| async move {
+        MemoryStore::with_config(
+            clock,
+            MemoryStoreConfig {
+                shards: 1,
+                ..MemoryStoreConfig::default()
+            },
+        )
+    });
+}
+
+fn store(clock: &ManualClock) -> MemoryStore {
+    MemoryStore::new(Arc::new(clock.clone()) as Arc<dyn Clock>)
+}
+
+fn acquire<'a>(key: CounterKey, limit: &'a Limit) -> Transition<'a> {
+    Transition {
+        key,
+        limit,
+        op: Op::Acquire { cost: 1 },
+    }
+}
+
+#[test]
+fn many_threads_racing_are_admitted_exactly_as_often_as_the_limits_allow() {
+    const THREADS: u64 = 8;
+    const ATTEMPTS: u64 = 10_000;
+    let clock = ManualClock::new(START);
+    let store = Arc::new(MemoryStore::with_config(
+        Arc::new(clock.clone()),
+        MemoryStoreConfig {
+            shards: 4,
+            ..MemoryStoreConfig::default()
+        },
+    ));
+    let hour = Period::Span(3_600_000_000_000);
+    let global = Arc::new(Limit::fixed_window(30_000, hour.clone()).unwrap());
+    let per_thread = Arc::new(Limit::fixed_window(5_000, hour).unwrap());
+    let threads: Vec<_> = (0..THREADS)
+        .map(|thread| {
+            let (store, global, per_thread) = (
+                Arc::clone(&store),
+                Arc::clone(&global),
+                Arc::clone(&per_thread),
+            );
+            std::thread::spawn(move || {
+                let mut admitted = 0u64;
+                for _ in 0..ATTEMPTS {
+                    let request = [
+                        acquire(CounterKey::new(b"global", b"all"), &global),
+                        acquire(
+                            CounterKey::new(format!("thread:{thread}").as_bytes(), b"all"),
+                            &per_thread,
+                        ),
+                    ];
+                    if store.apply_now(&request).unwrap().allowed() {
+                        admitted += 1;
+                    }
+                }
+                admitted
+            })
+        })
+        .collect();
+    let admitted: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+
+    // The per-thread limits allow 40,000 in all; the global 30,000 binds, exactly.
+    assert_eq!(admitted.iter().sum::<u64>(), 30_000);
+    for (thread, count) in admitted.iter().enumerate() {
+        let own = Transition {
+            key: CounterKey::new(format!("thread:{thread}").as_bytes(), b"all"),
+            limit: &per_thread,
+            op: Op::Acquire { cost: 0 },
+        };
+        // A thread's own counter counted exactly its admitted requests: never a denied one.
+        let remaining = store.apply_now(&[own]).unwrap().limits()[0].remaining();
+        assert_eq!(remaining, 5_000 - count, "thread {thread}");
+    }
+}
+
+#[test]
+fn a_flood_of_one_shot_keys_does_not_grow_memory_forever() {
+    let clock = ManualClock::new(START);
+    let store = store(&clock);
+    let limit = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
+    const WAVE: u64 = 100_000;
+    let mut first_capacity = 0;
+    for wave in 0..10u64 {
+        for i in 0..WAVE {
+            let key = CounterKey::new(format!("ip:{wave}:{i}").as_bytes(), b"req");
+            assert!(store.apply_now(&[acquire(key, &limit)]).unwrap().allowed());
+        }
+        if wave == 0 {
+            first_capacity = store.capacity();
+        }
+        // Each wave's counters are dead one second later.
+        assert!(
+            store.len() as u64 <= 2 * WAVE,
+            "wave {wave}: {} held",
+            store.len()
+        );
+        assert!(
+            store.capacity() <= 2 * first_capacity,
+            "wave {wave}: capacity {} vs {first_capacity}",
+            store.capacity()
+        );
+        clock.advance(Duration::from_secs(1));
+    }
+    store.sweep();
+    assert!(
+        store.is_empty(),
+        "{} counters left after a sweep",
+        store.len()
+    );
+    assert!(
+        store.capacity() < first_capacity / 8,
+        "tables shrink once empty"
+    );
+}
+
+#[test]
+fn a_sweep_keeps_live_counters() {
+    let clock = ManualClock::new(START);
+    let store = store(&clock);
+    let short = Limit::fixed_window(5, Period::Span(1_000_000_000)).unwrap();
+    let long = Limit::fixed_window(5, Period::Span(3_600_000_000_000)).unwrap();
+    for i in 0..1_000u32 {
+        let limit = if i % 2 == 0 { &short } else { &long };
+        let key = CounterKey::new(&i.to_le_bytes(), b"n");
+        store.apply_now(&[acquire(key, limit)]).unwrap();
+    }
+    clock.advance(Duration::from_secs(2));
+    store.sweep();
+    assert_eq!(store.len(), 500);
+    let key = CounterKey::new(&1u32.to_le_bytes(), b"n");
+    let still = store.apply_now(&[acquire(key, &long)]).unwrap();
+    assert_eq!(
+        still.limits()[0].remaining(),
+        3,
+        "the live counter kept its count"
+    );
+    assert_eq!(
+        still.now(),
+        Timestamp::from_nanos(START.as_nanos() + 2_000_000_000)
+    );
+}
