@@ -29,13 +29,55 @@ impl Retry {
     }
 }
 
-/// One limit, as the request left it.
+/// `Option<Retry>` in one word, so a status is 32 bytes and a decision stays small enough to
+/// return by value cheaply. `After` durations are whole nanoseconds below `ON_RELEASE`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RetryCode(u64);
+
+impl RetryCode {
+    const NONE: u64 = u64::MAX;
+    const NEVER: u64 = u64::MAX - 1;
+    const ON_RELEASE: u64 = u64::MAX - 2;
+
+    pub(crate) fn new(retry: Option<Retry>) -> RetryCode {
+        RetryCode(match retry {
+            None => RetryCode::NONE,
+            Some(Retry::Never) => RetryCode::NEVER,
+            Some(Retry::OnRelease) => RetryCode::ON_RELEASE,
+            Some(Retry::After(wait)) => u64::try_from(wait.as_nanos())
+                .unwrap_or(u64::MAX)
+                .min(RetryCode::ON_RELEASE.saturating_sub(1)),
+        })
+    }
+
+    fn get(self) -> Option<Retry> {
+        match self.0 {
+            RetryCode::NONE => None,
+            RetryCode::NEVER => Some(Retry::Never),
+            RetryCode::ON_RELEASE => Some(Retry::OnRelease),
+            nanos => Some(Retry::After(Duration::from_nanos(nanos))),
+        }
+    }
+}
+
+/// One limit, as the request left it.
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct LimitStatus {
     pub(crate) limit: u64,
     pub(crate) remaining: u64,
     pub(crate) reset: Timestamp,
-    pub(crate) retry: Option<Retry>,
+    pub(crate) retry: RetryCode,
+}
+
+impl std::fmt::Debug for LimitStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitStatus")
+            .field("limit", &self.limit)
+            .field("remaining", &self.remaining)
+            .field("reset", &self.reset)
+            .field("retry", &self.retry())
+            .finish()
+    }
 }
 
 impl LimitStatus {
@@ -58,12 +100,12 @@ impl LimitStatus {
     /// admit the same request again. Set on the limits that denied it, and on limits that count
     /// rejected requests once the attempt they just counted leaves them full.
     pub fn retry(&self) -> Option<Retry> {
-        self.retry
+        self.retry.get()
     }
 
     /// Whether this limit denied the request.
     pub fn denied(&self) -> bool {
-        self.retry.is_some()
+        self.retry.0 != RetryCode::NONE
     }
 }
 

@@ -10,7 +10,8 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use crate::calendar::Window;
-use crate::decision::{Decision, LimitStatus, Retry};
+use crate::decision::{Decision, LimitStatus, Retry, RetryCode};
+use crate::gcra::{Cells, Frac};
 use crate::key::CounterKey;
 use crate::limit::{Algorithm, Limit, MAX_CAPACITY, Period};
 use crate::state::CounterState;
@@ -58,31 +59,38 @@ pub fn decide(
     transitions: &[Transition<'_>],
     states: &mut [CounterState],
 ) -> Decision {
-    let mut outcomes: SmallVec<[Outcome; 4]> = SmallVec::new();
-    for (transition, state) in transitions.iter().zip(states.iter()) {
-        outcomes.push(evaluate(transition.limit, transition.op, *state, now));
+    if let ([transition], [state]) = (transitions, &mut *states) {
+        return decide_one(now, transition, state);
     }
-    let allowed = outcomes.iter().all(|outcome| outcome.admits);
+    // Each counter's next state if the request is admitted, and whether its limit admits it.
+    let mut admitted: SmallVec<[(bool, CounterState); 4]> = SmallVec::new();
+    for (transition, state) in transitions.iter().zip(states.iter()) {
+        let outcome = evaluate(transition.limit, transition.op, *state, now);
+        admitted.push((outcome.admits, outcome.admitted));
+    }
+    let allowed = admitted.iter().all(|(admits, _)| *admits);
 
     let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::new();
     let mut denied_by: Option<(usize, Retry)> = None;
-    for (index, ((transition, state), outcome)) in transitions
+    for (index, ((transition, state), (admits, next))) in transitions
         .iter()
         .zip(states.iter_mut())
-        .zip(outcomes)
+        .zip(admitted)
         .enumerate()
     {
+        let mut denied = false;
         if allowed {
-            *state = outcome.admitted;
-        } else if let Some(rejected) = outcome.rejected {
-            *state = rejected;
+            *state = next;
+        } else if transition.limit.counts_rejected() {
+            // Counting the attempt may leave a limit that admitted it full: then it stands in
+            // the way of the retry too.
+            *state = evaluate(transition.limit, transition.op, *state, now)
+                .rejected
+                .unwrap_or(*state);
+            denied = !admits || !evaluate(transition.limit, transition.op, *state, now).admits;
+        } else {
+            denied = !admits;
         }
-        // A limit that counts rejections has just counted this attempt, even if another limit
-        // denied it; from its new state it may now stand in the way of the retry too.
-        let denied = !allowed
-            && (!outcome.admits
-                || (outcome.rejected.is_some()
-                    && !evaluate(transition.limit, transition.op, *state, now).admits));
         let status = report(
             transition.limit,
             transition.op,
@@ -90,7 +98,7 @@ pub fn decide(
             now,
             denied,
         );
-        if let Some(retry) = status.retry {
+        if let Some(retry) = status.retry() {
             denied_by = match denied_by {
                 Some((_, worst)) if retry.max(worst) == worst => denied_by,
                 _ => Some((index, retry)),
@@ -102,6 +110,32 @@ pub fn decide(
         now,
         limits,
         denied_by: denied_by.map(|(index, _)| index),
+    }
+}
+
+/// `decide` for a request touching one counter, the most common shape, without the bookkeeping
+/// that several counters need.
+fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Decision {
+    let outcome = evaluate(transition.limit, transition.op, *state, now);
+    if outcome.admits {
+        *state = outcome.admitted;
+    } else if let Some(rejected) = outcome.rejected {
+        *state = rejected;
+    }
+    let denied = !outcome.admits;
+    let status = report(
+        transition.limit,
+        transition.op,
+        live(*state, now),
+        now,
+        denied,
+    );
+    let mut limits = SmallVec::new();
+    limits.push(status);
+    Decision {
+        now,
+        limits,
+        denied_by: denied.then_some(0),
     }
 }
 
@@ -142,7 +176,7 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
         match limit.algorithm() {
             Algorithm::FixedWindow => fixed_window(limit, op, state, now),
             Algorithm::SlidingWindow => sliding_window(limit, op, state, now),
-            Algorithm::TokenBucket { burst } => token_bucket(limit, burst, op, state, now),
+            Algorithm::TokenBucket { .. } => token_bucket(limit, op, state, now),
             Algorithm::Concurrency => concurrency(limit, op, state, now),
         }
     };
@@ -162,7 +196,7 @@ fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bo
             limit: 0,
             remaining: 0,
             reset: now,
-            retry: denied.then_some(Retry::Never),
+            retry: RetryCode::new(denied.then_some(Retry::Never)),
         };
     }
     match limit.algorithm() {
@@ -175,13 +209,13 @@ fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bo
             limit: limit.capacity(),
             remaining: limit.capacity().saturating_sub(state.value),
             reset: now,
-            retry: denied.then(|| {
+            retry: RetryCode::new(denied.then(|| {
                 if cost > limit.capacity() {
                     Retry::Never
                 } else {
                     Retry::OnRelease
                 }
-            }),
+            })),
         },
     }
 }
@@ -264,14 +298,14 @@ fn fixed_window_report(
         limit: limit.capacity(),
         remaining: limit.capacity().saturating_sub(count),
         reset: window.end,
-        retry: denied.then(|| {
+        retry: RetryCode::new(denied.then(|| {
             if cost > limit.capacity() {
                 Retry::Never
             } else {
                 // The next window starts from zero, and the cost fits in an empty window.
                 wait_until(window.end, now)
             }
-        }),
+        })),
     }
 }
 
@@ -423,75 +457,63 @@ fn sliding_window_report(
         limit: limit.capacity(),
         remaining,
         reset,
-        retry,
+        retry: RetryCode::new(retry),
     }
 }
 
 // --- token bucket (GCRA) ------------------------------------------------------------------
 
-/// The bucket in "scaled" units of 1/capacity ns, where one cost unit weighs exactly `span`
-/// and the theoretical arrival time (TAT) is an integer.
-struct Bucket {
-    capacity: u128,
-    span: u128,
-    now: u128,
-    /// The theoretical arrival time; the bucket is full (empty of debt) when it is ≤ `now`.
-    tat: u128,
-    /// Debt in scaled units: how far the TAT is ahead of now.
-    level: u128,
+/// The bucket at `now`: its theoretical arrival time (TAT) and the debt it runs ahead of now.
+/// The state stores the TAT as whole nanoseconds (`value`) and a fraction (`aux`, in
+/// 1/capacity ns), so the bucket never drifts by rounding.
+struct Bucket<'a> {
+    cells: &'a Cells,
+    now: Frac,
+    tat: Frac,
 }
 
-impl Bucket {
-    fn at(limit: &Limit, state: CounterState, now: Timestamp) -> Bucket {
-        let capacity = u128::from(limit.capacity().max(1));
-        let now = u128::from(now.as_nanos()).saturating_mul(capacity);
-        let tat = u128::from(state.value)
-            .saturating_mul(capacity)
-            .saturating_add(u128::from(state.aux));
+impl<'a> Bucket<'a> {
+    fn at(limit: &'a Limit, state: CounterState, now: Timestamp) -> Bucket<'a> {
+        let cells = limit.cells();
         Bucket {
-            capacity,
-            span: u128::from(span_of(limit)),
-            now,
-            tat,
-            level: tat.saturating_sub(now),
+            cells,
+            now: Frac::from_nanos(now.as_nanos()),
+            tat: cells.frac(state.value, state.aux),
         }
     }
 
-    fn state(&self, tat: u128) -> CounterState {
-        let whole = tat.checked_div(self.capacity).unwrap_or(0);
-        let fraction = tat.checked_rem(self.capacity).unwrap_or(0);
+    fn state(&self, tat: Frac) -> CounterState {
         CounterState {
             window: 0,
-            value: to_u64(whole),
-            aux: to_u64(fraction),
-            expires_at: to_timestamp(tat.div_ceil(self.capacity)),
+            value: tat.whole,
+            aux: tat.part,
+            expires_at: Timestamp::from_nanos(tat.ceil()),
         }
     }
 }
 
-fn token_bucket(limit: &Limit, burst: u64, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+fn token_bucket(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
     let bucket = Bucket::at(limit, state, now);
+    let cells = bucket.cells;
     let base = bucket.tat.max(bucket.now);
     match op {
         Op::Acquire { cost } => {
-            let weight = u128::from(clamp_cost(cost)).saturating_mul(bucket.span);
-            let level = bucket.level.saturating_add(weight);
-            let ceiling = u128::from(burst).saturating_mul(bucket.span);
+            let tat = cells.add(base, cells.weight(clamp_cost(cost)));
+            let ceiling = cells.add(bucket.now, cells.tolerance);
             // A denied request that is counted anyway adds debt, but never beyond a second full
             // bucket: hammering keeps a client limited for at most one more refill.
-            let rejected_level = level.min(ceiling.saturating_mul(2)).max(bucket.level);
+            let most = cells.add(ceiling, cells.tolerance);
             Outcome {
-                admits: level <= ceiling,
-                admitted: bucket.state(base.saturating_add(weight)),
-                rejected: Some(bucket.state(bucket.now.saturating_add(rejected_level))),
+                admits: tat.le(ceiling),
+                admitted: bucket.state(tat),
+                rejected: Some(bucket.state(tat.min(most).max(base))),
             }
         }
         Op::Release { cost, .. } => {
-            let weight = u128::from(cost).saturating_mul(bucket.span);
-            let tat = bucket.tat.saturating_sub(weight).max(bucket.now);
+            let tat = cells.sub(bucket.tat, cells.weight(clamp_cost(cost)));
             Outcome {
                 admits: true,
-                admitted: bucket.state(tat),
+                admitted: bucket.state(tat.max(bucket.now)),
                 rejected: None,
             }
         }
@@ -507,15 +529,11 @@ fn token_bucket_report(
     denied: bool,
 ) -> LimitStatus {
     let bucket = Bucket::at(limit, state, now);
-    let ceiling = u128::from(burst).saturating_mul(bucket.span);
-    let remaining = to_u64(
-        ceiling
-            .saturating_sub(bucket.level)
-            .checked_div(bucket.span)
-            .unwrap_or(0),
-    );
-    let reset = if bucket.tat > bucket.now {
-        to_timestamp(bucket.tat.div_ceil(bucket.capacity))
+    let cells = bucket.cells;
+    let debt = cells.sub(bucket.tat, bucket.now);
+    let remaining = cells.intervals_in(cells.sub(cells.tolerance, debt));
+    let reset = if bucket.tat.gt(bucket.now) {
+        Timestamp::from_nanos(bucket.tat.ceil())
     } else {
         now
     };
@@ -523,20 +541,16 @@ fn token_bucket_report(
         if cost > burst {
             return Retry::Never;
         }
-        // Admitted at t once t × capacity ≥ TAT + (cost − burst) × span.
-        let weight = u128::from(cost).saturating_mul(bucket.span);
-        let admit_at = bucket
-            .tat
-            .saturating_add(weight)
-            .saturating_sub(ceiling)
-            .div_ceil(bucket.capacity);
-        wait_until(to_timestamp(admit_at).max(now), now)
+        // Admitted at t once TAT + cost × interval ≤ t + tolerance.
+        let needed = cells.add(bucket.tat, cells.weight(cost));
+        let admit_at = cells.sub(needed, cells.tolerance).ceil();
+        wait_until(Timestamp::from_nanos(admit_at).max(now), now)
     });
     LimitStatus {
         limit: limit.capacity(),
         remaining,
         reset,
-        retry,
+        retry: RetryCode::new(retry),
     }
 }
 

@@ -8,35 +8,74 @@ use smallvec::SmallVec;
 /// counts for (its *name*, e.g. `upload-file/0`).
 ///
 /// The scope decides placement: a backend keeps all counters of one scope together (one Redis
-/// Cluster slot), so the counters a request touches can be updated in one atomic step. Keys up to
-/// 48 bytes live inline, so building one allocates nothing.
+/// Cluster slot), so the counters a request touches can be updated in one atomic step.
+///
+/// The key is held as one encoding, `scope length (u32, little-endian) ‖ scope ‖ name`, which is
+/// unambiguous (`"ab" / "c"` differs from `"a" / "bc"`) and is what backends hash or store. Keys
+/// up to 56 encoded bytes live inline, so building one allocates nothing.
 #[derive(Clone, PartialEq, Eq, Hash)]
 pub struct CounterKey {
-    /// Invariant: at most `bytes.len()`; `bytes[..scope_len]` is the scope.
-    scope_len: usize,
-    bytes: SmallVec<[u8; 48]>,
+    /// Invariant: starts with the scope's length as 4 little-endian bytes, then the scope, then
+    /// the name.
+    encoded: SmallVec<[u8; INLINE]>,
 }
 
+const PREFIX: usize = 4;
+const INLINE: usize = 56;
+
 impl CounterKey {
-    /// The key of the counter `name` within `scope`.
+    /// The key of the counter `name` within `scope`. A scope longer than 4 GiB is cut there.
     pub fn new(scope: &[u8], name: &[u8]) -> CounterKey {
-        let mut bytes = SmallVec::with_capacity(scope.len().saturating_add(name.len()));
-        bytes.extend_from_slice(scope);
-        bytes.extend_from_slice(name);
-        CounterKey {
-            scope_len: scope.len(),
-            bytes,
+        let scope = scope.get(..u32::MAX as usize).unwrap_or(scope);
+        let length = u32::try_from(scope.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let total = PREFIX
+            .saturating_add(scope.len())
+            .saturating_add(name.len());
+        // Short keys (nearly all) are written straight into the inline buffer.
+        let mut inline = [0u8; INLINE];
+        if let Some((prefix, rest)) = inline.split_at_mut_checked(PREFIX)
+            && let Some((scope_part, rest)) = rest.split_at_mut_checked(scope.len())
+            && let Some(name_part) = rest.get_mut(..name.len())
+        {
+            prefix.copy_from_slice(&length);
+            scope_part.copy_from_slice(scope);
+            name_part.copy_from_slice(name);
+            return CounterKey {
+                encoded: SmallVec::from_buf_and_len(inline, total),
+            };
         }
+        let mut encoded = SmallVec::with_capacity(total);
+        encoded.extend_from_slice(&length);
+        encoded.extend_from_slice(scope);
+        encoded.extend_from_slice(name);
+        CounterKey { encoded }
     }
 
     /// The identity the counter belongs to.
     pub fn scope(&self) -> &[u8] {
-        self.bytes.get(..self.scope_len).unwrap_or_default()
+        self.encoded
+            .get(PREFIX..PREFIX.saturating_add(self.scope_len()))
+            .unwrap_or_default()
     }
 
     /// The limit the counter counts for.
     pub fn name(&self) -> &[u8] {
-        self.bytes.get(self.scope_len..).unwrap_or_default()
+        self.encoded
+            .get(PREFIX.saturating_add(self.scope_len())..)
+            .unwrap_or_default()
+    }
+
+    /// The whole key in its unambiguous encoding.
+    pub fn encoded(&self) -> &[u8] {
+        &self.encoded
+    }
+
+    fn scope_len(&self) -> usize {
+        let mut length = [0u8; PREFIX];
+        if let Some(prefix) = self.encoded.get(..PREFIX) {
+            length.copy_from_slice(prefix);
+        }
+        u32::from_le_bytes(length) as usize
     }
 }
 

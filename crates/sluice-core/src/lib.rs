@@ -19,6 +19,7 @@ mod calendar;
 mod clock;
 mod decision;
 mod engine;
+mod gcra;
 mod key;
 mod limit;
 mod state;

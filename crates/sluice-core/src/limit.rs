@@ -5,6 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use crate::calendar::{MonthlyCycle, Window};
+use crate::gcra::Cells;
 use crate::time::{Timestamp, duration_to_nanos};
 
 /// The largest capacity, burst or per-request cost a limit accepts (2^48, about 2.8 × 10^14).
@@ -80,6 +81,8 @@ pub struct Limit {
     period: Period,
     /// Invariant: never true for `Concurrency`.
     count_rejected: bool,
+    /// The token bucket's constants, computed once (unused by other algorithms).
+    cells: Cells,
 }
 
 impl Limit {
@@ -120,9 +123,18 @@ impl Limit {
         if capacity > MAX_CAPACITY {
             return Err(LimitError::Capacity(capacity));
         }
+        let span = match period {
+            Period::Span(span) => span,
+            Period::Monthly(_) => 0,
+        };
+        let burst = match algorithm {
+            Algorithm::TokenBucket { burst } => burst,
+            _ => 1,
+        };
         Ok(Limit {
             algorithm,
             capacity,
+            cells: Cells::new(capacity, span, burst),
             period,
             count_rejected: false,
         })
@@ -154,6 +166,10 @@ impl Limit {
     /// The window the limit counts in (the lease, for a concurrency limit).
     pub fn period(&self) -> &Period {
         &self.period
+    }
+
+    pub(crate) fn cells(&self) -> &Cells {
+        &self.cells
     }
 
     /// Whether denied requests are counted too.

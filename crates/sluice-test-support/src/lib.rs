@@ -2,9 +2,12 @@
 //!
 //! - [`conformance`]: the store conformance suite. A backend runs it with one line,
 //!   [`store_conformance!`], and gets one test per case.
+//! - [`CountingAllocator`]: exact live-byte counts for memory budgets.
 //! - `tests/tidy.rs` (in this crate): the project's rules, checked by plain tests.
 
+mod alloc;
 pub mod conformance;
 mod rng;
 
+pub use alloc::CountingAllocator;
 pub use rng::Rng;

@@ -185,10 +185,7 @@ impl MemoryStore {
 
     fn hash(&self, key: &CounterKey) -> u128 {
         let mut hasher = SipHasher13::new_with_keys(self.secret.0, self.secret.1);
-        let scope = key.scope();
-        hasher.write(&(scope.len() as u64).to_le_bytes());
-        hasher.write(scope);
-        hasher.write(key.name());
+        hasher.write(key.encoded());
         hasher.finish128().as_u128()
     }
 

@@ -64,17 +64,24 @@ impl Table {
 
     fn insert(&mut self, key: u128, state: CounterState, now: Timestamp) {
         if self.entries.len() >= self.sweep_at {
-            self.sweep(now);
+            // Not `sweep`: shrinking here would make a table whose counters die young (a bucket
+            // that refills between requests) shrink and regrow on every few inserts.
+            self.drop_expired(now);
         }
         self.entries
             .insert_unique(key as u64, Entry { key, state }, slot_hash);
     }
 
-    /// Drops expired entries; shrinks the table when it is mostly empty.
-    pub(super) fn sweep(&mut self, now: Timestamp) {
+    /// Drops expired entries; the next insert-time sweep waits until the table doubles again.
+    fn drop_expired(&mut self, now: Timestamp) {
         self.entries.retain(|entry| entry.state.is_live(now));
+        self.sweep_at = self.entries.len().saturating_mul(2).max(MIN_SWEEP);
+    }
+
+    /// Drops expired entries and shrinks the table when it is mostly empty.
+    pub(super) fn sweep(&mut self, now: Timestamp) {
+        self.drop_expired(now);
         let live = self.entries.len();
-        self.sweep_at = live.saturating_mul(2).max(MIN_SWEEP);
         if self.entries.capacity() > live.saturating_mul(4).max(MIN_SWEEP) {
             self.entries.shrink_to(live.saturating_mul(2), slot_hash);
         }

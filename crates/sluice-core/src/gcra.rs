@@ -1,0 +1,170 @@
+//! Exact GCRA arithmetic without division on the hot path.
+//!
+//! An instant or a span is a [`Frac`]: whole nanoseconds plus a fraction in units of
+//! 1/capacity ns. The emission interval (span / capacity) and the tolerance (burst × interval)
+//! are computed once, when the limit is built; a decision then only adds and compares pairs of
+//! integers, which keeps a token-bucket decision exact (no rounding drift) and cheap.
+
+use std::cmp::Ordering;
+
+/// `whole + part / denominator` nanoseconds. Invariant: `part < denominator`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Frac {
+    pub(crate) whole: u64,
+    pub(crate) part: u64,
+}
+
+impl Frac {
+    pub(crate) const fn from_nanos(whole: u64) -> Frac {
+        Frac { whole, part: 0 }
+    }
+
+    /// The first whole nanosecond at or after this instant.
+    pub(crate) fn ceil(self) -> u64 {
+        self.whole.saturating_add(u64::from(self.part > 0))
+    }
+
+    fn cmp(self, other: Frac) -> Ordering {
+        (self.whole, self.part).cmp(&(other.whole, other.part))
+    }
+
+    pub(crate) fn max(self, other: Frac) -> Frac {
+        if self.cmp(other) == Ordering::Less {
+            other
+        } else {
+            self
+        }
+    }
+
+    pub(crate) fn min(self, other: Frac) -> Frac {
+        if self.cmp(other) == Ordering::Greater {
+            other
+        } else {
+            self
+        }
+    }
+
+    pub(crate) fn le(self, other: Frac) -> bool {
+        self.cmp(other) != Ordering::Greater
+    }
+
+    pub(crate) fn gt(self, other: Frac) -> bool {
+        self.cmp(other) == Ordering::Greater
+    }
+}
+
+/// The constants of one token bucket, and arithmetic on `Frac`s sharing its denominator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Cells {
+    /// The denominator of every `Frac`: the limit's capacity (at least 1).
+    denominator: u64,
+    /// span / capacity: how long one cost unit takes to come back.
+    pub(crate) interval: Frac,
+    /// burst × interval: how far ahead of now the bucket may run.
+    pub(crate) tolerance: Frac,
+    /// The span, in ns (interval × capacity).
+    span: u64,
+}
+
+impl Cells {
+    /// The constants for `capacity` per `span` ns with a burst of `burst`. Values that do not
+    /// fit saturate; limit validation keeps real ones far from that.
+    pub(crate) fn new(capacity: u64, span: u64, burst: u64) -> Cells {
+        let denominator = capacity.max(1);
+        let cells = Cells {
+            denominator,
+            interval: Frac::default(),
+            tolerance: Frac::default(),
+            span,
+        };
+        Cells {
+            interval: cells.intervals(1),
+            tolerance: cells.intervals(burst),
+            ..cells
+        }
+    }
+
+    /// A stored (whole, part) pair as a `Frac`, repairing a part that is out of range.
+    pub(crate) fn frac(&self, whole: u64, part: u64) -> Frac {
+        Frac {
+            whole,
+            part: part.min(self.denominator.saturating_sub(1)),
+        }
+    }
+
+    pub(crate) fn add(&self, a: Frac, b: Frac) -> Frac {
+        let part = a.part.saturating_add(b.part);
+        let carry = part >= self.denominator;
+        Frac {
+            whole: a
+                .whole
+                .saturating_add(b.whole)
+                .saturating_add(u64::from(carry)),
+            part: if carry {
+                part.saturating_sub(self.denominator)
+            } else {
+                part
+            },
+        }
+    }
+
+    /// `a − b`, or zero when `b` is not smaller.
+    pub(crate) fn sub(&self, a: Frac, b: Frac) -> Frac {
+        if a.le(b) {
+            return Frac::default();
+        }
+        if a.part >= b.part {
+            Frac {
+                whole: a.whole.saturating_sub(b.whole),
+                part: a.part.saturating_sub(b.part),
+            }
+        } else {
+            Frac {
+                whole: a.whole.saturating_sub(b.whole).saturating_sub(1),
+                part: a
+                    .part
+                    .saturating_add(self.denominator)
+                    .saturating_sub(b.part),
+            }
+        }
+    }
+
+    /// `cost` emission intervals. Costs of 0 and 1 need no arithmetic.
+    pub(crate) fn weight(&self, cost: u64) -> Frac {
+        match cost {
+            0 => Frac::default(),
+            1 => self.interval,
+            _ => self.intervals(cost),
+        }
+    }
+
+    /// `count` emission intervals: `span × count` in units of 1/denominator ns (saturating).
+    fn intervals(&self, count: u64) -> Frac {
+        self.split(u128::from(self.span).saturating_mul(u128::from(count)))
+    }
+
+    /// How many whole intervals fit in `room`: `room × denominator / span`.
+    pub(crate) fn intervals_in(&self, room: Frac) -> u64 {
+        let span = self.span.max(1);
+        // The common case fits in 64 bits and needs a single u64 division.
+        if let Some(scaled) = room
+            .whole
+            .checked_mul(self.denominator)
+            .and_then(|whole| whole.checked_add(room.part))
+        {
+            return scaled.checked_div(span).unwrap_or(0);
+        }
+        let scaled = u128::from(room.whole)
+            .saturating_mul(u128::from(self.denominator))
+            .saturating_add(u128::from(room.part));
+        u64::try_from(scaled.checked_div(u128::from(span)).unwrap_or(0)).unwrap_or(u64::MAX)
+    }
+
+    fn split(&self, scaled: u128) -> Frac {
+        let denominator = u128::from(self.denominator);
+        Frac {
+            whole: u64::try_from(scaled.checked_div(denominator).unwrap_or(0)).unwrap_or(u64::MAX),
+            part: u64::try_from(scaled.checked_rem(denominator).unwrap_or(0)).unwrap_or(0),
+        }
+    }
+}
