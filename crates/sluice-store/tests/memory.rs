@@ -110,15 +110,12 @@ fn a_flood_of_one_shot_keys_does_not_grow_memory_forever() {
         if wave == 0 {
             first_capacity = store.capacity();
         }
-        // Each wave's counters are dead one second later.
+        // A wave's counters are dead one second later. A table holds at most twice its peak live
+        // count (one wave) before dropping the dead, however many waves come: 1,000,000 keys in
+        // all, never more than ~3 waves' worth of room.
         assert!(
-            store.len() as u64 <= 2 * WAVE,
-            "wave {wave}: {} held",
-            store.len()
-        );
-        assert!(
-            store.capacity() <= 2 * first_capacity,
-            "wave {wave}: capacity {} vs {first_capacity}",
+            store.capacity() as u64 <= 3 * WAVE,
+            "wave {wave}: capacity {} for {WAVE} live counters",
             store.capacity()
         );
         clock.advance(Duration::from_secs(1));

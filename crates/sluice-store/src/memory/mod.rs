@@ -8,10 +8,11 @@
 //! - Shards are picked by the hash's top bits, the table slot by its low bits. A request locks
 //!   only the shards its counters live in, in ascending order (so two requests can never wait on
 //!   each other in a cycle), and holds them while the engine decides: all or nothing.
-//! - Expired counters read as empty. They are removed by a sweep that runs when a shard's table
-//!   reaches twice the number of counters that were live at its last sweep (so sweeping costs
-//!   O(1) per insert, amortised, and a flood of one-shot keys cannot grow a table past twice its
-//!   live size), and by [`MemoryStore::sweep`], which a server calls on a timer.
+//! - Expired counters read as empty, and stay in place (free to reuse) until their shard's table
+//!   reaches twice the live count it had at its last drop; then the dead are dropped. So a flood
+//!   of one-shot keys cannot grow a table past twice its peak live size, sweeping costs O(1) per
+//!   insert amortised, and a counter that dies and revives is not churned. [`MemoryStore::sweep`]
+//!   also gives memory back; a server calls it on a timer.
 
 mod table;
 
@@ -92,6 +93,7 @@ impl MemoryStore {
     }
 
     /// Applies one request, as [`CounterStore::apply`] does, without the future around it.
+    #[inline]
     pub fn apply_now(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
         let now = self.clock.now();
         if let [transition] = transitions {
@@ -142,6 +144,7 @@ impl MemoryStore {
     }
 
     /// The common case, one counter: one lock and one table probe for a counter that exists.
+    #[inline]
     fn apply_one(&self, transition: &Transition<'_>, now: sluice_core::Timestamp) -> Decision {
         let hash = self.hash(&transition.key);
         let mut table = lock(&self.shards[self.shard_of(hash)].table);

@@ -3,8 +3,8 @@
 use hashbrown::HashTable;
 use sluice_core::{CounterState, Timestamp};
 
-/// Tables below this size are never swept on insert: sweeping them would cost more than the
-/// few dead entries they can hold.
+/// Tables below this size are never swept on insert: sweeping them would cost more than
+/// the few dead entries they can hold.
 const MIN_SWEEP: usize = 64;
 
 /// A counter: its key's 128-bit hash and its state. 48 bytes.
@@ -21,9 +21,10 @@ fn slot_hash(entry: &Entry) -> u64 {
 #[derive(Default)]
 pub(super) struct Table {
     entries: HashTable<Entry>,
-    /// Sweep on insert once `entries` reaches this length.
-    /// Invariant: at least `MIN_SWEEP` once any entry was inserted.
-    sweep_at: usize,
+    /// Drop expired entries on insert once `entries` holds this many (at least `MIN_SWEEP`).
+    /// Raised to twice the live count after each such drop and never lowered by one, so dead
+    /// counters wait for reuse until the table is genuinely crowded; lowered only by `sweep`.
+    drop_at: usize,
 }
 
 impl Table {
@@ -62,26 +63,32 @@ impl Table {
         result
     }
 
+    /// Inserts a new counter. Expired entries are dropped only when the table reaches its drop
+    /// threshold: until then a dead counter costs nothing and is reused in place if its key comes
+    /// back (a bucket that refills between requests dies and revives constantly). The threshold
+    /// doubles past the live count, so this costs O(1) per insert, amortised, and a table holds
+    /// at most twice the peak live count between sweeps.
     fn insert(&mut self, key: u128, state: CounterState, now: Timestamp) {
-        if self.entries.len() >= self.sweep_at {
-            // Not `sweep`: shrinking here would make a table whose counters die young (a bucket
-            // that refills between requests) shrink and regrow on every few inserts.
+        if self.entries.len() >= self.drop_at.max(MIN_SWEEP) {
             self.drop_expired(now);
+            self.drop_at = self
+                .drop_at
+                .max(self.entries.len().saturating_mul(2))
+                .max(MIN_SWEEP);
         }
         self.entries
             .insert_unique(key as u64, Entry { key, state }, slot_hash);
     }
 
-    /// Drops expired entries; the next insert-time sweep waits until the table doubles again.
     fn drop_expired(&mut self, now: Timestamp) {
         self.entries.retain(|entry| entry.state.is_live(now));
-        self.sweep_at = self.entries.len().saturating_mul(2).max(MIN_SWEEP);
     }
 
     /// Drops expired entries and shrinks the table when it is mostly empty.
     pub(super) fn sweep(&mut self, now: Timestamp) {
         self.drop_expired(now);
         let live = self.entries.len();
+        self.drop_at = live.saturating_mul(2).max(MIN_SWEEP);
         if self.entries.capacity() > live.saturating_mul(4).max(MIN_SWEEP) {
             self.entries.shrink_to(live.saturating_mul(2), slot_hash);
         }
