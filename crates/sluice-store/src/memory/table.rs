@@ -3,9 +3,10 @@
 use hashbrown::HashTable;
 use sluice_core::{CounterState, Timestamp};
 
-/// Tables below this size are never swept on insert: sweeping them would cost more than
-/// the few dead entries they can hold.
-const MIN_SWEEP: usize = 64;
+/// A table keeps up to this many counters before it drops any dead one: a floor of about 100 KB
+/// per shard (6.5 MB for 64 shards) within which counters that die and revive — a bucket that
+/// refills between a client's requests — are reused in place instead of removed and re-inserted.
+const MIN_SWEEP: usize = 1024;
 
 /// A counter: its key's 128-bit hash and its state. 48 bytes.
 #[derive(Clone, Copy)]
