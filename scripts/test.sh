@@ -5,9 +5,9 @@ cd "$(dirname "$0")/.."
 
 # cargo-nextest runs each test in its own process; fall back to cargo test where it is missing.
 if command -v cargo-nextest >/dev/null 2>&1; then
-  cargo nextest run --workspace --all-targets --no-fail-fast
+  cargo nextest run --workspace --no-fail-fast
 else
-  cargo test --workspace --all-targets --no-fail-fast
+  cargo test --workspace --no-fail-fast
 fi
 cargo test --workspace --doc
 
