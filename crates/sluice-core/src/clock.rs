@@ -126,9 +126,3 @@ impl Clock for ManualClock {
         Timestamp::from_nanos(self.nanos.load(Ordering::SeqCst))
     }
 }
-
-impl<C: Clock + ?Sized> Clock for Arc<C> {
-    fn now(&self) -> Timestamp {
-        (**self).now()
-    }
-}

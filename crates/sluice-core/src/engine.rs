@@ -62,34 +62,32 @@ pub fn decide(
     if let ([transition], [state]) = (transitions, &mut *states) {
         return decide_one(now, transition, state);
     }
-    // Each counter's next state if the request is admitted, and whether its limit admits it.
-    let mut admitted: SmallVec<[(bool, CounterState); 4]> = SmallVec::new();
-    for (transition, state) in transitions.iter().zip(states.iter()) {
-        let outcome = evaluate(transition.limit, transition.op, *state, now);
-        admitted.push((outcome.admits, outcome.admitted));
-    }
-    let allowed = admitted.iter().all(|(admits, _)| *admits);
+    let outcomes: SmallVec<[Outcome; 4]> = transitions
+        .iter()
+        .zip(states.iter())
+        .map(|(transition, state)| evaluate(transition.limit, transition.op, *state, now))
+        .collect();
+    let allowed = outcomes.iter().all(|outcome| outcome.admits);
 
     let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::new();
     let mut denied_by: Option<(usize, Retry)> = None;
-    for (index, ((transition, state), (admits, next))) in transitions
+    for (index, ((transition, state), outcome)) in transitions
         .iter()
         .zip(states.iter_mut())
-        .zip(admitted)
+        .zip(outcomes)
         .enumerate()
     {
         let mut denied = false;
         if allowed {
-            *state = next;
-        } else if transition.limit.counts_rejected() {
+            *state = outcome.admitted;
+        } else if let Some(rejected) = outcome.rejected {
             // Counting the attempt may leave a limit that admitted it full: then it stands in
             // the way of the retry too.
-            *state = evaluate(transition.limit, transition.op, *state, now)
-                .rejected
-                .unwrap_or(*state);
-            denied = !admits || !evaluate(transition.limit, transition.op, *state, now).admits;
+            *state = rejected;
+            denied =
+                !outcome.admits || !evaluate(transition.limit, transition.op, *state, now).admits;
         } else {
-            denied = !admits;
+            denied = !outcome.admits;
         }
         let status = report(
             transition.limit,

@@ -35,12 +35,6 @@ impl Timestamp {
         self.0 / 1_000_000_000
     }
 
-    /// Whole seconds since the epoch, rounded up: the value to publish as a reset instant, so a
-    /// client that waits until then is never early.
-    pub const fn as_secs_ceil(self) -> u64 {
-        self.0.div_ceil(1_000_000_000)
-    }
-
     /// This instant moved `duration` later, saturating at [`Timestamp::MAX`].
     pub fn saturating_add(self, duration: Duration) -> Timestamp {
         Timestamp(self.0.saturating_add(duration_to_nanos(duration)))
