@@ -13,4 +13,4 @@ cargo test --workspace --doc
 
 # Model-check the memory store's locking with loom (its own cfg, so its own target directory).
 RUSTFLAGS="--cfg sluice_loom" CARGO_TARGET_DIR=target/loom \
-  cargo test --release -p sluice-store --test loom
+  cargo test --profile loom -p sluice-store --test loom

@@ -162,7 +162,7 @@ fn clamp_cost(cost: u64) -> u64 {
 
 fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outcome {
     let state = live(stored, now);
-    let outcome = if limit.capacity() == 0 {
+    if limit.capacity() == 0 {
         // Nothing is ever admitted and nothing is ever counted.
         let admits = matches!(op, Op::Release { .. } | Op::Acquire { cost: 0 });
         return Outcome {
@@ -170,17 +170,13 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
             admitted: stored,
             rejected: None,
         };
-    } else {
-        match limit.algorithm() {
-            Algorithm::FixedWindow => fixed_window(limit, op, state, now),
-            Algorithm::SlidingWindow => sliding_window(limit, op, state, now),
-            Algorithm::TokenBucket { .. } => token_bucket(limit, op, state, now),
-            Algorithm::Concurrency => concurrency(limit, op, state, now),
-        }
-    };
-    Outcome {
-        rejected: outcome.rejected.filter(|_| limit.counts_rejected()),
-        ..outcome
+    }
+    // Algorithms fill `rejected` only for limits that count rejected requests.
+    match limit.algorithm() {
+        Algorithm::FixedWindow => fixed_window(limit, op, state, now),
+        Algorithm::SlidingWindow => sliding_window(limit, op, state, now),
+        Algorithm::TokenBucket { .. } => token_bucket(limit, op, state, now),
+        Algorithm::Concurrency => concurrency(limit, op, state, now),
     }
 }
 
@@ -267,7 +263,7 @@ fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
             Outcome {
                 admits: total <= limit.capacity(),
                 admitted: next,
-                rejected: Some(next),
+                rejected: limit.counts_rejected().then_some(next),
             }
         }
         Op::Release { cost, acquired_at } => {
@@ -375,7 +371,7 @@ fn sliding_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) ->
             Outcome {
                 admits: estimate <= ceiling,
                 admitted: next,
-                rejected: Some(next),
+                rejected: limit.counts_rejected().then_some(next),
             }
         }
         Op::Release { cost, acquired_at } => {
@@ -500,11 +496,12 @@ fn token_bucket(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
             let ceiling = cells.add(bucket.now, cells.tolerance);
             // A denied request that is counted anyway adds debt, but never beyond a second full
             // bucket: hammering keeps a client limited for at most one more refill.
-            let most = cells.add(ceiling, cells.tolerance);
             Outcome {
                 admits: tat.le(ceiling),
                 admitted: bucket.state(tat),
-                rejected: Some(bucket.state(tat.min(most).max(base))),
+                rejected: limit
+                    .counts_rejected()
+                    .then(|| bucket.state(tat.min(cells.add(ceiling, cells.tolerance)).max(base))),
             }
         }
         Op::Release { cost, .. } => {

@@ -62,8 +62,10 @@ pub(crate) struct Cells {
     pub(crate) interval: Frac,
     /// burst × interval: how far ahead of now the bucket may run.
     pub(crate) tolerance: Frac,
-    /// The span, in ns (interval × capacity).
+    /// The span, in ns (interval × capacity). At least 1.
     span: u64,
+    /// ⌊2^64 / span⌋, which turns the one division a decision needs into a multiplication.
+    span_reciprocal: u128,
 }
 
 impl Cells {
@@ -71,11 +73,13 @@ impl Cells {
     /// fit saturate; limit validation keeps real ones far from that.
     pub(crate) fn new(capacity: u64, span: u64, burst: u64) -> Cells {
         let denominator = capacity.max(1);
+        let span = span.max(1);
         let cells = Cells {
             denominator,
             interval: Frac::default(),
             tolerance: Frac::default(),
             span,
+            span_reciprocal: (1u128 << 64).checked_div(u128::from(span)).unwrap_or(0),
         };
         Cells {
             interval: cells.intervals(1),
@@ -145,19 +149,28 @@ impl Cells {
 
     /// How many whole intervals fit in `room`: `room × denominator / span`.
     pub(crate) fn intervals_in(&self, room: Frac) -> u64 {
-        let span = self.span.max(1);
-        // The common case fits in 64 bits and needs a single u64 division.
+        // The common case fits in 64 bits.
         if let Some(scaled) = room
             .whole
             .checked_mul(self.denominator)
             .and_then(|whole| whole.checked_add(room.part))
         {
-            return scaled.checked_div(span).unwrap_or(0);
+            return self.div_span(scaled);
         }
         let scaled = u128::from(room.whole)
             .saturating_mul(u128::from(self.denominator))
             .saturating_add(u128::from(room.part));
-        u64::try_from(scaled.checked_div(u128::from(span)).unwrap_or(0)).unwrap_or(u64::MAX)
+        u64::try_from(scaled.checked_div(u128::from(self.span)).unwrap_or(0)).unwrap_or(u64::MAX)
+    }
+
+    /// `⌊n / span⌋` without dividing. With `r = ⌊2^64 / span⌋`, the estimate `⌊n·r / 2^64⌋`
+    /// undershoots `n / span` by less than `n / 2^64 < 1`, so it is the quotient or one less;
+    /// the remainder tells which.
+    fn div_span(&self, n: u64) -> u64 {
+        let estimate = u128::from(n).wrapping_mul(self.span_reciprocal) >> 64;
+        let estimate = u64::try_from(estimate).unwrap_or(u64::MAX);
+        let remainder = n.wrapping_sub(estimate.wrapping_mul(self.span));
+        estimate.wrapping_add(u64::from(remainder >= self.span))
     }
 
     fn split(&self, scaled: u128) -> Frac {
@@ -165,6 +178,51 @@ impl Cells {
         Frac {
             whole: u64::try_from(scaled.checked_div(denominator).unwrap_or(0)).unwrap_or(u64::MAX),
             part: u64::try_from(scaled.checked_rem(denominator).unwrap_or(0)).unwrap_or(0),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn check(span: u64, n: u64) {
+        let cells = Cells::new(1, span, 1);
+        assert_eq!(Some(cells.div_span(n)), n.checked_div(span), "{n} / {span}");
+    }
+
+    #[test]
+    fn division_by_the_span_is_exact_at_the_edges() {
+        for span in [
+            1,
+            2,
+            3,
+            7,
+            1_000_000,
+            1_000_000_007,
+            u64::MAX / 3,
+            u64::MAX - 1,
+            u64::MAX,
+        ] {
+            for n in [
+                0,
+                1,
+                span - 1,
+                span,
+                span.saturating_add(1),
+                u64::MAX - 1,
+                u64::MAX,
+            ] {
+                check(span, n);
+            }
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn division_by_the_span_is_exact(span in 1..=u64::MAX, n in any::<u64>()) {
+            check(span, n);
         }
     }
 }

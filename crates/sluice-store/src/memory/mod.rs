@@ -17,10 +17,10 @@
 mod table;
 
 use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
-use siphasher::sip128::{Hasher128, SipHasher13};
+use siphasher::sip128::SipHasher13;
 use sluice_core::{Clock, CounterKey, CounterState, Decision, Transition, decide};
 use smallvec::SmallVec;
 
@@ -54,7 +54,8 @@ pub struct MemoryStore {
     /// Invariant: the length is a power of two, `1 << shard_bits`.
     shards: Box<[Shard]>,
     shard_bits: u32,
-    secret: (u64, u64),
+    /// SipHash-1-3 under the store's secret keys.
+    hasher: SipHasher13,
     clock: Arc<dyn Clock>,
 }
 
@@ -87,7 +88,7 @@ impl MemoryStore {
                 })
                 .collect(),
             shard_bits: shards.trailing_zeros(),
-            secret,
+            hasher: SipHasher13::new_with_keys(secret.0, secret.1),
             clock,
         }
     }
@@ -187,9 +188,7 @@ impl MemoryStore {
     }
 
     fn hash(&self, key: &CounterKey) -> u128 {
-        let mut hasher = SipHasher13::new_with_keys(self.secret.0, self.secret.1);
-        hasher.write(key.encoded());
-        hasher.finish128().as_u128()
+        self.hasher.hash(key.encoded()).as_u128()
     }
 
     fn shard_of(&self, hash: u128) -> usize {
