@@ -78,8 +78,8 @@ enum Piece {
     Value(Placeholder),
 }
 
-/// A parsed message template. `{{` and `}}` stand for literal braces.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parsed message template. `{{` and `}}` stand for literal braces. The default is empty.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Template {
     pieces: Vec<Piece>,
 }

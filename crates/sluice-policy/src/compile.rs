@@ -1,0 +1,582 @@
+//! From the file as written to a validated [`Policy`]: references resolved, limits built as core
+//! [`Limit`]s, routes ordered most specific first. Every problem found is reported, each at the
+//! line and column it was written.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use serde_saphyr::Spanned;
+use sluice_contract::{Envelope, ErrorCode, HeaderDialect, Template};
+use sluice_core::{Limit, MonthlyCycle, Period};
+
+use crate::error::{PolicyError, PolicyErrors};
+use crate::route::RoutePattern;
+use crate::syntax::{
+    AlgorithmName, Authentication, IdentitySource, LimitSpec, PolicyFile, QuotaCounts, QuotaPeriod,
+    QuotaSpec, RequestRules, Service,
+};
+use crate::text::Rate;
+
+/// Who a counter counts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Everyone together.
+    Global,
+    /// Each value of the named identity.
+    Identity(String),
+}
+
+impl Scope {
+    /// As the docs say it.
+    pub fn describe(&self) -> String {
+        match self {
+            Scope::Global => "global".to_owned(),
+            Scope::Identity(name) => format!("per `{name}`"),
+        }
+    }
+}
+
+/// A rate limit, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LimitRule {
+    /// Its name (the IETF policy name).
+    pub name: String,
+    /// The counter's name in the store: unique per limit, stable across restarts.
+    pub counter: String,
+    /// As written.
+    pub rate: Rate,
+    /// Who it counts.
+    pub per: Scope,
+    /// The algorithm.
+    pub algorithm: AlgorithmName,
+    /// Cost units per request.
+    pub cost: u64,
+    /// The engine's limit.
+    pub limit: Limit,
+}
+
+/// A billing-period quota, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QuotaRule {
+    /// Its name, which routes use.
+    pub name: String,
+    /// Units per period.
+    pub amount: u64,
+    /// Who it counts.
+    pub per: Scope,
+    /// Which responses count.
+    pub counts: QuotaCounts,
+    /// What a unit is called.
+    pub unit: Option<String>,
+    /// As written.
+    pub period: QuotaPeriod,
+    /// The engine's limit (a calendar-aligned fixed window).
+    pub limit: Limit,
+}
+
+/// A plan, validated.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PlanRule {
+    /// What it is.
+    pub description: Option<String>,
+    /// Limits on every route for holders of this plan.
+    pub limits: Vec<LimitRule>,
+    /// Quotas, by name.
+    pub quotas: Vec<QuotaRule>,
+}
+
+/// A custom arrangement for one identity value.
+#[derive(Clone, Debug, PartialEq)]
+pub struct OverrideRule {
+    /// The identity, and its value.
+    pub identity: String,
+    /// The value the override applies to.
+    pub value: String,
+    /// The plan it gets.
+    pub plan: Option<String>,
+    /// Route limits replaced, by name.
+    pub limits: BTreeMap<String, LimitRule>,
+}
+
+/// Blocking identities that keep hammering.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PenaltyRule {
+    /// Who is blocked.
+    pub per: Scope,
+    /// Denials within a span that trigger the block.
+    pub after_denials: Rate,
+    /// The block's length.
+    pub block_for: std::time::Duration,
+}
+
+/// A route, validated.
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// Method and path pattern.
+    pub pattern: RoutePattern,
+    /// Documented as unlimited (fair-use limits apply).
+    pub unlimited: bool,
+    /// The route's own limits, then the fair-use ones when unlimited.
+    pub limits: Vec<LimitRule>,
+    /// Quota names of the caller's plan the route spends.
+    pub quotas: Vec<String>,
+    /// What the request must look like.
+    pub request: RequestRules,
+    /// Whether an API key is needed.
+    pub authenticate: bool,
+    /// What it does.
+    pub description: Option<String>,
+}
+
+/// An address block whose `X-Forwarded-For` is believed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TrustedProxy {
+    /// The network address.
+    pub address: IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl TrustedProxy {
+    /// Whether `address` lies in this block.
+    pub fn contains(&self, address: IpAddr) -> bool {
+        fn masked(bits: u128, width: u32, prefix: u8) -> u128 {
+            let keep = u32::from(prefix).min(width);
+            if keep == 0 { 0 } else { bits >> (width - keep) }
+        }
+        match (self.address, address) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                masked(u32::from(net).into(), 32, self.prefix)
+                    == masked(u32::from(ip).into(), 32, self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                masked(u128::from(net), 128, self.prefix)
+                    == masked(u128::from(ip), 128, self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A validated policy: what the gateway enforces and the docs describe.
+#[derive(Clone, Debug)]
+pub struct Policy {
+    /// Who the API is.
+    pub service: Service,
+    /// The error body shape.
+    pub envelope: Envelope,
+    /// Rate-limit headers.
+    pub headers: HeaderDialect,
+    /// Identities, by name.
+    pub identities: BTreeMap<String, IdentitySource>,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<TrustedProxy>,
+    /// API keys, when the API uses them.
+    pub authentication: Option<Authentication>,
+    /// Plans, by name.
+    pub plans: BTreeMap<String, PlanRule>,
+    /// The plan of keys that name none.
+    pub default_plan: Option<String>,
+    /// Per-identity arrangements.
+    pub overrides: Vec<OverrideRule>,
+    /// Penalties.
+    pub penalties: Vec<PenaltyRule>,
+    /// Routes, most specific first.
+    pub routes: Vec<Route>,
+    messages: BTreeMap<ErrorCode, Template>,
+    titles: BTreeMap<ErrorCode, String>,
+    types: BTreeMap<ErrorCode, String>,
+}
+
+impl Policy {
+    /// The route a request goes by, and its path parameters: the most specific match.
+    pub fn route(&self, method: &str, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
+        self.routes.iter().find_map(|route| {
+            route
+                .pattern
+                .matches(method, path)
+                .map(|params| (route, params))
+        })
+    }
+
+    /// The message template for `code`: the policy's, or the registry's default.
+    pub fn message(&self, code: ErrorCode) -> Template {
+        self.messages
+            .get(&code)
+            .cloned()
+            .unwrap_or_else(|| Template::parse(code.default_message()).unwrap_or_default())
+    }
+
+    /// The title for `code`: the policy's, or the registry's.
+    pub fn title(&self, code: ErrorCode) -> String {
+        self.titles
+            .get(&code)
+            .cloned()
+            .unwrap_or_else(|| code.title().to_owned())
+    }
+
+    /// The `type` member the policy gives `code`, if any.
+    pub fn kind(&self, code: ErrorCode) -> Option<&str> {
+        self.types.get(&code).map(String::as_str)
+    }
+}
+
+struct Compiler<'a> {
+    file: &'a str,
+    errors: Vec<PolicyError>,
+    identities: BTreeSet<String>,
+}
+
+impl Compiler<'_> {
+    fn error<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.errors.push(PolicyError {
+            file: self.file.to_owned(),
+            line: at.referenced.line(),
+            column: at.referenced.column(),
+            message,
+        });
+    }
+
+    fn scope(&mut self, per: &Spanned<String>) -> Scope {
+        if per.value == "global" {
+            return Scope::Global;
+        }
+        if !self.identities.contains(&per.value) {
+            let known: Vec<&str> = self.identities.iter().map(String::as_str).collect();
+            self.error(
+                per,
+                format!(
+                    "unknown identity `{}`; expected `global` or one of the identities defined \
+                     under `identities:` ({})",
+                    per.value,
+                    if known.is_empty() {
+                        "none are defined".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+        Scope::Identity(per.value.clone())
+    }
+
+    fn limit(
+        &mut self,
+        spec: &LimitSpec,
+        default_name: String,
+        counter_prefix: &str,
+    ) -> Option<LimitRule> {
+        let per = self.scope(&spec.per);
+        let rate = spec.rate.0;
+        let built = match spec.algorithm {
+            AlgorithmName::TokenBucket => Limit::token_bucket(
+                rate.count,
+                rate.span,
+                spec.burst.unwrap_or(rate.count).max(1),
+            ),
+            AlgorithmName::FixedWindow => Limit::fixed_window(
+                rate.count,
+                Period::Span(u64::try_from(rate.span.as_nanos()).unwrap_or(u64::MAX)),
+            ),
+            AlgorithmName::SlidingWindow => Limit::sliding_window(rate.count, rate.span),
+            AlgorithmName::Concurrency => Limit::concurrency(rate.count, rate.span),
+        };
+        let built = built.and_then(|limit| {
+            if spec.count_rejected {
+                limit.counting_rejected()
+            } else {
+                Ok(limit)
+            }
+        });
+        let name = spec.name.clone().unwrap_or(default_name);
+        match built {
+            Ok(limit) => Some(LimitRule {
+                counter: format!("{counter_prefix}{name}"),
+                name,
+                rate,
+                per,
+                algorithm: spec.algorithm,
+                cost: spec.cost,
+                limit,
+            }),
+            Err(error) => {
+                self.error(&spec.per, format!("invalid limit `{name}`: {error}"));
+                None
+            }
+        }
+    }
+
+    fn quota(&mut self, spec: &QuotaSpec, plan: &str) -> Option<QuotaRule> {
+        let per = self.scope(&spec.per);
+        let zone = match &spec.time_zone {
+            None => sluice_core::TimeZone::UTC,
+            Some(name) => match MonthlyCycle::time_zone(&name.value) {
+                Ok(zone) => zone,
+                Err(error) => {
+                    self.error(name, format!("{error}"));
+                    return None;
+                }
+            },
+        };
+        let cycle = match spec.period {
+            QuotaPeriod::CalendarMonth => Ok(MonthlyCycle::calendar_month(zone)),
+            QuotaPeriod::BillingCycle { anchor_day } => MonthlyCycle::anchored(anchor_day, zone),
+        };
+        match cycle.and_then(|cycle| Limit::fixed_window(spec.amount, Period::Monthly(cycle))) {
+            Ok(limit) => Some(QuotaRule {
+                name: spec.name.clone(),
+                amount: spec.amount,
+                per,
+                counts: spec.counts,
+                unit: spec.unit.clone(),
+                period: spec.period,
+                limit,
+            }),
+            Err(error) => {
+                self.error(
+                    &spec.per,
+                    format!("invalid quota `{}` of plan `{plan}`: {error}", spec.name),
+                );
+                None
+            }
+        }
+    }
+}
+
+fn parse_proxy(text: &str) -> Result<TrustedProxy, String> {
+    let expected =
+        || format!("expected an IP address or CIDR block like `10.0.0.0/8`, found `{text}`");
+    let (address, prefix) = match text.split_once('/') {
+        Some((address, prefix)) => (address, Some(prefix)),
+        None => (text, None),
+    };
+    let address: IpAddr = address.trim().parse().map_err(|_| expected())?;
+    let width = if address.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(prefix) => prefix.trim().parse::<u8>().map_err(|_| expected())?,
+        None => width,
+    };
+    if prefix > width {
+        return Err(expected());
+    }
+    Ok(TrustedProxy { address, prefix })
+}
+
+/// Validates `file` (read from `path`) into a policy.
+pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErrors> {
+    let mut compiler = Compiler {
+        file: path,
+        errors: Vec::new(),
+        identities: file.identities.keys().cloned().collect(),
+    };
+
+    let mut trusted_proxies = Vec::new();
+    for proxy in &file.client_ip.trusted_proxies {
+        match parse_proxy(&proxy.value) {
+            Ok(parsed) => trusted_proxies.push(parsed),
+            Err(message) => compiler.error(proxy, message),
+        }
+    }
+
+    let mut plans = BTreeMap::new();
+    for (name, plan) in &file.plans {
+        let limits = plan
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, spec)| {
+                compiler.limit(spec, format!("{name}-{index}"), &format!("plan/{name}/"))
+            })
+            .collect();
+        let quotas = plan
+            .quotas
+            .iter()
+            .filter_map(|spec| compiler.quota(spec, name))
+            .collect();
+        plans.insert(
+            name.clone(),
+            PlanRule {
+                description: plan.description.clone(),
+                limits,
+                quotas,
+            },
+        );
+    }
+    let plan_exists = |compiler: &mut Compiler<'_>, name: &Spanned<String>| {
+        if !plans.contains_key(&name.value) {
+            let known: Vec<&str> = plans.keys().map(String::as_str).collect();
+            compiler.error(
+                name,
+                format!(
+                    "unknown plan `{}`; expected one of the plans defined under `plans:` ({})",
+                    name.value,
+                    known.join(", ")
+                ),
+            );
+        }
+    };
+    if let Some(plan) = &file.default_plan {
+        plan_exists(&mut compiler, plan);
+    }
+
+    let fair_use: Vec<LimitRule> = file
+        .fair_use
+        .iter()
+        .enumerate()
+        .filter_map(|(index, spec)| compiler.limit(spec, format!("fair-use-{index}"), "fair-use/"))
+        .collect();
+
+    let mut routes: Vec<Route> = Vec::new();
+    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    for spec in &file.routes {
+        let pattern = spec.pattern.value.0.clone();
+        if seen.insert(pattern.to_string(), ()).is_some() {
+            compiler.error(&spec.pattern, format!("route `{pattern}` is defined twice"));
+        }
+        let prefix = format!("{pattern}#");
+        let mut limits: Vec<LimitRule> = spec
+            .limits
+            .iter()
+            .enumerate()
+            .filter_map(|(index, limit)| compiler.limit(limit, format!("limit-{index}"), &prefix))
+            .collect();
+        if spec.unlimited {
+            if !spec.limits.is_empty() {
+                compiler.error(
+                    &spec.pattern,
+                    format!("route `{pattern}` is `unlimited` but also lists limits; choose one"),
+                );
+            }
+            limits.extend(fair_use.iter().cloned());
+        }
+        for quota in &spec.quotas {
+            let offered = plans
+                .values()
+                .any(|plan| plan.quotas.iter().any(|q| q.name == quota.value));
+            if !offered {
+                compiler.error(
+                    quota,
+                    format!(
+                        "no plan defines a quota named `{}`; define it under a plan's `quotas:`",
+                        quota.value
+                    ),
+                );
+            }
+        }
+        for (field, rule) in &spec.request.fields.0 {
+            if rule.url.is_some()
+                && rule
+                    .kind
+                    .is_some_and(|kind| kind != crate::syntax::FieldType::String)
+            {
+                compiler.error(
+                    &spec.pattern,
+                    format!("field `{field}` holds a URL, so its type must be `string`"),
+                );
+            }
+        }
+        routes.push(Route {
+            pattern,
+            unlimited: spec.unlimited,
+            limits,
+            quotas: spec.quotas.iter().map(|q| q.value.clone()).collect(),
+            request: spec.request.clone(),
+            authenticate: spec.authenticate,
+            description: spec.description.clone(),
+        });
+    }
+    routes.sort_by(|a, b| b.pattern.specificity_cmp(&a.pattern));
+
+    let mut overrides = Vec::new();
+    for spec in &file.overrides {
+        compiler.scope(&spec.identity);
+        if let Some(plan) = &spec.plan {
+            plan_exists(&mut compiler, plan);
+        }
+        let mut limits = BTreeMap::new();
+        for (name, rate) in &spec.limits {
+            let Some(original) = routes
+                .iter()
+                .flat_map(|route| &route.limits)
+                .find(|limit| &limit.name == name)
+            else {
+                compiler.error(
+                    &spec.identity,
+                    format!(
+                        "override for `{}` replaces unknown limit `{name}`",
+                        spec.value
+                    ),
+                );
+                continue;
+            };
+            let replaced = LimitSpec {
+                name: Some(name.clone()),
+                rate: *rate,
+                per: spec.identity.clone(),
+                algorithm: original.algorithm,
+                burst: None,
+                cost: original.cost,
+                count_rejected: false,
+            };
+            let counter_prefix = original
+                .counter
+                .strip_suffix(name.as_str())
+                .unwrap_or("")
+                .to_owned();
+            if let Some(rule) = compiler.limit(&replaced, name.clone(), &counter_prefix) {
+                limits.insert(name.clone(), rule);
+            }
+        }
+        overrides.push(OverrideRule {
+            identity: spec.identity.value.clone(),
+            value: spec.value.clone(),
+            plan: spec.plan.as_ref().map(|plan| plan.value.clone()),
+            limits,
+        });
+    }
+
+    let penalties = file
+        .penalties
+        .iter()
+        .map(|penalty| PenaltyRule {
+            per: compiler.scope(&penalty.per),
+            after_denials: penalty.after_denials.0,
+            block_for: penalty.block_for.0,
+        })
+        .collect();
+
+    if !compiler.errors.is_empty() {
+        return Err(PolicyErrors(compiler.errors));
+    }
+    Ok(Policy {
+        service: file.service,
+        envelope: file.errors.envelope,
+        headers: file.headers,
+        identities: file.identities,
+        trusted_proxies,
+        authentication: file.authentication,
+        plans,
+        default_plan: file.default_plan.map(|plan| plan.value),
+        overrides,
+        penalties,
+        routes,
+        messages: file
+            .errors
+            .messages
+            .into_iter()
+            .map(|(code, template)| (code.0, template.0))
+            .collect(),
+        titles: file
+            .errors
+            .titles
+            .into_iter()
+            .map(|(code, title)| (code.0, title))
+            .collect(),
+        types: file
+            .errors
+            .types
+            .into_iter()
+            .map(|(code, kind)| (code.0, kind))
+            .collect(),
+    })
+}

@@ -1,0 +1,53 @@
+//! sluice's policy file: one YAML document declaring an API's identities, keys, routes, limits,
+//! quotas, plans, penalties, error contract and headers. [`load`] turns it into a validated
+//! [`Policy`] or into errors that each name the file, line and column; [`docs`] renders the API's
+//! rate-limit page from it.
+//!
+//! This crate reads no files and does no IO: the caller hands it the text and the name to report.
+
+mod compile;
+mod docs;
+mod error;
+mod route;
+mod syntax;
+mod text;
+
+pub use compile::{
+    LimitRule, OverrideRule, PenaltyRule, PlanRule, Policy, QuotaRule, Route, Scope, TrustedProxy,
+};
+pub use docs::docs;
+pub use error::{PolicyError, PolicyErrors};
+pub use route::RoutePattern;
+pub use syntax::{
+    AlgorithmName, Authentication, ClientIp, FieldRule, FieldType, IdentitySource, InactiveBlocks,
+    KeyAttribute, KeySource, Ordered, QuotaCounts, QuotaPeriod, RequestRules, Service, SizeText,
+    UrlRule,
+};
+pub use text::{Rate, parse_duration, parse_rate, parse_size};
+
+/// Parses and validates the policy `text`, read from `file` (used only in error messages).
+pub fn load(file: &str, text: &str) -> Result<Policy, PolicyErrors> {
+    let parsed: syntax::PolicyFile = serde_saphyr::from_str(text).map_err(|error| {
+        let (line, column) = error
+            .location()
+            .map_or((1, 1), |location| (location.line(), location.column()));
+        PolicyErrors(vec![PolicyError {
+            file: file.to_owned(),
+            line,
+            column,
+            message: first_line(&error.to_string()),
+        }])
+    })?;
+    compile::compile(file, parsed)
+}
+
+/// serde-saphyr's message without its own `line N column M:` prefix and source excerpt: the
+/// location is reported in the `file:line:column` form instead.
+fn first_line(message: &str) -> String {
+    let line = message.lines().next().unwrap_or(message);
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    match line.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("line ") => rest.to_owned(),
+        _ => line.to_owned(),
+    }
+}

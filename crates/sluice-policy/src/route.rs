@@ -1,0 +1,219 @@
+//! Route patterns (`POST /projects/{id}/builds`, `GET /static/*`, `* /*`) and which of several
+//! matching patterns wins: the most specific one.
+
+use std::cmp::Ordering;
+use std::fmt;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Segment {
+    Literal(String),
+    Param(String),
+}
+
+/// A method (or `*` for any) and a path pattern: literal segments, `{param}` segments and an
+/// optional trailing `*` that matches any rest of the path, including nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutePattern {
+    /// `None` matches any method.
+    method: Option<String>,
+    segments: Vec<Segment>,
+    wildcard: bool,
+}
+
+impl RoutePattern {
+    /// Parses `METHOD /path`.
+    pub fn parse(text: &str) -> Result<RoutePattern, String> {
+        let expected = || {
+            format!(
+                "expected a route like `POST /projects/upload-file`, `GET /items/{{id}}` or \
+                 `* /*`, found `{}`",
+                text.trim()
+            )
+        };
+        let (method, path) = text.trim().split_once(' ').ok_or_else(expected)?;
+        let method = match method {
+            "*" => None,
+            name if !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase()) => {
+                Some(name.to_owned())
+            }
+            _ => {
+                return Err(format!(
+                    "expected an upper-case HTTP method or `*` before the path, found `{method}`"
+                ));
+            }
+        };
+        let path = path.trim();
+        let rest = path.strip_prefix('/').ok_or_else(expected)?;
+        let mut segments = Vec::new();
+        let mut wildcard = false;
+        let parts: Vec<&str> = if rest.is_empty() {
+            Vec::new()
+        } else {
+            rest.split('/').collect()
+        };
+        for (index, part) in parts.iter().enumerate() {
+            if *part == "*" || *part == "**" {
+                if index + 1 != parts.len() {
+                    return Err(format!(
+                        "a `*` may only end a route's path, found one in the middle of `{path}`"
+                    ));
+                }
+                wildcard = true;
+            } else if let Some(name) = part.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                if name.is_empty() || name.contains(['{', '}', '/']) {
+                    return Err(format!("bad parameter segment `{part}` in `{path}`"));
+                }
+                segments.push(Segment::Param(name.to_owned()));
+            } else if part.is_empty() || part.contains(['{', '}', '*']) {
+                return Err(format!("bad path segment `{part}` in `{path}`"));
+            } else {
+                segments.push(Segment::Literal((*part).to_owned()));
+            }
+        }
+        Ok(RoutePattern {
+            method,
+            segments,
+            wildcard,
+        })
+    }
+
+    /// The parameters if `method` and `path` (no query string) match.
+    pub fn matches(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
+        if self.method.as_deref().is_some_and(|own| own != method) {
+            return None;
+        }
+        let rest = path.strip_prefix('/').unwrap_or(path);
+        let mut parts = rest.split('/').filter(|part| !part.is_empty());
+        let mut params = Vec::new();
+        for segment in &self.segments {
+            let part = parts.next()?;
+            match segment {
+                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(_) => return None,
+                Segment::Param(name) => params.push((name.clone(), part.to_owned())),
+            }
+        }
+        if parts.next().is_some() && !self.wildcard {
+            return None;
+        }
+        Some(params)
+    }
+
+    /// Orders patterns by specificity: segment by segment a literal beats a parameter, then
+    /// more segments beat fewer, no wildcard beats a wildcard, and a named method beats `*`.
+    pub fn specificity_cmp(&self, other: &RoutePattern) -> Ordering {
+        for (mine, theirs) in self.segments.iter().zip(&other.segments) {
+            let rank = |segment: &Segment| match segment {
+                Segment::Literal(_) => 1,
+                Segment::Param(_) => 0,
+            };
+            match rank(mine).cmp(&rank(theirs)) {
+                Ordering::Equal => {}
+                unequal => return unequal,
+            }
+        }
+        self.segments
+            .len()
+            .cmp(&other.segments.len())
+            .then((!self.wildcard).cmp(&!other.wildcard))
+            .then(self.method.is_some().cmp(&other.method.is_some()))
+    }
+
+    /// The method, or `None` for any.
+    pub fn method(&self) -> Option<&str> {
+        self.method.as_deref()
+    }
+
+    /// Whether the pattern matches every path below its literal prefix.
+    pub fn is_wildcard(&self) -> bool {
+        self.wildcard
+    }
+}
+
+impl fmt::Display for RoutePattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ", self.method.as_deref().unwrap_or("*"))?;
+        if self.segments.is_empty() && !self.wildcard {
+            return f.write_str("/");
+        }
+        for segment in &self.segments {
+            match segment {
+                Segment::Literal(literal) => write!(f, "/{literal}")?,
+                Segment::Param(name) => write!(f, "/{{{name}}}")?,
+            }
+        }
+        if self.wildcard {
+            f.write_str("/*")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(text: &str) -> RoutePattern {
+        RoutePattern::parse(text).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    #[test]
+    fn patterns_match_literals_params_and_wildcards() {
+        let upload = pattern("POST /projects/upload-file");
+        assert_eq!(
+            upload.matches("POST", "/projects/upload-file"),
+            Some(vec![])
+        );
+        assert_eq!(upload.matches("GET", "/projects/upload-file"), None);
+        assert_eq!(upload.matches("POST", "/projects/upload-file/x"), None);
+        let item = pattern("GET /items/{id}");
+        assert_eq!(
+            item.matches("GET", "/items/42"),
+            Some(vec![("id".into(), "42".into())])
+        );
+        let any = pattern("* /*");
+        assert!(any.matches("DELETE", "/").is_some());
+        assert!(any.matches("GET", "/a/b/c").is_some());
+        assert_eq!(any.to_string(), "* /*");
+    }
+
+    #[test]
+    fn the_most_specific_pattern_wins() {
+        let mut patterns = [
+            pattern("* /*"),
+            pattern("GET /items/{id}"),
+            pattern("GET /items/special"),
+            pattern("GET /items/*"),
+        ];
+        patterns.sort_by(|a, b| b.specificity_cmp(a));
+        let order: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            order,
+            [
+                "GET /items/special",
+                "GET /items/{id}",
+                "GET /items/*",
+                "* /*"
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_patterns_say_why() {
+        assert!(
+            RoutePattern::parse("post /x")
+                .unwrap_err()
+                .contains("method")
+        );
+        assert!(
+            RoutePattern::parse("GET /a/*/b")
+                .unwrap_err()
+                .contains("only end")
+        );
+        assert!(
+            RoutePattern::parse("GET x")
+                .unwrap_err()
+                .contains("expected a route")
+        );
+    }
+}

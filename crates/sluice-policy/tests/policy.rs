@@ -1,0 +1,130 @@
+//! The policy file as its author meets it: both seed examples load and render their pages, and a
+//! broken file is answered with file:line:column and what was expected there.
+
+use std::path::{Path, PathBuf};
+
+use expect_test::{expect, expect_file};
+use sluice_policy::{Scope, load};
+
+fn example(name: &str) -> (String, String) {
+    let path: PathBuf = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .join("policy.yaml");
+    let text = std::fs::read_to_string(&path).expect("the example exists");
+    (format!("examples/{name}/policy.yaml"), text)
+}
+
+fn docs_of(name: &str) -> String {
+    let (file, text) = example(name);
+    let policy = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    sluice_policy::docs(&policy)
+}
+
+#[test]
+fn the_streampixel_page_matches_its_seed() {
+    let page = docs_of("streampixel");
+    assert!(
+        page.contains("`POST /projects/upload-file` | **1 request per 2 minutes** | Per `userId`")
+    );
+    assert!(page.contains("`POST /projects/distribute-file` | **1 request per 2 minutes**"));
+    assert!(page.contains("Unlimited (subject to fair use)"));
+    assert!(page.contains(r#""message": "Rate limit exceeded. Try again in 2 minutes.""#));
+    expect_file!["snapshots/streampixel.md"].assert_eq(&page);
+}
+
+#[test]
+fn the_pixel_patrol_page_matches_its_seed() {
+    let page = docs_of("pixelpatrol");
+    assert!(page.contains("**1,000 requests per minute** | Per site key"));
+    assert!(page.contains("**2,000 requests per minute** | Per site key"));
+    assert!(page.contains("| Text content (`body` field) | 100 KB |"));
+    assert!(page.contains("| Metadata object | 10 KB |"));
+    assert!(page.contains("| Image files (via URL) | 10 MB |"));
+    assert!(page.contains("X-RateLimit-Reset: 1640995200"));
+    assert!(page.contains(r#""retry_after": 60"#));
+    expect_file!["snapshots/pixelpatrol.md"].assert_eq(&page);
+}
+
+#[test]
+fn routes_resolve_to_the_most_specific_match() {
+    let (file, text) = example("streampixel");
+    let policy = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let (upload, _) = policy
+        .route("POST", "/projects/upload-file")
+        .expect("a route");
+    assert_eq!(upload.limits.len(), 1);
+    assert_eq!(upload.limits[0].per, Scope::Identity("user".into()));
+    let (other, _) = policy.route("GET", "/projects").expect("the catch-all");
+    assert!(other.unlimited);
+    assert_eq!(other.limits[0].name, "fair-use");
+}
+
+fn errors_of(text: &str) -> String {
+    match load("policy.yaml", text) {
+        Ok(_) => "accepted".to_owned(),
+        Err(errors) => errors.to_string(),
+    }
+}
+
+const HEAD: &str = "service:\n  name: Test\nidentities:\n  user: { from: body, field: userId }\n";
+
+#[test]
+fn an_unknown_key_is_named_with_its_location() {
+    let text = format!("{HEAD}routes:\n  - match: GET /a\n    limitz: []\n");
+    expect![[r#"policy.yaml:7:5: unknown field `limitz`, expected one of match, unlimited, limits, quotas, request, authenticate, description"#]]
+        .assert_eq(&errors_of(&text));
+}
+
+#[test]
+fn a_bad_rate_says_what_was_expected() {
+    let text = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 2 fortnights\n        per: user\n"
+    );
+    expect![[r#"policy.yaml:8:15: expected a duration like `2m`, `90 seconds` or `1 hour`, found `2 fortnights` (in rate `1 per 2 fortnights`)"#]]
+        .assert_eq(&errors_of(&text));
+}
+
+#[test]
+fn every_unknown_reference_is_reported_at_its_place() {
+    let text = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 1m\n        per: usr\n    quotas: [monthly]\n"
+    );
+    expect![[r#"
+        policy.yaml:9:14: unknown identity `usr`; expected `global` or one of the identities defined under `identities:` (user)
+        policy.yaml:10:14: no plan defines a quota named `monthly`; define it under a plan's `quotas:`"#]]
+    .assert_eq(&errors_of(&text));
+}
+
+#[test]
+fn bad_codes_templates_and_patterns_are_located() {
+    let code = "service: { name: T }\nerrors:\n  messages:\n    rate_limitd: hi\nroutes: []\n";
+    assert!(errors_of(code).starts_with("policy.yaml:4:5: unknown error code `rate_limitd`"));
+    let template = "service: { name: T }\nerrors:\n  messages:\n    rate_limited: \"in {retry}\"\nroutes: []\n";
+    let error = errors_of(template);
+    assert!(
+        error.starts_with("policy.yaml:4:19: unknown placeholder `{retry}`"),
+        "{error}"
+    );
+    let pattern = "service: { name: T }\nroutes:\n  - match: get /a\n";
+    let error = errors_of(pattern);
+    assert!(
+        error.starts_with("policy.yaml:3:12: expected an upper-case HTTP method"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_wrong_type_and_a_duplicate_route_are_errors() {
+    let wrong = "service: { name: T }\nroutes:\n  - match: GET /a\n    unlimited: maybe\n";
+    assert!(
+        errors_of(wrong).starts_with("policy.yaml:4:16:"),
+        "{}",
+        errors_of(wrong)
+    );
+    let twice = "service: { name: T }\nroutes:\n  - match: GET /a\n  - match: GET /a\n";
+    assert_eq!(
+        errors_of(twice),
+        "policy.yaml:4:12: route `GET /a` is defined twice"
+    );
+}
