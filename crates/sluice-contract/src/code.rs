@@ -332,6 +332,43 @@ impl ErrorCode {
         }
     }
 
+    /// Whether a failure with this code supplies `placeholder` to its message template.
+    pub fn supplies(self, placeholder: crate::Placeholder) -> bool {
+        use crate::Placeholder as P;
+        match self {
+            ErrorCode::RateLimited | ErrorCode::QuotaExceeded => matches!(
+                placeholder,
+                P::RetryIn | P::RetryInSeconds | P::RetryAfter | P::Limit | P::Window
+            ),
+            ErrorCode::Blocked => {
+                matches!(placeholder, P::RetryIn | P::RetryInSeconds | P::RetryAfter)
+            }
+            ErrorCode::ConcurrencyExceeded => matches!(placeholder, P::Limit),
+            ErrorCode::MissingField => matches!(placeholder, P::Field),
+            ErrorCode::InvalidField => matches!(placeholder, P::Field | P::Reason),
+            ErrorCode::BodyTooLarge => matches!(placeholder, P::MaxSize),
+            ErrorCode::FieldTooLarge | ErrorCode::ResourceTooLarge => {
+                matches!(placeholder, P::Field | P::MaxSize)
+            }
+            ErrorCode::MissingApiKey
+            | ErrorCode::InvalidApiKey
+            | ErrorCode::RevokedApiKey
+            | ErrorCode::WrongEnvironment
+            | ErrorCode::Forbidden
+            | ErrorCode::SubscriptionInactive
+            | ErrorCode::UnsupportedMediaType
+            | ErrorCode::MalformedBody
+            | ErrorCode::NotFound
+            | ErrorCode::HeadersTooLarge
+            | ErrorCode::RequestTimeout
+            | ErrorCode::UpstreamUnavailable
+            | ErrorCode::UpstreamTimeout
+            | ErrorCode::UpstreamError
+            | ErrorCode::StoreUnavailable
+            | ErrorCode::Internal => false,
+        }
+    }
+
     /// The code named `name`, if there is one.
     pub fn from_name(name: &str) -> Option<ErrorCode> {
         ErrorCode::ALL

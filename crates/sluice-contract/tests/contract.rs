@@ -20,7 +20,14 @@ fn code_names_are_unique_and_round_trip() {
     let mut names: Vec<&str> = ErrorCode::ALL.iter().map(|code| code.name()).collect();
     for code in ErrorCode::ALL {
         assert_eq!(ErrorCode::from_name(code.name()), Some(*code));
-        assert!(Template::parse(code.default_message()).is_ok(), "{code}");
+        let template = Template::parse(code.default_message());
+        assert!(template.is_ok(), "{code}");
+        for placeholder in template.iter().flat_map(Template::placeholders) {
+            assert!(
+                code.supplies(placeholder),
+                "{code} does not supply {placeholder:?}"
+            );
+        }
     }
     names.sort_unstable();
     names.dedup();

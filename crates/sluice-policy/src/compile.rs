@@ -545,6 +545,26 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         })
         .collect();
 
+    for (code, template) in &file.errors.messages {
+        let code = code.0;
+        let missing: Vec<String> = template
+            .value
+            .0
+            .placeholders()
+            .filter(|placeholder| !code.supplies(*placeholder))
+            .map(|placeholder| format!("{{{}}}", placeholder.name()))
+            .collect();
+        if !missing.is_empty() {
+            compiler.error(
+                template,
+                format!(
+                    "the `{code}` message uses {}, which a `{code}` failure does not supply",
+                    missing.join(", ")
+                ),
+            );
+        }
+    }
+
     if !compiler.errors.is_empty() {
         return Err(PolicyErrors(compiler.errors));
     }
@@ -564,7 +584,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
             .errors
             .messages
             .into_iter()
-            .map(|(code, template)| (code.0, template.0))
+            .map(|(code, template)| (code.0, template.value.0))
             .collect(),
         titles: file
             .errors

@@ -185,7 +185,7 @@ pub(crate) struct Errors {
     #[serde(default)]
     pub envelope: Envelope,
     #[serde(default)]
-    pub messages: BTreeMap<CodeName, TemplateText>,
+    pub messages: BTreeMap<CodeName, Spanned<TemplateText>>,
     #[serde(default)]
     pub titles: BTreeMap<CodeName, String>,
     #[serde(default)]

@@ -115,6 +115,13 @@ fn bad_codes_templates_and_patterns_are_located() {
 }
 
 #[test]
+fn a_placeholder_the_failure_cannot_fill_is_an_error() {
+    let text = "service: { name: T }\nerrors:\n  messages:\n    missing_field: \"{field} in {retry_in}\"\nroutes: []\n";
+    expect![[r#"policy.yaml:4:20: the `missing_field` message uses {retry_in}, which a `missing_field` failure does not supply"#]]
+        .assert_eq(&errors_of(text));
+}
+
+#[test]
 fn a_wrong_type_and_a_duplicate_route_are_errors() {
     let wrong = "service: { name: T }\nroutes:\n  - match: GET /a\n    unlimited: maybe\n";
     assert!(
