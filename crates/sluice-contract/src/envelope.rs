@@ -120,17 +120,6 @@ impl Envelope {
             body: serde_json::to_vec(&Value::Object(object)).unwrap_or_default(),
         }
     }
-
-    /// Whether an upstream body is already an error in some JSON shape, and so passes through
-    /// unchanged.
-    pub fn is_json_error_body(content_type: Option<&str>, body: &[u8]) -> bool {
-        let json = content_type.is_some_and(|value| {
-            let essence = value.split(';').next().unwrap_or("").trim();
-            essence.eq_ignore_ascii_case("application/json")
-                || essence.to_ascii_lowercase().ends_with("+json")
-        });
-        json && serde_json::from_slice::<Value>(body).is_ok()
-    }
 }
 
 fn add_request_id(object: &mut Map<String, Value>, field: Option<&str>, reply: &ErrorReply) {

@@ -427,10 +427,10 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         .collect();
 
     let mut routes: Vec<Route> = Vec::new();
-    let mut seen: BTreeMap<String, ()> = BTreeMap::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
     for spec in &file.routes {
         let pattern = spec.pattern.value.0.clone();
-        if seen.insert(pattern.to_string(), ()).is_some() {
+        if !seen.insert(pattern.to_string()) {
             compiler.error(&spec.pattern, format!("route `{pattern}` is defined twice"));
         }
         let prefix = format!("{pattern}#");
@@ -599,4 +599,33 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
             .map(|(code, kind)| (code.0, kind))
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(text: &str) -> TrustedProxy {
+        parse_proxy(text).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse()
+            .unwrap_or_else(|error| panic!("{text}: {error}"))
+    }
+
+    #[test]
+    fn trusted_proxy_blocks_contain_their_addresses_only() {
+        let block = proxy("10.1.0.0/16");
+        assert!(block.contains(ip("10.1.255.7")));
+        assert!(!block.contains(ip("10.2.0.1")));
+        assert!(!block.contains(ip("::ffff:10.1.0.1")));
+        let single = proxy("192.0.2.7");
+        assert!(single.contains(ip("192.0.2.7")));
+        assert!(!single.contains(ip("192.0.2.8")));
+        assert!(proxy("0.0.0.0/0").contains(ip("203.0.113.9")));
+        assert!(proxy("2001:db8::/32").contains(ip("2001:db8:1::1")));
+        assert!(parse_proxy("10.0.0.0/33").is_err());
+        assert!(parse_proxy("ten").is_err());
+    }
 }

@@ -10,7 +10,7 @@ use sluice_contract::{
     window_words,
 };
 
-use crate::compile::{LimitRule, Policy, Scope};
+use crate::compile::{LimitRule, Policy, Route, Scope};
 use crate::syntax::{IdentitySource, KeyAttribute, QuotaPeriod};
 
 /// `1,000`.
@@ -55,6 +55,15 @@ fn scope_words(policy: &Policy, scope: &Scope) -> String {
     }
 }
 
+/// The route as a reader knows it: its pattern, or `catch_all` for the `* /*` kind.
+fn endpoint_words(route: &Route, catch_all: &str) -> String {
+    if route.pattern.is_wildcard() && route.pattern.method().is_none() {
+        catch_all.to_owned()
+    } else {
+        format!("`{}`", route.pattern)
+    }
+}
+
 fn limit_cell(limit: &LimitRule) -> String {
     format!("**{}**", rate_words(limit.rate.count, limit.rate.span))
 }
@@ -79,11 +88,7 @@ pub fn docs(policy: &Policy) -> String {
     // Specific routes first, catch-alls last, as a reader scans the table.
     routes.sort_by_key(|route| route.pattern.is_wildcard());
     for route in &routes {
-        let endpoint = if route.pattern.is_wildcard() && route.pattern.method().is_none() {
-            "All other endpoints".to_owned()
-        } else {
-            format!("`{}`", route.pattern)
-        };
+        let endpoint = endpoint_words(route, "All other endpoints");
         if route.unlimited {
             let scope = route
                 .limits
@@ -152,11 +157,7 @@ pub fn docs(policy: &Policy) -> String {
     let mut sizes = Vec::new();
     for route in &policy.routes {
         if let Some(max) = route.request.max_body {
-            let endpoint = if route.pattern.is_wildcard() && route.pattern.method().is_none() {
-                "any other endpoint".to_owned()
-            } else {
-                format!("`{}`", route.pattern)
-            };
+            let endpoint = endpoint_words(route, "any other endpoint");
             sizes.push((format!("Request body of {endpoint}"), max.0));
         }
         for (field, rule) in &route.request.fields.0 {
@@ -417,7 +418,7 @@ fn render(policy: &Policy, code: ErrorCode, values: &Values) -> String {
 /// The codes a gateway running this policy can answer with, in registry order.
 fn produced_codes(policy: &Policy) -> Vec<ErrorCode> {
     let routes = &policy.routes;
-    let any = |test: &dyn Fn(&crate::compile::Route) -> bool| routes.iter().any(test);
+    let any = |test: &dyn Fn(&Route) -> bool| routes.iter().any(test);
     ErrorCode::ALL
         .iter()
         .copied()

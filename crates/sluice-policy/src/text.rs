@@ -20,6 +20,14 @@ fn number(text: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// `"100 KB"` → `("100", " KB")`: the leading digits (with `,` or `_` separators) and the rest.
+fn split_amount(text: &str) -> (&str, &str) {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == ',' || c == '_'))
+        .unwrap_or(text.len());
+    text.split_at(split)
+}
+
 const DAY: u64 = 86_400;
 
 fn unit_seconds(unit: &str) -> Option<Duration> {
@@ -45,10 +53,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         )
     };
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == ',' || c == '_'))
-        .unwrap_or(text.len());
-    let (amount, unit) = text.split_at(split);
+    let (amount, unit) = split_amount(text);
     let amount = if amount.is_empty() {
         1
     } else {
@@ -95,10 +100,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         )
     };
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == ',' || c == '_'))
-        .unwrap_or(text.len());
-    let (amount, unit) = text.split_at(split);
+    let (amount, unit) = split_amount(text);
     let amount = number(amount).ok_or_else(expected)?;
     let scale: u64 = match unit.trim().to_ascii_lowercase().as_str() {
         "" | "b" | "byte" | "bytes" => 1,

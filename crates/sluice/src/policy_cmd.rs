@@ -15,41 +15,37 @@ pub(crate) struct PolicyArgs {
     policy: PathBuf,
 }
 
-/// The policy, or its errors printed to stderr.
-fn load(args: &PolicyArgs) -> anyhow::Result<Result<Policy, String>> {
+/// The policy; or, when it is invalid, `None` after printing its errors to stderr.
+fn load(args: &PolicyArgs) -> anyhow::Result<Option<Policy>> {
     let text = std::fs::read_to_string(&args.policy)
         .with_context(|| format!("cannot read policy file {}", args.policy.display()))?;
     let name = args.policy.display().to_string();
-    Ok(sluice_policy::load(&name, &text).map_err(|errors| errors.to_string()))
+    match sluice_policy::load(&name, &text) {
+        Ok(policy) => Ok(Some(policy)),
+        Err(errors) => {
+            eprintln!("{errors}");
+            Ok(None)
+        }
+    }
 }
 
 pub(crate) fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
-    match load(args)? {
-        Ok(policy) => {
-            println!(
-                "{}: ok ({} routes, {} plans)",
-                args.policy.display(),
-                policy.routes.len(),
-                policy.plans.len()
-            );
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    let Some(policy) = load(args)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    println!(
+        "{}: ok ({} routes, {} plans)",
+        args.policy.display(),
+        policy.routes.len(),
+        policy.plans.len()
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub(crate) fn docs(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
-    match load(args)? {
-        Ok(policy) => {
-            print!("{}", sluice_policy::docs(&policy));
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(errors) => {
-            eprintln!("{errors}");
-            Ok(ExitCode::FAILURE)
-        }
-    }
+    let Some(policy) = load(args)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    print!("{}", sluice_policy::docs(&policy));
+    Ok(ExitCode::SUCCESS)
 }
