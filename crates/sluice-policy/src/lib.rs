@@ -8,6 +8,7 @@
 mod compile;
 mod docs;
 mod error;
+mod keys;
 mod route;
 mod syntax;
 mod text;
@@ -17,6 +18,7 @@ pub use compile::{
 };
 pub use docs::docs;
 pub use error::{PolicyError, PolicyErrors};
+pub use keys::{KeyRecord, KeyStatus, hash_text, load_keys};
 pub use route::RoutePattern;
 pub use syntax::{
     AlgorithmName, Authentication, ClientIp, FieldRule, FieldType, IdentitySource, InactiveBlocks,
@@ -43,7 +45,7 @@ pub fn load(file: &str, text: &str) -> Result<Policy, PolicyErrors> {
 
 /// serde-saphyr's message without its own `line N column M:` prefix and source excerpt: the
 /// location is reported in the `file:line:column` form instead.
-fn first_line(message: &str) -> String {
+pub(crate) fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message);
     let line = line.strip_prefix("error: ").unwrap_or(line);
     match line.split_once(": ") {

@@ -1,120 +1,152 @@
-//! `sluice demo`: the two seed APIs' limits, replayed on a simulated clock, so a newcomer sees
-//! the engine decide (admit, deny with an exact wait, reset) before any server exists.
+//! `sluice demo`: the README's first command. The gateway enforcing Streampixel's policy (the
+//! bundled example, or any `--policy`) in front of a built-in echo upstream. It sends a few
+//! requests through itself — an admitted upload, the same upload again (429), a wrong key (401),
+//! a wrong content type (415) — printing each as a `curl` line with the answer it got, then keeps
+//! serving until Ctrl-C.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
-use sluice_core::{
-    Clock, CounterKey, Decision, Limit, ManualClock, MonthlyCycle, Op, Period, Retry, Timestamp,
-    Transition,
-};
-use sluice_store::MemoryStore;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use sluice_core::{Clock, SystemClock};
+use sluice_gateway::{Gateway, serve_echo};
+use sluice_service::Service;
+use tokio::net::TcpListener;
+
+use crate::serve::{self, Deployment, GatewayOptions};
 
 /// Flags of `sluice demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DemoArgs {
-    /// Requests each simulated client sends to Pixel Patrol's /submit-media.
-    #[arg(long, env = "SLUICE_DEMO_REQUESTS", default_value_t = 1_002)]
-    requests: u64,
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// A policy to enforce instead of the bundled Streampixel example (no sample requests are
+    /// sent then).
+    #[arg(long, env = "SLUICE_POLICY", value_name = "FILE")]
+    policy: Option<PathBuf>,
+    #[command(flatten)]
+    options: GatewayOptions,
 }
 
-/// 2026-11-22T10:15:30Z: the simulated clock's start.
-const START: Timestamp = Timestamp::from_secs(1_795_342_530);
+const POLICY: &str = include_str!("../../../examples/streampixel/policy.yaml");
+const KEYS: &str = include_str!("../../../examples/streampixel/keys.yaml");
 
-pub(crate) fn run(args: &DemoArgs) -> anyhow::Result<()> {
-    let clock = ManualClock::new(START);
-    let store = MemoryStore::new(Arc::new(clock.clone()));
-    streampixel(&store, &clock)?;
-    println!();
-    pixel_patrol(&store, &clock, args.requests)?;
-    Ok(())
-}
-
-/// Seed 000: `POST /projects/upload-file`, 1 request per 2 minutes per userId.
-fn streampixel(store: &MemoryStore, clock: &ManualClock) -> anyhow::Result<()> {
-    println!("Streampixel — POST /projects/upload-file: 1 request per 2 minutes per userId");
-    let upload = Limit::token_bucket(1, Duration::from_secs(120), 1)?;
-    let timeline = [
-        ("user-a", 0),
-        ("user-a", 30),
-        ("user-b", 30),
-        ("user-a", 119),
-        ("user-a", 120),
-    ];
-    let mut elapsed = 0;
-    for (user, at) in timeline {
-        clock.advance(Duration::from_secs(at - elapsed));
-        elapsed = at;
-        let request = [Transition {
-            key: CounterKey::new(format!("userId:{user}").as_bytes(), b"upload-file"),
-            limit: &upload,
-            op: Op::Acquire { cost: 1 },
-        }];
-        let decision = store
-            .apply_now(&request)
-            .context("the memory store refused")?;
-        println!("  t+{at:>3}s {user}: {}", describe(&decision, clock));
-    }
-    Ok(())
-}
-
-/// Seed 001: `/submit-media` at 1,000 per minute per site key, and a monthly moderation quota.
-fn pixel_patrol(store: &MemoryStore, clock: &ManualClock, requests: u64) -> anyhow::Result<()> {
-    println!(
-        "Pixel Patrol — /submit-media: 1,000 per minute per site key, 5,000 moderations a month"
-    );
-    let per_minute = Limit::fixed_window(1_000, Period::Span(60_000_000_000))?;
-    let utc = MonthlyCycle::time_zone("UTC")?;
-    let monthly = Limit::fixed_window(5_000, Period::Monthly(MonthlyCycle::calendar_month(utc)))?;
-    let site = b"site:pk_demo";
-    let mut shown = 0;
-    for n in 1..=requests {
-        let request = [
-            Transition {
-                key: CounterKey::new(site, b"submit-media/minute"),
-                limit: &per_minute,
-                op: Op::Acquire { cost: 1 },
-            },
-            Transition {
-                key: CounterKey::new(site, b"moderations/month"),
-                limit: &monthly,
-                op: Op::Acquire { cost: 1 },
-            },
-        ];
-        let decision = store
-            .apply_now(&request)
-            .context("the memory store refused")?;
-        if n <= 2 || n + 3 > requests {
-            println!("  request {n:>5}: {}", describe(&decision, clock));
-            shown += 1;
-        } else if shown == 2 {
-            println!("  …");
-            shown += 1;
-        }
-    }
-    Ok(())
-}
-
-fn describe(decision: &Decision, clock: &ManualClock) -> String {
-    let now = clock.now();
-    let limits: Vec<String> = decision
-        .limits()
-        .iter()
-        .map(|status| {
-            let reset = status.reset().saturating_duration_since(now).as_secs();
-            format!(
-                "{}/{} left, reset in {reset}s",
-                status.remaining(),
-                status.limit()
-            )
-        })
-        .collect();
-    let verdict = match decision.retry() {
-        None => "admitted".to_owned(),
-        Some(Retry::After(wait)) => format!("429, retry after {:.3}s", wait.as_secs_f64()),
-        Some(Retry::OnRelease) => "denied until a request in flight finishes".to_owned(),
-        Some(Retry::Never) => "denied: costs more than the limit can ever admit".to_owned(),
+pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
+    let bundled = args.policy.is_none();
+    let Deployment { policy, keys } = match &args.policy {
+        Some(path) => serve::load(path)?,
+        None => serve::from_text("examples/streampixel/policy.yaml", POLICY, |_| {
+            Ok(Some((
+                "examples/streampixel/keys.yaml".to_owned(),
+                KEYS.to_owned(),
+            )))
+        })?,
     };
-    format!("{verdict:<28} [{}]", limits.join("; "))
+    let service_name = policy.service.name.clone();
+
+    let echo = TcpListener::bind("127.0.0.1:0").await?;
+    let echo_address = echo.local_addr()?;
+    tokio::spawn(serve_echo(echo, std::future::pending()));
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let store = args.options.store(Arc::clone(&clock))?;
+    let service = Arc::new(Service::new(policy, store, keys));
+    let upstream = serve::upstream(&format!("http://{echo_address}"))?;
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let gateway = Arc::new(Gateway::new(
+        service,
+        args.options.config(Some(upstream)),
+        clock,
+    ));
+    let serving = tokio::spawn(gateway.serve(listener, serve::stop_signal()));
+
+    println!("sluice demo: {service_name}'s API behind sluice at http://{address}");
+    println!("(a built-in echo upstream answers admitted requests at http://{echo_address})");
+    if bundled {
+        samples(address).await?;
+        println!();
+        println!(
+            "Your turn: the same upload with another userId is admitted once every 2 minutes."
+        );
+        println!("Policy: examples/streampixel/policy.yaml; keys: examples/streampixel/keys.yaml.");
+    }
+    println!("Press Ctrl-C to stop.");
+    serving.await.context("the gateway task failed")?;
+    Ok(())
+}
+
+/// One sample request: what it shows, its content type and its JSON body.
+struct Sample {
+    title: &'static str,
+    content_type: &'static str,
+    body: &'static str,
+}
+
+const UPLOAD: &str = r#"{"apiKey":"sp_live_alice_demo_key","userId":"alice","projectId":"proj_1","fileUrl":"https://downloads.example.com/build.zip"}"#;
+
+const SAMPLES: [Sample; 4] = [
+    Sample {
+        title: "An upload: admitted and forwarded, with the rate-limit headers",
+        content_type: "application/json",
+        body: UPLOAD,
+    },
+    Sample {
+        title: "The same upload again: 1 request per 2 minutes per userId",
+        content_type: "application/json",
+        body: UPLOAD,
+    },
+    Sample {
+        title: "A key the API does not know",
+        content_type: "application/json",
+        body: r#"{"apiKey":"sp_live_not_a_key","userId":"alice","projectId":"proj_1","fileUrl":"https://downloads.example.com/build.zip"}"#,
+    },
+    Sample {
+        title: "Not JSON",
+        content_type: "text/plain",
+        body: "apiKey=sp_live_alice_demo_key",
+    },
+];
+
+/// Sends the samples through the gateway at `address`, printing each with its answer.
+async fn samples(address: SocketAddr) -> anyhow::Result<()> {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Full<Bytes>>();
+    let url = format!("http://{address}/projects/upload-file");
+    for (number, sample) in SAMPLES.iter().enumerate() {
+        println!();
+        println!("# {}. {}", number + 1, sample.title);
+        println!(
+            "$ curl -i {url} -H 'content-type: {}' -d '{}'",
+            sample.content_type, sample.body
+        );
+        let request = http::Request::post(&url)
+            .header(http::header::CONTENT_TYPE, sample.content_type)
+            .body(Full::new(Bytes::from_static(sample.body.as_bytes())))?;
+        let response = client
+            .request(request)
+            .await
+            .context("the demo could not reach its own gateway")?;
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await?.to_bytes();
+        println!("HTTP/1.1 {}", parts.status);
+        for (name, value) in &parts.headers {
+            let shown = matches!(
+                name.as_str(),
+                "content-type" | "ratelimit-policy" | "ratelimit" | "retry-after" | "x-request-id"
+            );
+            if shown {
+                println!("{name}: {}", value.to_str().unwrap_or("?"));
+            }
+        }
+        println!("{}", String::from_utf8_lossy(&body));
+    }
+    Ok(())
 }

@@ -1,9 +1,11 @@
 //! The `sluice` command: parses flags, wires the layers together and decides the exit code.
-//! It is the only place that reads the environment or prints to the terminal.
+//! It is the only place that reads the environment, files or signals, or prints to the terminal.
 #![allow(clippy::print_stdout)] // a command line prints; the libraries never do
 
 mod demo;
+mod keys_cmd;
 mod policy_cmd;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -13,27 +15,59 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Cli {
+    /// Log lines as JSON objects instead of text (the level comes from RUST_LOG, default info).
+    #[arg(long, global = true, env = "SLUICE_LOG_JSON")]
+    log_json: bool,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replays the two seed APIs' documented limits through the decision engine and the memory
-    /// store, on a simulated clock, and prints every decision.
+    /// The gateway enforcing Streampixel's example policy in front of a built-in echo upstream,
+    /// with a few sample requests (200, 429, 401, 415) shown as curl lines and their answers.
     Demo(demo::DemoArgs),
+    /// Runs the gateway: a reverse proxy with --upstream, the decision API without.
+    Serve(serve::ServeArgs),
     /// Validates a policy file: exits 0 when it is valid, and otherwise prints every problem as
     /// file:line:column and exits 1.
     Check(policy_cmd::PolicyArgs),
     /// Prints the API's rate-limit page, in Markdown, rendered from a policy file.
     Docs(policy_cmd::PolicyArgs),
+    /// API key helpers.
+    #[command(subcommand)]
+    Keys(keys_cmd::KeysCommand),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Demo(args) => demo::run(&args).map(|()| ExitCode::SUCCESS),
+        Command::Demo(args) => serve_with_runtime(cli.log_json, demo::run(args)),
+        Command::Serve(args) => serve_with_runtime(cli.log_json, serve::run(args)),
         Command::Check(args) => policy_cmd::check(&args),
         Command::Docs(args) => policy_cmd::docs(&args),
+        Command::Keys(command) => keys_cmd::run(command),
     }
+}
+
+/// Runs a server command on a multi-threaded runtime with logging to stderr.
+fn serve_with_runtime(
+    log_json: bool,
+    command: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if log_json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(command)?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -1,0 +1,42 @@
+//! The one body type the gateway sends and forwards: bytes it wrote itself, or a body streamed
+//! through from the other side untouched.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use sluice_service::Rejection;
+
+/// A body the gateway wrote (`Left`) or one it streams through (`Right`).
+pub type Body = Either<Full<Bytes>, Incoming>;
+
+/// A body of `bytes`.
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
+    Either::Left(Full::new(bytes.into()))
+}
+
+/// A response carrying `rejection`: its status, headers and envelope body.
+pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
+    let mut response = Response::new(full(rejection.body));
+    *response.status_mut() = rejection.status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(rejection.content_type),
+    );
+    for (name, value) in rejection.headers {
+        headers.append(name, value);
+    }
+    response
+}
+
+/// A small response with a JSON body.
+pub(crate) fn json_response(status: StatusCode, json: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(full(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

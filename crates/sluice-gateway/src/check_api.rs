@@ -1,0 +1,208 @@
+//! The decision API: `POST /v1/check` takes a description of a request (method, path, headers,
+//! body, client address) and answers what the gateway would have done with it — admitted or
+//! not, the status, the headers and the error body — without forwarding anything.
+//! `POST /v1/check/batch` takes `{"checks": [...]}` and answers `{"results": [...]}` in order.
+//!
+//! This is sluice's own API, so mistakes in the description itself are answered in sluice's own
+//! shape (RFC 9457 problem+json with a code); the verdicts inside use the policy's envelope.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use sluice_contract::{Envelope, ErrorCode, ErrorReply};
+use sluice_service::{Request, Service, Verdict};
+use sluice_store::CounterStore;
+
+/// Most checks one batch may carry.
+pub const MAX_BATCH: usize = 1_000;
+
+/// One request to decide.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckRequest {
+    /// The method, e.g. `POST`.
+    method: String,
+    /// The path, optionally with `?query`.
+    path: String,
+    /// Request headers, by name.
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    /// The JSON body, if any.
+    #[serde(default)]
+    body: Option<Value>,
+    /// The client's address, for identities that count per address.
+    #[serde(default)]
+    client_ip: Option<IpAddr>,
+    /// The request's id, for envelopes that carry one.
+    #[serde(default)]
+    request_id: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchRequest {
+    checks: Vec<CheckRequest>,
+}
+
+/// What the gateway would have answered.
+#[derive(Debug, Serialize)]
+pub(crate) struct CheckResponse {
+    allowed: bool,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<&'static str>,
+    headers: Map<String, Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<Value>,
+}
+
+#[derive(Debug, Serialize)]
+struct BatchResponse {
+    results: Vec<CheckResponse>,
+}
+
+/// A failure of the decision API itself: status and problem+json body.
+pub(crate) struct ApiError {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
+}
+
+fn api_error(code: ErrorCode, detail: String) -> ApiError {
+    let rendered = Envelope::Problem { type_base: None }.render(&ErrorReply {
+        code,
+        status: code.status(),
+        title: code.title().to_owned(),
+        message: detail,
+        kind: None,
+        retry_after: None,
+        request_id: None,
+    });
+    ApiError {
+        status: rendered.status,
+        body: rendered.body,
+    }
+}
+
+/// Decides one check described by the JSON `body`.
+pub(crate) async fn check_one<S: CounterStore>(
+    service: &Service<S>,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let check: CheckRequest = parse(body)?;
+    let response = decide(service, check).await?;
+    Ok(serde_json::to_vec(&response).unwrap_or_default())
+}
+
+/// Decides every check of the batch described by the JSON `body`, in order.
+pub(crate) async fn check_batch<S: CounterStore>(
+    service: &Service<S>,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let batch: BatchRequest = parse(body)?;
+    if batch.checks.len() > MAX_BATCH {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!(
+                "a batch carries at most {MAX_BATCH} checks; this one has {}",
+                batch.checks.len()
+            ),
+        ));
+    }
+    let mut results = Vec::with_capacity(batch.checks.len());
+    for check in batch.checks {
+        results.push(decide(service, check).await?);
+    }
+    Ok(serde_json::to_vec(&BatchResponse { results }).unwrap_or_default())
+}
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|error| {
+        api_error(
+            ErrorCode::MalformedBody,
+            format!("the check request is not valid: {error}"),
+        )
+    })
+}
+
+async fn decide<S: CounterStore>(
+    service: &Service<S>,
+    check: CheckRequest,
+) -> Result<CheckResponse, ApiError> {
+    let mut headers = HeaderMap::with_capacity(check.headers.len());
+    for (name, value) in &check.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            api_error(
+                ErrorCode::InvalidField,
+                format!("`{name}` is not a valid header name"),
+            )
+        })?;
+        let value = HeaderValue::from_str(value).map_err(|_| {
+            api_error(
+                ErrorCode::InvalidField,
+                format!("the value of header `{name}` is not a valid header value"),
+            )
+        })?;
+        headers.append(name, value);
+    }
+    let (path, query) = match check.path.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (check.path.as_str(), None),
+    };
+    let body = check
+        .body
+        .as_ref()
+        .map(|body| serde_json::to_vec(body).unwrap_or_default());
+    let request = Request {
+        method: &check.method,
+        path,
+        query,
+        headers: &headers,
+        peer: check.client_ip,
+        body: body.as_deref(),
+        request_id: check.request_id.as_deref(),
+    };
+    Ok(match service.check(&request).await {
+        Verdict::Admit(admission) => {
+            let headers = header_map(&admission.headers);
+            // Nothing is forwarded, so the call counts as done: concurrency slots are given
+            // back and quotas stay counted.
+            service.finish(admission, true).await;
+            CheckResponse {
+                allowed: true,
+                status: StatusCode::OK.as_u16(),
+                code: None,
+                headers,
+                body: None,
+            }
+        }
+        Verdict::Reject(rejection) => {
+            let mut headers = header_map(&rejection.headers);
+            headers.insert(
+                "content-type".to_owned(),
+                Value::String(rejection.content_type.to_owned()),
+            );
+            CheckResponse {
+                allowed: false,
+                status: rejection.status.as_u16(),
+                code: Some(rejection.code.name()),
+                headers,
+                body: serde_json::from_slice(&rejection.body).ok(),
+            }
+        }
+    })
+}
+
+fn header_map(headers: &[(HeaderName, HeaderValue)]) -> Map<String, Value> {
+    headers
+        .iter()
+        .filter_map(|(name, value)| {
+            Some((
+                name.as_str().to_owned(),
+                Value::String(value.to_str().ok()?.to_owned()),
+            ))
+        })
+        .collect()
+}

@@ -1,0 +1,339 @@
+//! sluice's HTTP front: a reverse proxy that enforces the policy in front of an upstream API, the
+//! decision API (`POST /v1/check`) for services that call sluice instead, and the health
+//! endpoints (`/healthz`, `/readyz`).
+//!
+//! This crate translates between HTTP and the service and holds no business rule: what is
+//! admitted, and how a refusal reads, is decided by [`sluice_service::Service`]. What it owns is
+//! the wire: reading a body only when the policy needs it and never past its size limit, timing
+//! out slow clients and slow upstreams, stripping hop-by-hop headers, request ids, and turning
+//! upstream failures into the API's envelope.
+
+mod body;
+mod check_api;
+mod echo;
+mod proxy;
+mod request_id;
+mod server;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use sluice_contract::{ErrorCode, Values};
+use sluice_core::Clock;
+use sluice_service::{BodyNeed, Service, Verdict};
+use sluice_store::CounterStore;
+use tokio::net::TcpListener;
+
+pub use body::Body;
+pub use check_api::MAX_BATCH;
+pub use echo::serve_echo;
+pub use proxy::Upstream;
+pub use request_id::RequestIds;
+
+use crate::body::{full, json_response, rejection_response};
+use crate::request_id::X_REQUEST_ID;
+
+/// How the gateway behaves; every bound has a default a public deployment can live with.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Where admitted requests go. Without one, the listener serves the decision API only.
+    pub upstream: Option<Upstream>,
+    /// Serve `POST /v1/check` on this listener even when proxying.
+    pub decision_api: bool,
+    /// How long the upstream may take to start its response (504 after).
+    pub upstream_timeout: Duration,
+    /// How long a client may take to send its headers (the connection is closed after).
+    pub header_read_timeout: Duration,
+    /// How long a client may take to send a body the policy reads (408 after).
+    pub body_read_timeout: Duration,
+    /// How long a stop waits for requests in flight.
+    pub drain_timeout: Duration,
+    /// Most request headers accepted (431 beyond, in the API's envelope).
+    pub max_headers: usize,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> GatewayConfig {
+        GatewayConfig {
+            upstream: None,
+            decision_api: true,
+            upstream_timeout: Duration::from_secs(30),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            drain_timeout: Duration::from_secs(10),
+            max_headers: 100,
+        }
+    }
+}
+
+/// The gateway over one service.
+pub struct Gateway<S> {
+    service: Arc<Service<S>>,
+    config: GatewayConfig,
+    client: Client<HttpConnector, Body>,
+    ids: RequestIds,
+    clock: Arc<dyn Clock>,
+}
+
+/// Largest decision-API request body: a full batch of checks with bodies.
+const MAX_CHECK_BODY: usize = 8 * 1024 * 1024;
+
+impl<S: CounterStore + 'static> Gateway<S> {
+    /// A gateway in front of `service`, reading `clock` only to time requests for the log.
+    pub fn new(service: Arc<Service<S>>, config: GatewayConfig, clock: Arc<dyn Clock>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .build(connector);
+        Gateway {
+            service,
+            config,
+            client,
+            ids: RequestIds::new(),
+            clock,
+        }
+    }
+
+    /// Serves `listener` until `shutdown` completes; then stops accepting, lets requests in
+    /// flight finish within the drain timeout, and returns.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
+        let limits = server::ConnectionLimits {
+            header_read_timeout: self.config.header_read_timeout,
+            // hyper answers a plain 431 beyond its own limit; leave room to answer in the
+            // API's envelope instead.
+            max_headers: self.config.max_headers.saturating_mul(2).max(128),
+            drain_timeout: self.config.drain_timeout,
+        };
+        let gateway = self;
+        server::serve(
+            listener,
+            limits,
+            move |request, peer| {
+                let gateway = Arc::clone(&gateway);
+                async move { gateway.handle(request, peer).await }
+            },
+            shutdown,
+        )
+        .await;
+    }
+
+    async fn handle(&self, request: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let started = self.clock.now();
+        let request_id = self.ids.of(request.headers());
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let mut response = match (&method, path.as_str()) {
+            (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
+            (_, "/readyz") => plain(StatusCode::OK, "ready\n"),
+            (&Method::POST, "/v1/check" | "/v1/check/batch")
+                if self.config.decision_api || self.config.upstream.is_none() =>
+            {
+                self.decision_api(request, path == "/v1/check/batch").await
+            }
+            _ if self.config.upstream.is_some() => self.proxy(request, peer, &request_id).await,
+            _ => rejection_response(self.service.reject(
+                ErrorCode::NotFound,
+                Values::default(),
+                None,
+                request_id.to_str().ok(),
+            )),
+        };
+        response
+            .headers_mut()
+            .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let elapsed = self.clock.now().saturating_duration_since(started);
+        tracing::info!(
+            request_id = request_id.to_str().unwrap_or_default(),
+            method = method.as_str(),
+            path,
+            status = response.status().as_u16(),
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+        response
+    }
+
+    async fn decision_api(&self, request: Request<Incoming>, batch: bool) -> Response<Body> {
+        let body = match Limited::new(request.into_body(), MAX_CHECK_BODY)
+            .collect()
+            .await
+        {
+            Ok(collected) => collected.to_bytes(),
+            Err(_) => {
+                return rejection_response(self.service.reject(
+                    ErrorCode::BodyTooLarge,
+                    Values {
+                        max_size: Some(MAX_CHECK_BODY as u64),
+                        ..Values::default()
+                    },
+                    None,
+                    None,
+                ));
+            }
+        };
+        let answer = if batch {
+            check_api::check_batch(&self.service, &body).await
+        } else {
+            check_api::check_one(&self.service, &body).await
+        };
+        match answer {
+            Ok(json) => json_response(StatusCode::OK, json),
+            Err(error) => {
+                let mut response = json_response(error.status, error.body);
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/problem+json"),
+                );
+                response
+            }
+        }
+    }
+
+    async fn proxy(
+        &self,
+        request: Request<Incoming>,
+        peer: SocketAddr,
+        request_id: &HeaderValue,
+    ) -> Response<Body> {
+        let id = request_id.to_str().ok();
+        let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
+            rejection_response(self.service.reject(code, values, status, id))
+        };
+        let Some(upstream) = &self.config.upstream else {
+            return reject(ErrorCode::NotFound, Values::default(), None);
+        };
+        if request.headers().len() > self.config.max_headers {
+            return reject(ErrorCode::HeadersTooLarge, Values::default(), None);
+        }
+        let (parts, incoming) = request.into_parts();
+        let need = self
+            .service
+            .body_need(parts.method.as_str(), parts.uri.path());
+        let (bytes, forward) = match need {
+            BodyNeed::Stream => (None, Either::Right(incoming)),
+            BodyNeed::Read { max } => {
+                let too_large = Values {
+                    max_size: Some(max),
+                    ..Values::default()
+                };
+                let declared = parts
+                    .headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.parse::<u64>().ok());
+                if declared.is_some_and(|length| length > max) {
+                    // Refused before a byte of it is read.
+                    return reject(ErrorCode::BodyTooLarge, too_large, None);
+                }
+                let limit = usize::try_from(max).unwrap_or(usize::MAX);
+                let read = tokio::time::timeout(
+                    self.config.body_read_timeout,
+                    Limited::new(incoming, limit).collect(),
+                )
+                .await;
+                let bytes: Bytes = match read {
+                    Err(_) => return reject(ErrorCode::RequestTimeout, Values::default(), None),
+                    Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+                        return reject(ErrorCode::BodyTooLarge, too_large, None);
+                    }
+                    Ok(Err(_)) => return reject(ErrorCode::MalformedBody, Values::default(), None),
+                    Ok(Ok(collected)) => collected.to_bytes(),
+                };
+                (Some(bytes.clone()), full(bytes))
+            }
+        };
+        let verdict = self
+            .service
+            .check(&sluice_service::Request {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                peer: Some(peer.ip()),
+                body: bytes.as_deref(),
+                request_id: id,
+            })
+            .await;
+        let admission = match verdict {
+            Verdict::Reject(rejection) => return rejection_response(rejection),
+            Verdict::Admit(admission) => admission,
+        };
+        let outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id) {
+            Ok(outgoing) => outgoing,
+            Err(_) => {
+                self.service.finish(admission, false).await;
+                return reject(ErrorCode::Internal, Values::default(), None);
+            }
+        };
+        let answer =
+            tokio::time::timeout(self.config.upstream_timeout, self.client.request(outgoing)).await;
+        let limit_headers = admission.headers.clone();
+        let mut response = match answer {
+            Err(_) => {
+                self.service.finish(admission, false).await;
+                reject(ErrorCode::UpstreamTimeout, Values::default(), None)
+            }
+            Ok(Err(error)) => {
+                tracing::warn!(request_id = id.unwrap_or_default(), %error, "upstream request failed");
+                self.service.finish(admission, false).await;
+                reject(ErrorCode::UpstreamUnavailable, Values::default(), None)
+            }
+            Ok(Ok(upstream_response)) => {
+                let status = upstream_response.status();
+                self.service.finish(admission, status.is_success()).await;
+                if status.is_server_error() && !is_json(upstream_response.headers()) {
+                    // The API promises its envelope for every failure; an upstream's HTML error
+                    // page is replaced, its status kept.
+                    reject(ErrorCode::UpstreamError, Values::default(), Some(status))
+                } else {
+                    let (mut parts, body) = upstream_response.into_parts();
+                    proxy::strip_hop_by_hop(&mut parts.headers);
+                    Response::from_parts(parts, Either::Right(body))
+                }
+            }
+        };
+        let headers = response.headers_mut();
+        for (name, value) in limit_headers {
+            headers.insert(name, value);
+        }
+        response
+    }
+}
+
+/// Whether the response's `Content-Type` says JSON (problem+json included).
+fn is_json(headers: &http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .map(|value| {
+            value
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"))
+}
+
+fn plain(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}

@@ -1,0 +1,688 @@
+//! sluice's use cases, between the wire and the store: for one request, find its route, check its
+//! content type and body, authenticate its API key, resolve who it counts against, decide every
+//! limit and quota it touches in one store call, and settle afterwards (refund a quota the
+//! upstream did not earn, release a concurrency slot). Every failure leaves as an [`ErrorCode`]
+//! rendered in the policy's envelope, with the policy's rate-limit headers.
+//!
+//! This crate knows no HTTP server and no wire format of its own: the gateway and the decision
+//! API both call [`Service::check`] and [`Service::finish`], so they decide exactly alike.
+
+mod keys;
+mod request;
+mod verdict;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderValue, StatusCode};
+use serde_json::{Map, Value};
+use sluice_contract::{ErrorCode, ErrorReply, LimitView, Values, ceil_seconds, rate_limit_headers};
+use sluice_core::{
+    Algorithm, CounterKey, Decision, Limit, LimitStatus, Op, Retry, Timestamp, Transition,
+};
+use sluice_policy::{
+    IdentitySource, InactiveBlocks, KeyAttribute, KeyRecord, KeySource, KeyStatus, LimitRule,
+    OverrideRule, Policy, QuotaCounts, QuotaRule, Route, Scope,
+};
+use sluice_store::CounterStore;
+use smallvec::SmallVec;
+
+pub use keys::{KeyRing, hash_key};
+pub use request::{Request, is_public};
+pub use verdict::{Admission, HeaderList, Rejection, Verdict};
+
+/// The body size read for routes that need their body and name no `max_body`.
+pub const DEFAULT_MAX_BODY: u64 = 1024 * 1024;
+
+/// What the gateway must do with a request's body before calling [`Service::check`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyNeed {
+    /// No rule reads it: stream it to the upstream untouched.
+    Stream,
+    /// Read it whole, refusing it (413) beyond `max` bytes, before buffering.
+    Read {
+        /// The largest body accepted, in bytes.
+        max: u64,
+    },
+}
+
+/// A failure on its way to becoming a [`Rejection`]: the code, the values its message names, and
+/// the headers that go with it.
+#[derive(Clone, Debug)]
+pub(crate) struct Refusal {
+    code: ErrorCode,
+    values: Values,
+    headers: HeaderList,
+}
+
+/// Boxed, so that the `Result`s carrying one stay small on the success path.
+pub(crate) type Refused = Box<Refusal>;
+
+impl Refusal {
+    pub(crate) fn new(code: ErrorCode, values: Values) -> Refused {
+        Box::new(Refusal {
+            code,
+            values,
+            headers: HeaderList::new(),
+        })
+    }
+}
+
+/// A penalty's two counters: denials counted within a span, and the block they trigger.
+#[derive(Debug)]
+struct Penalty {
+    per: Scope,
+    strikes: Limit,
+    block: Limit,
+    strikes_counter: String,
+    block_counter: String,
+}
+
+/// What one counter of a decision counts for.
+#[derive(Clone, Copy, Debug)]
+enum Counted<'p> {
+    Limit(&'p LimitRule),
+    Quota(&'p QuotaRule),
+    Block(&'p Penalty),
+}
+
+/// The use cases of one policy over one store.
+pub struct Service<S> {
+    policy: Arc<Policy>,
+    store: S,
+    keys: KeyRing,
+    penalties: Vec<Penalty>,
+}
+
+impl<S: CounterStore> Service<S> {
+    /// The service enforcing `policy` with counters in `store` and API keys from `keys`.
+    pub fn new(policy: Arc<Policy>, store: S, keys: KeyRing) -> Service<S> {
+        let penalties = policy
+            .penalties
+            .iter()
+            .enumerate()
+            .filter_map(|(index, rule)| {
+                let strikes =
+                    Limit::sliding_window(rule.after_denials.count, rule.after_denials.span)
+                        .ok()?;
+                let block = Limit::token_bucket(1, rule.block_for, 1).ok()?;
+                Some(Penalty {
+                    per: rule.per.clone(),
+                    strikes,
+                    block,
+                    strikes_counter: format!("penalty/{index}/strikes"),
+                    block_counter: format!("penalty/{index}/block"),
+                })
+            })
+            .collect();
+        Service {
+            policy,
+            store,
+            keys,
+            penalties,
+        }
+    }
+
+    /// The policy enforced.
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// The counter store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Whether the request `method path` needs its body read, and up to what size.
+    pub fn body_need(&self, method: &str, path: &str) -> BodyNeed {
+        match self.policy.route(method, path) {
+            Some((route, _)) if self.reads_body(route) => BodyNeed::Read {
+                max: route
+                    .request
+                    .max_body
+                    .map_or(DEFAULT_MAX_BODY, |size| size.0),
+            },
+            _ => BodyNeed::Stream,
+        }
+    }
+
+    fn reads_body(&self, route: &Route) -> bool {
+        let key_in_body = route.authenticate
+            && self
+                .policy
+                .authentication
+                .as_ref()
+                .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
+        route.request.json
+            || !route.request.fields.0.is_empty()
+            || key_in_body
+            || self
+                .policy
+                .identities
+                .values()
+                .any(|source| matches!(source, IdentitySource::Body { .. }))
+    }
+
+    /// Decides `request`: admitted (forward it, then call [`Service::finish`]) or refused with a
+    /// rendered error.
+    pub async fn check(&self, request: &Request<'_>) -> Verdict {
+        match self.evaluate(request).await {
+            Ok(admission) => Verdict::Admit(admission),
+            Err(refusal) => Verdict::Reject(self.render(*refusal, None, request.request_id)),
+        }
+    }
+
+    /// Settles an admitted request once its outcome is known: refunds quotas that count only
+    /// successful calls when `success` is false, and releases concurrency slots.
+    pub async fn finish(&self, admission: Admission, success: bool) {
+        let settle: SmallVec<[Transition<'_>; 2]> = admission
+            .settle
+            .iter()
+            .filter(|settle| settle.always || !success)
+            .map(|settle| Transition {
+                key: settle.key.clone(),
+                limit: &settle.limit,
+                op: Op::Release {
+                    cost: settle.cost,
+                    acquired_at: admission.acquired_at,
+                },
+            })
+            .collect();
+        if !settle.is_empty() {
+            // A failed release leaves a count the upstream did not earn; it expires with its
+            // window, which is the most a store outage can cost.
+            let _ = self.store.apply(&settle).await;
+        }
+    }
+
+    /// A failure detected outside the service (by the gateway: a body over its size, a slow
+    /// client, an unreachable upstream), rendered in the policy's envelope. `status` overrides
+    /// the code's own (an upstream's 5xx is kept).
+    pub fn reject(
+        &self,
+        code: ErrorCode,
+        values: Values,
+        status: Option<StatusCode>,
+        request_id: Option<&str>,
+    ) -> Rejection {
+        self.render(*Refusal::new(code, values), status, request_id)
+    }
+
+    fn render(
+        &self,
+        refusal: Refusal,
+        status: Option<StatusCode>,
+        request_id: Option<&str>,
+    ) -> Rejection {
+        let code = refusal.code;
+        let reply = ErrorReply {
+            code,
+            status: status.unwrap_or_else(|| code.status()),
+            title: self.policy.title(code),
+            message: self.policy.message(code).render(&refusal.values),
+            kind: self.policy.kind(code).map(str::to_owned),
+            retry_after: refusal.values.retry.map(ceil_seconds),
+            request_id: request_id.map(str::to_owned),
+        };
+        let rendered = self.policy.envelope.render(&reply);
+        Rejection {
+            code,
+            status: rendered.status,
+            headers: refusal.headers,
+            content_type: rendered.content_type,
+            body: rendered.body,
+        }
+    }
+
+    async fn evaluate(&self, request: &Request<'_>) -> Result<Admission, Refused> {
+        let policy = &*self.policy;
+        let Some((route, _params)) = policy.route(request.method, request.path) else {
+            return Err(Refusal::new(ErrorCode::NotFound, Values::default()));
+        };
+        let rules = &route.request;
+        if rules.json && !request::is_json(request.headers) {
+            return Err(Refusal::new(
+                ErrorCode::UnsupportedMediaType,
+                Values::default(),
+            ));
+        }
+        let body = if self.reads_body(route) {
+            let bytes = request.body.unwrap_or_default();
+            let max = rules.max_body.map_or(DEFAULT_MAX_BODY, |size| size.0);
+            if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max {
+                return Err(Refusal::new(
+                    ErrorCode::BodyTooLarge,
+                    Values {
+                        max_size: Some(max),
+                        ..Values::default()
+                    },
+                ));
+            }
+            if rules.json || !bytes.is_empty() {
+                Some(request::parse_object(bytes)?)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        let key = self.authenticate(route, request, body.as_ref())?;
+        if let Some(body) = &body {
+            request::validate_fields(&rules.fields, body)?;
+        }
+        let context = Context {
+            policy,
+            request,
+            body: body.as_ref(),
+            key,
+        };
+        self.decide(route, &context).await
+    }
+
+    fn authenticate<'k>(
+        &'k self,
+        route: &Route,
+        request: &Request<'_>,
+        body: Option<&Map<String, Value>>,
+    ) -> Result<Option<&'k KeyRecord>, Refused> {
+        let Some(auth) = &self.policy.authentication else {
+            return Ok(None);
+        };
+        if !route.authenticate {
+            return Ok(None);
+        }
+        let refuse = |code| Err(Refusal::new(code, Values::default()));
+        let secret = match &auth.api_key {
+            KeySource::Body { field } => body
+                .and_then(|body| request::lookup(body, field))
+                .and_then(Value::as_str),
+            KeySource::Header { name } => request
+                .headers
+                .get(name.as_str())
+                .and_then(|value| value.to_str().ok()),
+            KeySource::Bearer => request
+                .headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| {
+                    let (scheme, token) = value.trim().split_once(' ')?;
+                    scheme
+                        .eq_ignore_ascii_case("bearer")
+                        .then_some(token.trim())
+                }),
+        };
+        let Some(secret) = secret.filter(|secret| !secret.is_empty()) else {
+            return refuse(ErrorCode::MissingApiKey);
+        };
+        let Some(key) = self.keys.find(secret) else {
+            return refuse(ErrorCode::InvalidApiKey);
+        };
+        if key.status == KeyStatus::Revoked {
+            return refuse(ErrorCode::RevokedApiKey);
+        }
+        if let Some(environment) = &auth.environment
+            && key.environment.as_ref() != Some(environment)
+        {
+            return refuse(ErrorCode::WrongEnvironment);
+        }
+        if key.status == KeyStatus::Suspended {
+            let blocked = match auth.inactive_subscription_blocks {
+                InactiveBlocks::All => true,
+                InactiveBlocks::None => false,
+                InactiveBlocks::Writes => !matches!(request.method, "GET" | "HEAD" | "OPTIONS"),
+            };
+            if blocked {
+                return refuse(ErrorCode::SubscriptionInactive);
+            }
+        }
+        Ok(Some(key))
+    }
+
+    async fn decide(&self, route: &Route, context: &Context<'_>) -> Result<Admission, Refused> {
+        let policy = context.policy;
+        let arrangement = policy
+            .overrides
+            .iter()
+            .find(|rule| context.identity(&rule.identity).as_deref() == Some(rule.value.as_str()));
+        let plan = arrangement
+            .and_then(|rule| rule.plan.as_deref())
+            .or_else(|| context.key.and_then(|key| key.plan.as_deref()))
+            .or(policy.default_plan.as_deref())
+            .and_then(|name| policy.plans.get(name));
+
+        let mut counted: SmallVec<[Counted<'_>; 4]> = SmallVec::new();
+        for rule in &route.limits {
+            counted.push(Counted::Limit(replaced(arrangement, rule)));
+        }
+        if let Some(plan) = plan {
+            counted.extend(plan.limits.iter().map(Counted::Limit));
+            for name in &route.quotas {
+                if let Some(quota) = plan.quotas.iter().find(|quota| &quota.name == name) {
+                    counted.push(Counted::Quota(quota));
+                }
+            }
+        }
+        counted.extend(self.penalties.iter().map(Counted::Block));
+
+        let mut transitions: SmallVec<[Transition<'_>; 4]> = SmallVec::new();
+        for item in &counted {
+            let (per, counter, limit, cost) = match item {
+                Counted::Limit(rule) => (&rule.per, &rule.counter, &rule.limit, rule.cost),
+                Counted::Quota(rule) => (&rule.per, &rule.name, &rule.limit, 1),
+                Counted::Block(penalty) => {
+                    (&penalty.per, &penalty.block_counter, &penalty.block, 0)
+                }
+            };
+            let counter_name = match item {
+                Counted::Quota(_) => format!("quota/{counter}"),
+                _ => counter.clone(),
+            };
+            transitions.push(Transition {
+                key: CounterKey::new(&context.scope(per)?, counter_name.as_bytes()),
+                limit,
+                op: Op::Acquire { cost },
+            });
+        }
+        if transitions.is_empty() {
+            return Ok(Admission::default());
+        }
+
+        let decision = self.apply(&transitions).await?;
+        let headers = self.headers(&counted, &decision, None);
+
+        // A blocked identity is refused whatever its limits said; what it just took is given
+        // back, so the block costs it nothing after it ends.
+        if let Some(wait) = blocked(&counted, &decision) {
+            if decision.allowed() {
+                self.release_all(&transitions, decision.now()).await;
+            }
+            return Err(self.blocked(&counted, &decision, wait));
+        }
+        if let Some(index) = decision.denied_by() {
+            if let Some(wait) = self.strike(context).await? {
+                return Err(self.blocked(&counted, &decision, wait));
+            }
+            let status = decision.limits().get(index);
+            let retry = decision.retry().and_then(retry_wait);
+            let (code, values) = match counted.get(index) {
+                Some(Counted::Quota(quota)) => (
+                    ErrorCode::QuotaExceeded,
+                    Values {
+                        retry: status.map(|status| until(status, &decision)),
+                        limit: Some(quota.amount),
+                        ..Values::default()
+                    },
+                ),
+                Some(Counted::Limit(rule)) if rule.limit.algorithm() == Algorithm::Concurrency => (
+                    ErrorCode::ConcurrencyExceeded,
+                    Values {
+                        limit: Some(rule.rate.count),
+                        ..Values::default()
+                    },
+                ),
+                Some(Counted::Limit(rule)) => (
+                    ErrorCode::RateLimited,
+                    Values {
+                        retry,
+                        limit: Some(rule.rate.count),
+                        window: Some(rule.rate.span),
+                        ..Values::default()
+                    },
+                ),
+                _ => (ErrorCode::Internal, Values::default()),
+            };
+            return Err(Box::new(Refusal {
+                code,
+                values,
+                headers,
+            }));
+        }
+
+        let mut settle = Vec::new();
+        for (item, transition) in counted.iter().zip(&transitions) {
+            let always = match item {
+                Counted::Limit(rule) => rule.limit.algorithm() == Algorithm::Concurrency,
+                Counted::Quota(rule) => {
+                    if rule.counts == QuotaCounts::All {
+                        continue;
+                    }
+                    false
+                }
+                Counted::Block(_) => continue,
+            };
+            let Op::Acquire { cost } = transition.op else {
+                continue;
+            };
+            settle.push(verdict::Settle {
+                key: transition.key.clone(),
+                limit: transition.limit.clone(),
+                cost,
+                always,
+            });
+        }
+        Ok(Admission {
+            headers,
+            settle,
+            acquired_at: decision.now(),
+        })
+    }
+
+    async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, Refused> {
+        self.store
+            .apply(transitions)
+            .await
+            .map_err(|_| Refusal::new(ErrorCode::StoreUnavailable, Values::default()))
+    }
+
+    async fn release_all(&self, transitions: &[Transition<'_>], acquired_at: Timestamp) {
+        let releases: SmallVec<[Transition<'_>; 4]> = transitions
+            .iter()
+            .filter_map(|transition| match transition.op {
+                Op::Acquire { cost } if cost > 0 => Some(Transition {
+                    key: transition.key.clone(),
+                    limit: transition.limit,
+                    op: Op::Release { cost, acquired_at },
+                }),
+                _ => None,
+            })
+            .collect();
+        if !releases.is_empty() {
+            let _ = self.store.apply(&releases).await;
+        }
+    }
+
+    /// Counts a denial against every penalty of the identity; when one runs out of strikes, the
+    /// identity is blocked. Returns the block's length when that happened.
+    async fn strike(&self, context: &Context<'_>) -> Result<Option<Duration>, Refused> {
+        for penalty in &self.penalties {
+            let scope = context.scope(&penalty.per)?;
+            let strike = [Transition {
+                key: CounterKey::new(&scope, penalty.strikes_counter.as_bytes()),
+                limit: &penalty.strikes,
+                op: Op::Acquire { cost: 1 },
+            }];
+            if self.apply(&strike).await?.allowed() {
+                continue;
+            }
+            let block = [Transition {
+                key: CounterKey::new(&scope, penalty.block_counter.as_bytes()),
+                limit: &penalty.block,
+                op: Op::Acquire { cost: 1 },
+            }];
+            let decision = self.apply(&block).await?;
+            let wait = decision
+                .limits()
+                .first()
+                .map_or(Duration::ZERO, |status| until(status, &decision));
+            return Ok(Some(wait));
+        }
+        Ok(None)
+    }
+
+    fn blocked(&self, counted: &[Counted<'_>], decision: &Decision, wait: Duration) -> Refused {
+        Box::new(Refusal {
+            code: ErrorCode::Blocked,
+            values: Values {
+                retry: Some(wait),
+                ..Values::default()
+            },
+            headers: self.headers(counted, decision, Some(wait)),
+        })
+    }
+
+    /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
+    /// are not rate limits), with `Retry-After` no earlier than `at_least`.
+    fn headers(
+        &self,
+        counted: &[Counted<'_>],
+        decision: &Decision,
+        at_least: Option<Duration>,
+    ) -> HeaderList {
+        let mut views: SmallVec<[LimitView; 4]> = counted
+            .iter()
+            .zip(decision.limits())
+            .filter_map(|(item, status)| match item {
+                Counted::Limit(rule) => Some(LimitView {
+                    name: rule.name.clone(),
+                    limit: status.limit(),
+                    remaining: status.remaining(),
+                    window: rule.rate.span,
+                    reset_after: until(status, decision),
+                    retry: status.retry().and_then(retry_wait),
+                }),
+                _ => None,
+            })
+            .collect();
+        if let Some(wait) = at_least
+            && let Some(view) = views.first_mut()
+        {
+            // A block outlasts every limit: the closest limit shows it.
+            view.retry = Some(view.retry.map_or(wait, |retry| retry.max(wait)));
+        }
+        let now = Duration::from_nanos(decision.now().as_nanos());
+        let mut headers = rate_limit_headers(&self.policy.headers, &views, now);
+        if views.is_empty()
+            && let Some(wait) = at_least
+        {
+            headers.push((
+                http::header::RETRY_AFTER,
+                HeaderValue::from(ceil_seconds(wait)),
+            ));
+        }
+        headers
+    }
+}
+
+/// The limit `rule` as `arrangement` (a per-customer override) replaces it, if it does.
+fn replaced<'p>(arrangement: Option<&'p OverrideRule>, rule: &'p LimitRule) -> &'p LimitRule {
+    arrangement
+        .and_then(|arrangement| arrangement.limits.get(&rule.name))
+        .unwrap_or(rule)
+}
+
+/// How long from the decision until `status` resets.
+fn until(status: &LimitStatus, decision: &Decision) -> Duration {
+    status.reset().saturating_duration_since(decision.now())
+}
+
+fn retry_wait(retry: Retry) -> Option<Duration> {
+    match retry {
+        Retry::After(wait) => Some(wait),
+        // A concurrency slot frees when a request finishes; a second is a fair first guess.
+        Retry::OnRelease => Some(Duration::from_secs(1)),
+        Retry::Never => None,
+    }
+}
+
+/// The block's remaining time, when a penalty blocks the identity.
+fn blocked(counted: &[Counted<'_>], decision: &Decision) -> Option<Duration> {
+    counted
+        .iter()
+        .zip(decision.limits())
+        .filter(|(item, status)| matches!(item, Counted::Block(_)) && status.remaining() == 0)
+        .map(|(_, status)| until(status, decision))
+        .max()
+}
+
+/// Everything known about the request once it is authenticated and valid.
+struct Context<'a> {
+    policy: &'a Policy,
+    request: &'a Request<'a>,
+    body: Option<&'a Map<String, Value>>,
+    key: Option<&'a KeyRecord>,
+}
+
+impl Context<'_> {
+    /// The value of identity `name` for this request: `Ok(None)` when the request does not carry
+    /// it.
+    fn identity(&self, name: &str) -> Option<String> {
+        match self.policy.identities.get(name)? {
+            IdentitySource::Header { name } => self
+                .request
+                .headers
+                .get(name.as_str())
+                .and_then(|value| value.to_str().ok())
+                .map(str::to_owned),
+            IdentitySource::Query { name } => request::query_param(self.request.query, name),
+            IdentitySource::Body { field } => self
+                .body
+                .and_then(|body| request::lookup(body, field))
+                .and_then(|value| match value {
+                    Value::String(text) => Some(text.clone()),
+                    Value::Number(number) => Some(number.to_string()),
+                    _ => None,
+                }),
+            IdentitySource::Key { attribute } => self.key.map(|key| {
+                let value = match attribute {
+                    KeyAttribute::Key => None,
+                    KeyAttribute::Owner => key.owner.as_ref(),
+                    KeyAttribute::Team => key.team.as_ref(),
+                    KeyAttribute::Site => key.site.as_ref(),
+                };
+                // A key without the attribute counts on its own.
+                value.unwrap_or(&key.id).clone()
+            }),
+            IdentitySource::ClientIp => request::client_ip(
+                self.request.peer,
+                self.request.headers,
+                &self.policy.trusted_proxies,
+            )
+            .map(|ip| ip.to_string()),
+        }
+    }
+
+    /// The counter scope of `per` for this request, e.g. `user=42`.
+    fn scope(&self, per: &Scope) -> Result<Vec<u8>, Refused> {
+        let Scope::Identity(name) = per else {
+            return Ok(b"*".to_vec());
+        };
+        match self.identity(name) {
+            Some(value) => {
+                let mut scope = Vec::with_capacity(name.len() + 1 + value.len());
+                scope.extend_from_slice(name.as_bytes());
+                scope.push(b'=');
+                scope.extend_from_slice(value.as_bytes());
+                Ok(scope)
+            }
+            None => Err(Refusal::new(
+                ErrorCode::MissingField,
+                Values {
+                    field: Some(self.source_name(name)),
+                    ..Values::default()
+                },
+            )),
+        }
+    }
+
+    /// Where identity `name` is read from, as a client would name it.
+    fn source_name(&self, name: &str) -> String {
+        match self.policy.identities.get(name) {
+            Some(IdentitySource::Header { name }) => name.clone(),
+            Some(IdentitySource::Query { name }) => name.clone(),
+            Some(IdentitySource::Body { field }) => field.clone(),
+            Some(IdentitySource::Key { .. }) | Some(IdentitySource::ClientIp) | None => {
+                name.to_owned()
+            }
+        }
+    }
+}

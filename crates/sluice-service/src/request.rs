@@ -1,0 +1,326 @@
+//! What the service reads from a request, and the checks on its shape: the content type, the JSON
+//! body and its fields, the client's address. Pure functions over borrowed parts of the request,
+//! so the gateway and the decision API share them exactly.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+use sluice_contract::{ErrorCode, Values};
+use sluice_policy::{FieldRule, FieldType, Ordered, TrustedProxy, UrlRule};
+
+use crate::{Refusal, Refused};
+
+/// One HTTP request, as far as the policy looks at it.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// The method, e.g. `POST`.
+    pub method: &'a str,
+    /// The path, without the query.
+    pub path: &'a str,
+    /// The query string, without the `?`.
+    pub query: Option<&'a str>,
+    /// The request's headers.
+    pub headers: &'a HeaderMap,
+    /// The address the connection came from.
+    pub peer: Option<IpAddr>,
+    /// The body, when the route needs it read (see [`crate::Service::body_need`]).
+    pub body: Option<&'a [u8]>,
+    /// The request's id, for error bodies whose envelope has a place for it.
+    pub request_id: Option<&'a str>,
+}
+
+/// Whether the `Content-Type` says JSON: `application/json` or a `+json` type, any parameters.
+pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim();
+    essence.eq_ignore_ascii_case("application/json")
+        || (essence.len() > 5
+            && essence
+                .get(essence.len() - 5..)
+                .is_some_and(|suffix| suffix.eq_ignore_ascii_case("+json"))
+            && essence
+                .get(..12)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case("application/")))
+}
+
+/// The body as the JSON object every JSON route needs.
+pub(crate) fn parse_object(body: &[u8]) -> Result<Map<String, Value>, Refused> {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(object)) => Ok(object),
+        _ => Err(Refusal::new(ErrorCode::MalformedBody, Values::default())),
+    }
+}
+
+/// The value at dot path `path` (`user.id`) of `object`.
+pub(crate) fn lookup<'v>(object: &'v Map<String, Value>, path: &str) -> Option<&'v Value> {
+    let mut parts = path.split('.');
+    let mut value = object.get(parts.next()?)?;
+    for part in parts {
+        value = value.as_object()?.get(part)?;
+    }
+    Some(value)
+}
+
+/// The first value of query parameter `name`, percent-decoded.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(key, _)| key == name)
+        .map(|(_, value)| value.into_owned())
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy; then the right-most
+/// `X-Forwarded-For` address that is not itself a trusted proxy.
+pub(crate) fn client_ip(
+    peer: Option<IpAddr>,
+    headers: &HeaderMap,
+    trusted: &[TrustedProxy],
+) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|block| block.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut client = peer;
+    for value in headers.get_all("x-forwarded-for").iter().rev() {
+        let Ok(text) = value.to_str() else {
+            return Some(client);
+        };
+        for hop in text.rsplit(',') {
+            match hop.trim().parse::<IpAddr>() {
+                Ok(ip) => {
+                    client = ip;
+                    if !is_trusted(ip) {
+                        return Some(ip);
+                    }
+                }
+                Err(_) => return Some(client),
+            }
+        }
+    }
+    Some(client)
+}
+
+/// Checks every field rule against `body`, in the order the policy lists them.
+pub(crate) fn validate_fields(
+    rules: &Ordered<FieldRule>,
+    body: &Map<String, Value>,
+) -> Result<(), Refused> {
+    for (field, rule) in &rules.0 {
+        let value = match lookup(body, field) {
+            None | Some(Value::Null) => {
+                if rule.required {
+                    return Err(Refusal::new(
+                        ErrorCode::MissingField,
+                        Values {
+                            field: Some(field.clone()),
+                            ..Values::default()
+                        },
+                    ));
+                }
+                continue;
+            }
+            Some(value) => value,
+        };
+        let invalid = |reason: &str| {
+            Refusal::new(
+                ErrorCode::InvalidField,
+                Values {
+                    field: Some(field.clone()),
+                    reason: Some(reason.to_owned()),
+                    ..Values::default()
+                },
+            )
+        };
+        if let Some(kind) = rule.kind
+            && !has_type(value, kind)
+        {
+            return Err(invalid(&format!("must be {}", article(kind))));
+        }
+        if rule.non_empty && value.as_str().is_some_and(|text| text.trim().is_empty()) {
+            return Err(invalid("must not be empty"));
+        }
+        if let Some(max) = rule.max_size
+            && size_of(value) > max.0
+        {
+            return Err(Refusal::new(
+                ErrorCode::FieldTooLarge,
+                Values {
+                    field: Some(field.clone()),
+                    max_size: Some(max.0),
+                    ..Values::default()
+                },
+            ));
+        }
+        if let Some(url_rule) = &rule.url {
+            let acceptable = value
+                .as_str()
+                .is_some_and(|text| acceptable_url(text, url_rule));
+            if !acceptable {
+                return Err(invalid(if url_rule.allow_private {
+                    "must be an http or https URL"
+                } else {
+                    "must be a public https URL"
+                }));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn has_type(value: &Value, kind: FieldType) -> bool {
+    match kind {
+        FieldType::String => value.is_string(),
+        FieldType::Number => value.is_number(),
+        FieldType::Integer => value.is_i64() || value.is_u64(),
+        FieldType::Boolean => value.is_boolean(),
+        FieldType::Object => value.is_object(),
+        FieldType::Array => value.is_array(),
+    }
+}
+
+fn article(kind: FieldType) -> String {
+    let name = kind.name();
+    match name.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => format!("an {name}"),
+        _ => format!("a {name}"),
+    }
+}
+
+/// A field's size: a string's bytes, or any other value's length as compact JSON.
+fn size_of(value: &Value) -> u64 {
+    let bytes = match value {
+        Value::String(text) => text.len(),
+        other => serde_json::to_vec(other).map_or(usize::MAX, |json| json.len()),
+    };
+    u64::try_from(bytes).unwrap_or(u64::MAX)
+}
+
+/// An absolute https URL to a public host; with `allow_private`, http and any host too.
+pub(crate) fn acceptable_url(text: &str, rule: &UrlRule) -> bool {
+    let Ok(url) = url::Url::parse(text) else {
+        return false;
+    };
+    if rule.allow_private {
+        return matches!(url.scheme(), "http" | "https") && url.host().is_some();
+    }
+    if url.scheme() != "https" {
+        return false;
+    }
+    match url.host() {
+        Some(url::Host::Domain(domain)) => {
+            let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+            domain.contains('.')
+                && !domain.ends_with(".localhost")
+                && !domain.ends_with(".local")
+                && !domain.ends_with(".internal")
+        }
+        Some(url::Host::Ipv4(ip)) => is_public(IpAddr::V4(ip)),
+        Some(url::Host::Ipv6(ip)) => is_public(IpAddr::V6(ip)),
+        None => false,
+    }
+}
+
+/// Whether `ip` is routable on the public internet: not private, loopback, link-local,
+/// unspecified, shared, documentation, multicast or broadcast space.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(ip) => {
+            let [a, b, ..] = ip.octets();
+            !(ip.is_private()
+                || ip.is_loopback()
+                || ip.is_link_local()
+                || ip.is_unspecified()
+                || ip.is_broadcast()
+                || ip.is_documentation()
+                || ip.is_multicast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19))
+                || a >= 240)
+        }
+        IpAddr::V6(ip) => {
+            if let Some(v4) = ip.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let first = ip.segments()[0];
+            !(ip.is_loopback()
+                || ip.is_unspecified()
+                || ip.is_multicast()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+                || first == 0x2001 && ip.segments()[1] == 0x0db8)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(*name, value.parse().expect("header value"));
+        }
+        map
+    }
+
+    #[test]
+    fn json_content_types_are_recognised_with_parameters_and_suffixes() {
+        let json = |value: &str| is_json(&headers(&[("content-type", value)]));
+        assert!(json("application/json"));
+        assert!(json("Application/JSON; charset=utf-8"));
+        assert!(json("application/vnd.api+json"));
+        assert!(!json("text/plain"));
+        assert!(!json("text/x+json"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let trusted = [TrustedProxy {
+            address: "10.0.0.0".parse().expect("ip"),
+            prefix: 8,
+        }];
+        let forwarded = headers(&[("x-forwarded-for", "203.0.113.9, 10.0.0.2")]);
+        let peer = |text: &str| Some(text.parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &forwarded, &trusted),
+            peer("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("198.51.100.4"), &forwarded, &trusted),
+            peer("198.51.100.4")
+        );
+        let spoofed = headers(&[("x-forwarded-for", "1.2.3.4, 203.0.113.9")]);
+        assert_eq!(
+            client_ip(peer("10.0.0.1"), &spoofed, &trusted),
+            peer("203.0.113.9")
+        );
+    }
+
+    #[test]
+    fn only_public_https_urls_pass_unless_private_hosts_are_allowed() {
+        let public = UrlRule::default();
+        assert!(acceptable_url("https://cdn.example.com/a.png", &public));
+        assert!(!acceptable_url("http://cdn.example.com/a.png", &public));
+        assert!(!acceptable_url("https://127.0.0.1/a.png", &public));
+        assert!(!acceptable_url("https://[::1]/a.png", &public));
+        assert!(!acceptable_url("https://169.254.169.254/latest", &public));
+        assert!(!acceptable_url("https://10.1.2.3/a.png", &public));
+        assert!(!acceptable_url("https://localhost/a.png", &public));
+        assert!(!acceptable_url("not a url", &public));
+        let private = UrlRule {
+            allow_private: true,
+            ..UrlRule::default()
+        };
+        assert!(acceptable_url("http://127.0.0.1:8080/a.png", &private));
+        assert!(!acceptable_url("ftp://127.0.0.1/a.png", &private));
+    }
+}

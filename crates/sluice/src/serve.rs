@@ -1,0 +1,189 @@
+//! `sluice serve`: loads the policy (and its keys file), opens the store, binds the listener,
+//! installs the signal handlers and runs the gateway until SIGTERM or Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use sluice_core::{Clock, SystemClock};
+use sluice_gateway::{Gateway, GatewayConfig, Upstream};
+use sluice_policy::Policy;
+use sluice_service::{KeyRing, Service};
+use sluice_store::MemoryStore;
+use tokio::net::TcpListener;
+
+/// Flags of `sluice serve`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServeArgs {
+    /// The policy file (YAML) to enforce.
+    #[arg(long, env = "SLUICE_POLICY", value_name = "FILE")]
+    policy: PathBuf,
+    /// Address to listen on. Without --upstream, the listener serves the decision API
+    /// (POST /v1/check) and health checks only.
+    #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// The API to proxy admitted requests to, e.g. http://127.0.0.1:9000 (a base path is kept).
+    #[arg(long, env = "SLUICE_UPSTREAM", value_name = "URL")]
+    upstream: Option<String>,
+    #[command(flatten)]
+    options: GatewayOptions,
+}
+
+/// Flags shared by `serve` and `demo`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct GatewayOptions {
+    /// Where counters live: `memory` (the embedded durable store and Redis come later).
+    #[arg(long, env = "SLUICE_STORE", default_value = "memory")]
+    store: String,
+    /// Also serve the decision API (POST /v1/check) on the proxy's listener.
+    #[arg(long, env = "SLUICE_DECISION_API")]
+    decision_api: bool,
+    /// How long the upstream may take to start answering before the client gets a 504.
+    #[arg(long, env = "SLUICE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = duration)]
+    upstream_timeout: Duration,
+    /// How long a client may take to send a request's headers before it is disconnected.
+    #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    header_timeout: Duration,
+    /// How long a client may take to send a body the policy reads before it gets a 408.
+    #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
+    body_timeout: Duration,
+    /// On SIGTERM, how long requests in flight may take to finish before they are cut.
+    #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    drain_timeout: Duration,
+}
+
+fn duration(text: &str) -> Result<Duration, String> {
+    sluice_policy::parse_duration(text)
+}
+
+/// A policy and its keys, read from disk and validated.
+pub(crate) struct Deployment {
+    pub(crate) policy: Arc<Policy>,
+    pub(crate) keys: KeyRing,
+}
+
+/// Reads and validates the policy at `path` and the keys file it names.
+pub(crate) fn load(path: &Path) -> anyhow::Result<Deployment> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read policy file {}", path.display()))?;
+    let keys_text = |policy: &Policy| -> anyhow::Result<Option<(String, String)>> {
+        let Some(file) = policy
+            .authentication
+            .as_ref()
+            .and_then(|auth| auth.keys_file.as_ref())
+        else {
+            return Ok(None);
+        };
+        let keys_path = path.parent().unwrap_or(Path::new(".")).join(file);
+        let text = std::fs::read_to_string(&keys_path)
+            .with_context(|| format!("cannot read keys file {}", keys_path.display()))?;
+        Ok(Some((keys_path.display().to_string(), text)))
+    };
+    from_text(&path.display().to_string(), &text, keys_text)
+}
+
+/// Validates a policy given as text, and the keys file `keys_text` finds for it.
+pub(crate) fn from_text(
+    name: &str,
+    text: &str,
+    keys_text: impl FnOnce(&Policy) -> anyhow::Result<Option<(String, String)>>,
+) -> anyhow::Result<Deployment> {
+    let policy = sluice_policy::load(name, text).map_err(|errors| anyhow::anyhow!("{errors}"))?;
+    let keys = match keys_text(&policy)? {
+        Some((keys_name, keys_text)) => KeyRing::new(
+            sluice_policy::load_keys(&keys_name, &keys_text, &policy)
+                .map_err(|errors| anyhow::anyhow!("{errors}"))?,
+        ),
+        None => KeyRing::default(),
+    };
+    Ok(Deployment {
+        policy: Arc::new(policy),
+        keys,
+    })
+}
+
+impl GatewayOptions {
+    /// The gateway's configuration with `upstream`.
+    pub(crate) fn config(&self, upstream: Option<Upstream>) -> GatewayConfig {
+        GatewayConfig {
+            upstream,
+            decision_api: self.decision_api,
+            upstream_timeout: self.upstream_timeout,
+            header_read_timeout: self.header_timeout,
+            body_read_timeout: self.body_timeout,
+            drain_timeout: self.drain_timeout,
+            ..GatewayConfig::default()
+        }
+    }
+
+    /// The store the flags name, with a task that reclaims expired counters.
+    pub(crate) fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<MemoryStore>> {
+        if self.store != "memory" {
+            bail!(
+                "--store {}: only `memory` is available in this build (the embedded durable \
+                 store and Redis are on their way)",
+                self.store
+            );
+        }
+        let store = Arc::new(MemoryStore::new(clock));
+        let sweeper = Arc::downgrade(&store);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tick.tick().await;
+                match sweeper.upgrade() {
+                    Some(store) => store.sweep(),
+                    None => break,
+                }
+            }
+        });
+        Ok(store)
+    }
+}
+
+/// Parses `--upstream`.
+pub(crate) fn upstream(text: &str) -> anyhow::Result<Upstream> {
+    let uri: http::Uri = text
+        .parse()
+        .with_context(|| format!("--upstream `{text}` is not a URL"))?;
+    Upstream::new(&uri).map_err(|message| anyhow::anyhow!(message))
+}
+
+/// Resolves when the process is asked to stop (SIGTERM, or Ctrl-C).
+pub(crate) async fn stop_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+    }
+}
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let deployment = load(&args.policy)?;
+    let upstream = args.upstream.as_deref().map(upstream).transpose()?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
+    let store = args.options.store(Arc::clone(&clock))?;
+    let service = Arc::new(Service::new(deployment.policy, store, deployment.keys));
+    let listener = TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let mode = if upstream.is_some() {
+        "proxy"
+    } else {
+        "decision API"
+    };
+    tracing::info!(listen = %listener.local_addr()?, mode, "sluice is serving");
+    let gateway = Arc::new(Gateway::new(service, args.options.config(upstream), clock));
+    gateway.serve(listener, stop_signal()).await;
+    tracing::info!("stopped");
+    Ok(())
+}
