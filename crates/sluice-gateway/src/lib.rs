@@ -113,7 +113,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             header_read_timeout: self.config.header_read_timeout,
             // hyper answers a plain 431 beyond its own limit; leave room to answer in the
             // API's envelope instead.
-            max_headers: self.config.max_headers.saturating_mul(2).max(128),
+            max_headers: self.config.max_headers.saturating_mul(4).max(512),
             drain_timeout: self.config.drain_timeout,
         };
         let gateway = self;

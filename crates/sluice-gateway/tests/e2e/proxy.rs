@@ -1,0 +1,254 @@
+//! The proxy as an upstream and a client see it: what is forwarded, what comes back, request
+//! ids, and upstream failures in the API's envelope.
+
+use std::net::TcpListener as StdListener;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::json;
+use sluice_gateway::{GatewayConfig, Upstream};
+
+use super::support::{Bench, members};
+
+const ALICE: &str = "sp_live_alice_demo_key";
+
+fn poll() -> serde_json::Value {
+    json!({"apiKey": ALICE, "userId": "alice"})
+}
+
+#[tokio::test]
+async fn requests_are_forwarded_without_hop_by_hop_headers_and_with_forwarding_headers() {
+    let bench = Bench::start("streampixel").await;
+    let reply = bench
+        .post(
+            "/projects/list?page=2",
+            &[
+                ("connection", "keep-alive, x-hop"),
+                ("x-hop", "secret"),
+                ("x-request-id", "client-chosen-id-1"),
+                ("x-custom", "kept"),
+            ],
+            &poll(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(reply.header("x-request-id"), Some("client-chosen-id-1"));
+    assert!(reply.header("date").is_some(), "every response is dated");
+    assert_eq!(reply.header("x-upstream-said"), Some("hello"));
+    assert!(
+        reply.header("ratelimit").is_some(),
+        "2xx responses carry the rate-limit headers"
+    );
+    assert_eq!(reply.json(), json!({"ok": true}));
+
+    let seen = bench.seen.lock().expect("lock").pop().expect("forwarded");
+    assert_eq!(seen.method, "POST");
+    assert_eq!(seen.uri, "/projects/list?page=2");
+    assert_eq!(
+        seen.headers.get("x-custom").map(|v| v.as_bytes()),
+        Some(&b"kept"[..])
+    );
+    assert!(seen.headers.get("x-hop").is_none());
+    assert!(
+        seen.headers
+            .get("connection")
+            .is_none_or(|v| v != "keep-alive, x-hop")
+    );
+    assert_eq!(
+        seen.headers
+            .get("x-forwarded-for")
+            .map(|v| v.to_str().expect("ascii")),
+        Some("127.0.0.1")
+    );
+    let forwarded = seen
+        .headers
+        .get("forwarded")
+        .expect("Forwarded")
+        .to_str()
+        .expect("ascii");
+    assert!(
+        forwarded.starts_with("for=127.0.0.1;proto=http;host="),
+        "{forwarded}"
+    );
+    assert_eq!(
+        seen.headers
+            .get("x-request-id")
+            .map(|v| v.to_str().expect("ascii")),
+        Some("client-chosen-id-1")
+    );
+    assert_eq!(seen.body, serde_json::to_vec(&poll()).expect("json"));
+
+    // Without an id of its own (or with an unusable one), the client gets a fresh one.
+    let first = bench.post("/projects/list", &[], &poll()).await;
+    let second = bench
+        .post("/projects/list", &[("x-request-id", "has spaces")], &poll())
+        .await;
+    let (first, second) = (first.header("x-request-id"), second.header("x-request-id"));
+    assert!(first.is_some_and(|id| id.len() == 24), "{first:?}");
+    assert!(
+        second.is_some_and(|id| id.len() == 24 && Some(id) != first),
+        "{second:?}"
+    );
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn upstream_failures_leave_in_the_apis_envelope() {
+    let bench = Bench::with("streampixel", |config| {
+        config.upstream_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let html = bench
+        .post(
+            "/projects/list",
+            &[
+                ("x-upstream-status", "500"),
+                ("x-upstream-type", "text/html"),
+            ],
+            &poll(),
+        )
+        .await;
+    assert_eq!(html.status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(html.json(), json!({"message": "Internal server error"}));
+
+    let unavailable = bench
+        .post(
+            "/projects/list",
+            &[
+                ("x-upstream-status", "503"),
+                ("x-upstream-type", "text/plain"),
+            ],
+            &poll(),
+        )
+        .await;
+    assert_eq!(
+        unavailable.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the upstream's status is kept"
+    );
+    assert_eq!(members(&unavailable.json()), ["message"]);
+
+    // A JSON error from the upstream is the API's own answer: passed through unchanged.
+    let own = bench
+        .post("/projects/list", &[("x-upstream-status", "404")], &poll())
+        .await;
+    assert_eq!(own.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        own.json(),
+        json!({"message": "Project not found", "upstream": true})
+    );
+    let own_500 = bench
+        .post("/projects/list", &[("x-upstream-status", "500")], &poll())
+        .await;
+    assert_eq!(
+        own_500.json(),
+        json!({"message": "Project not found", "upstream": true})
+    );
+
+    let hung = bench
+        .post("/projects/list", &[("x-upstream-hang", "1")], &poll())
+        .await;
+    assert_eq!(hung.status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(hung.json(), json!({"message": "Upstream timed out"}));
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    // A port that was free a moment ago and has no listener now.
+    let port = StdListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let config = GatewayConfig {
+        upstream: Some(
+            Upstream::new(&format!("http://127.0.0.1:{port}").parse().expect("uri"))
+                .expect("upstream"),
+        ),
+        ..GatewayConfig::default()
+    };
+    let bench = Bench::serve("streampixel", config, Arc::new(Mutex::new(Vec::new()))).await;
+    let reply = bench.post("/projects/list", &[], &poll()).await;
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(reply.json(), json!({"message": "Upstream unavailable"}));
+    assert!(reply.header("x-request-id").is_some());
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn health_endpoints_answer_and_unknown_routes_are_404_in_the_envelope() {
+    let bench = Bench::start("pixelpatrol").await;
+    assert_eq!(
+        bench.send("GET", "/healthz", &[], "").await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        bench.send("GET", "/readyz", &[], "").await.status,
+        StatusCode::OK
+    );
+    let unknown = bench.send("GET", "/nowhere", &[], "").await;
+    assert_eq!(unknown.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        unknown.json(),
+        json!({"error": "Not found", "message": "Not found"})
+    );
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn the_log_line_carries_the_request_id_and_never_the_api_key() {
+    use std::io::Write;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lock").extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .finish();
+    // The test runtime has one thread, which runs the gateway's tasks too.
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let bench = Bench::start("streampixel").await;
+    let reply = bench
+        .post(
+            "/projects/list?apiKey=sp_live_alice_demo_key",
+            &[("x-request-id", "trace-me-42")],
+            &poll(),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK);
+    let wrong = bench
+        .post(
+            "/projects/list",
+            &[],
+            &json!({"apiKey": "sp_live_typo_key", "userId": "alice"}),
+        )
+        .await;
+    assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    bench.stop().await;
+
+    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let line = logs
+        .lines()
+        .find(|line| line.contains("trace-me-42"))
+        .unwrap_or_else(|| panic!("no log line carries the request id:\n{logs}"));
+    assert!(line.contains("status=200"), "{line}");
+    assert!(
+        !logs.contains(ALICE) && !logs.contains("sp_live_typo_key"),
+        "a key leaked into the logs:\n{logs}"
+    );
+}

@@ -1,0 +1,309 @@
+//! Seed 000 (Streampixel) through the gateway: per-userId upload limits, API keys in the body,
+//! field validation, fair use on "unlimited" routes, the account block, and `{"message"}` as the
+//! only error shape.
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{Value, json};
+
+use super::support::{Bench, Reply, members};
+
+const ALICE: &str = "sp_live_alice_demo_key";
+
+fn upload(key: &str, user: &str) -> Value {
+    json!({
+        "apiKey": key,
+        "userId": user,
+        "projectId": "proj_1",
+        "fileUrl": "https://downloads.example.com/build.zip",
+    })
+}
+
+/// Asserts the error is exactly `{"message": message}` with `status`.
+fn assert_message(reply: &Reply, status: StatusCode, message: &str) {
+    assert_eq!(reply.status, status, "{}", reply.text());
+    let body = reply.json();
+    assert_eq!(members(&body), ["message"], "{body}");
+    assert_eq!(body["message"], message);
+    assert_eq!(reply.header("content-type"), Some("application/json"));
+}
+
+#[tokio::test]
+async fn uploads_are_limited_to_one_per_two_minutes_per_user() {
+    let bench = Bench::start("streampixel").await;
+    let first = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    assert_eq!(
+        first.header("ratelimit-policy"),
+        Some(r#""upload-file";q=1;w=120"#)
+    );
+    assert_eq!(
+        first.header("ratelimit"),
+        Some(r#""upload-file";r=0;t=120"#)
+    );
+
+    let second = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_message(
+        &second,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit exceeded. Try again in 2 minutes.",
+    );
+    assert_eq!(second.header("retry-after"), Some("120"));
+
+    // Another user, and the other upload endpoint, have their own windows.
+    let bob = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "bob"))
+        .await;
+    assert_eq!(bob.status, StatusCode::OK, "{}", bob.text());
+    let distribute =
+        json!({"apiKey": ALICE, "userId": "alice", "projectId": "proj_1", "uploadId": "up_1"});
+    let distributed = bench
+        .post("/projects/distribute-file", &[], &distribute)
+        .await;
+    assert_eq!(distributed.status, StatusCode::OK, "{}", distributed.text());
+
+    // One second short of the window: still refused, and told exactly how long is left.
+    bench.advance(Duration::from_secs(119));
+    let early = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_message(
+        &early,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit exceeded. Try again in 1 second.",
+    );
+    assert_eq!(early.header("retry-after"), Some("1"));
+
+    bench.advance(Duration::from_secs(1));
+    let again = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(again.status, StatusCode::OK, "{}", again.text());
+    assert_eq!(
+        bench.seen.lock().expect("lock").len(),
+        4,
+        "refused requests never reach the upstream"
+    );
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn api_keys_are_checked_as_the_page_describes() {
+    let bench = Bench::start("streampixel").await;
+    let invalid = "Unauthorized: Invalid API Key";
+    let mut missing = upload(ALICE, "alice");
+    missing.as_object_mut().expect("object").remove("apiKey");
+    let reply = bench.post("/projects/upload-file", &[], &missing).await;
+    assert_message(&reply, StatusCode::UNAUTHORIZED, invalid);
+    for key in [
+        "sp_live_wrong",
+        "sp_live_revoked_demo_key",
+        "sp_dev_alice_demo_key",
+        "",
+    ] {
+        let reply = bench
+            .post("/projects/upload-file", &[], &upload(key, "alice"))
+            .await;
+        assert_message(&reply, StatusCode::UNAUTHORIZED, invalid);
+    }
+    // An expired subscription: writes are refused, reads still work.
+    let expired = "sp_live_expired_demo_key";
+    let write = bench
+        .post("/projects/upload-file", &[], &upload(expired, "erin"))
+        .await;
+    assert_message(
+        &write,
+        StatusCode::FORBIDDEN,
+        "Forbidden: subscription expired; write actions are blocked",
+    );
+    let read = bench
+        .send(
+            "GET",
+            "/projects",
+            &[("content-type", "application/json")],
+            serde_json::to_vec(&json!({"apiKey": expired, "userId": "erin"})).expect("json"),
+        )
+        .await;
+    assert_eq!(read.status, StatusCode::OK, "{}", read.text());
+    assert!(bench.seen.lock().expect("lock").len() == 1);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn missing_and_mistyped_fields_are_named() {
+    let bench = Bench::start("streampixel").await;
+    let cases = [
+        ("fileUrl", Value::Null, "Missing required field: fileUrl"),
+        (
+            "projectId",
+            Value::Null,
+            "Missing required field: projectId",
+        ),
+        (
+            "userId",
+            json!(42),
+            "Invalid field: userId must be a string",
+        ),
+        (
+            "projectId",
+            json!("  "),
+            "Invalid field: projectId must not be empty",
+        ),
+        (
+            "fileUrl",
+            json!("http://downloads.example.com/a.zip"),
+            "Invalid field: fileUrl must be a public https URL",
+        ),
+        (
+            "fileUrl",
+            json!("https://169.254.169.254/latest/meta-data"),
+            "Invalid field: fileUrl must be a public https URL",
+        ),
+    ];
+    for (field, value, message) in cases {
+        let mut body = upload(ALICE, "alice");
+        let object = body.as_object_mut().expect("object");
+        if value.is_null() {
+            object.remove(field);
+        } else {
+            object.insert(field.to_owned(), value);
+        }
+        let reply = bench.post("/projects/upload-file", &[], &body).await;
+        assert_message(&reply, StatusCode::BAD_REQUEST, message);
+    }
+    let text = bench
+        .send(
+            "POST",
+            "/projects/upload-file",
+            &[("content-type", "text/plain")],
+            "hello",
+        )
+        .await;
+    assert_message(
+        &text,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Content-Type must be application/json",
+    );
+    let none = bench.send("POST", "/projects/upload-file", &[], "{}").await;
+    assert_message(
+        &none,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Content-Type must be application/json",
+    );
+    // None of them used up alice's upload.
+    let ok = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn aggressive_polling_of_an_unlimited_endpoint_is_throttled() {
+    let bench = Bench::start("streampixel").await;
+    let poll = json!({"apiKey": ALICE, "userId": "alice"});
+    // A burst of 20 is fine; the 21st at the same instant is not.
+    for _ in 0..20 {
+        let reply = bench.post("/projects/list", &[], &poll).await;
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    }
+    let throttled = bench.post("/projects/list", &[], &poll).await;
+    assert_message(
+        &throttled,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit exceeded. Try again in 1 second.",
+    );
+    assert_eq!(throttled.header("retry-after"), Some("1"));
+    assert!(
+        throttled
+            .header("ratelimit")
+            .is_some_and(|value| value.starts_with(r#""fair-use";r=0"#))
+    );
+    // Ten a second is the sustained pace.
+    bench.advance(Duration::from_millis(100));
+    let paced = bench.post("/projects/list", &[], &poll).await;
+    assert_eq!(paced.status, StatusCode::OK, "{}", paced.text());
+    // Other users poll undisturbed.
+    let other = bench
+        .post(
+            "/projects/list",
+            &[],
+            &json!({"apiKey": ALICE, "userId": "bob"}),
+        )
+        .await;
+    assert_eq!(other.status, StatusCode::OK);
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn hammering_after_429s_blocks_the_whole_account_for_a_while() {
+    let bench = Bench::start("streampixel").await;
+    let first = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(first.status, StatusCode::OK);
+    // Ten refusals within a minute are tolerated...
+    for _ in 0..9 {
+        let reply = bench
+            .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+            .await;
+        assert_message(
+            &reply,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Rate limit exceeded. Try again in 2 minutes.",
+        );
+    }
+    // ...the eleventh hammering request gets the account blocked.
+    let mut blocked = None;
+    for _ in 0..2 {
+        let reply = bench
+            .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+            .await;
+        if reply.text().contains("blocked") {
+            blocked = Some(reply);
+            break;
+        }
+    }
+    let blocked = blocked.expect("the account is blocked after repeated 429s");
+    assert_message(
+        &blocked,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests. Your account is temporarily blocked. Try again in 15 minutes.",
+    );
+    assert_eq!(blocked.header("retry-after"), Some("900"));
+
+    // Every endpoint is blocked for that user, even once the upload window has passed.
+    bench.advance(Duration::from_secs(5 * 60));
+    let poll = bench
+        .post(
+            "/projects/list",
+            &[],
+            &json!({"apiKey": ALICE, "userId": "alice"}),
+        )
+        .await;
+    assert_message(
+        &poll,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Too many requests. Your account is temporarily blocked. Try again in 10 minutes.",
+    );
+    let bob = bench
+        .post(
+            "/projects/list",
+            &[],
+            &json!({"apiKey": ALICE, "userId": "bob"}),
+        )
+        .await;
+    assert_eq!(bob.status, StatusCode::OK, "other users are not blocked");
+
+    bench.advance(Duration::from_secs(10 * 60));
+    let free = bench
+        .post("/projects/upload-file", &[], &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(free.status, StatusCode::OK, "{}", free.text());
+    bench.stop().await;
+}

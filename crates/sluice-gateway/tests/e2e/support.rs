@@ -1,0 +1,270 @@
+//! The test bench: a gateway started on `127.0.0.1:0` with an example policy and a manual clock,
+//! a recording upstream behind it, and a small HTTP client.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::Value;
+use sluice_core::{Clock, ManualClock, Timestamp};
+use sluice_gateway::{Gateway, GatewayConfig, Upstream};
+use sluice_service::{KeyRing, Service};
+use sluice_store::MemoryStore;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+/// 2026-11-22T10:15:00Z, on a minute boundary so that clock-aligned windows are easy to reason
+/// about.
+pub const START: Timestamp = Timestamp::from_secs(1_795_342_500);
+
+/// What the upstream saw of one request.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A running gateway with its upstream.
+pub struct Bench {
+    pub address: SocketAddr,
+    pub clock: ManualClock,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    stop: Option<oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("a UTF-8 body")
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|error| panic!("not JSON ({error}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .map(|value| value.to_str().expect("ASCII header"))
+    }
+}
+
+fn example(name: &str, file: &str) -> (String, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name)
+        .join(file);
+    let text = std::fs::read_to_string(&path).expect("the example exists");
+    (format!("examples/{name}/{file}"), text)
+}
+
+/// The example policy `name` with its keys.
+pub fn deployment(name: &str) -> (Arc<sluice_policy::Policy>, KeyRing) {
+    let (file, text) = example(name, "policy.yaml");
+    let policy = sluice_policy::load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let (keys_file, keys_text) = example(name, "keys.yaml");
+    let keys = sluice_policy::load_keys(&keys_file, &keys_text, &policy)
+        .unwrap_or_else(|errors| panic!("{errors}"));
+    (Arc::new(policy), KeyRing::new(keys))
+}
+
+impl Bench {
+    /// The gateway with the example policy `name`, in front of a recording upstream.
+    pub async fn start(name: &str) -> Bench {
+        Bench::with(name, |_| {}).await
+    }
+
+    /// As [`Bench::start`], with the configuration adjusted by `adjust`.
+    pub async fn with(name: &str, adjust: impl FnOnce(&mut GatewayConfig)) -> Bench {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = start_upstream(Arc::clone(&seen)).await;
+        let mut config = GatewayConfig {
+            upstream: Some(
+                Upstream::new(&format!("http://{upstream}").parse().expect("uri"))
+                    .expect("upstream"),
+            ),
+            ..GatewayConfig::default()
+        };
+        adjust(&mut config);
+        Bench::serve(name, config, seen).await
+    }
+
+    /// The gateway with the example policy `name` and exactly `config`.
+    pub async fn serve(name: &str, config: GatewayConfig, seen: Arc<Mutex<Vec<Seen>>>) -> Bench {
+        let (policy, keys) = deployment(name);
+        let clock = ManualClock::new(START);
+        let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+        let store = MemoryStore::new(Arc::clone(&shared));
+        let service = Arc::new(Service::new(policy, store, keys));
+        let gateway = Arc::new(Gateway::new(service, config, shared));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let served = tokio::spawn(gateway.serve(listener, async move {
+            let _ = stopped.await;
+        }));
+        Bench {
+            address,
+            clock,
+            seen,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            stop: Some(stop),
+            served: Some(served),
+        }
+    }
+
+    /// Sends `method path` with `headers` and `body`.
+    pub async fn send(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Reply {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(body.into()))
+            .expect("a valid request");
+        let response = self
+            .client
+            .request(request)
+            .await
+            .expect("the gateway answers");
+        let (parts, body) = response.into_parts();
+        Reply {
+            status: parts.status,
+            headers: parts.headers,
+            body: body.collect().await.expect("a whole body").to_bytes(),
+        }
+    }
+
+    /// A JSON POST.
+    pub async fn post(&self, path: &str, headers: &[(&str, &str)], json: &Value) -> Reply {
+        let mut all = vec![("content-type", "application/json")];
+        all.extend_from_slice(headers);
+        self.send("POST", path, &all, serde_json::to_vec(json).expect("json"))
+            .await
+    }
+
+    /// Moves the shared clock forward.
+    pub fn advance(&self, by: Duration) {
+        self.clock.advance(by);
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            served.await.expect("the gateway stops cleanly");
+        }
+    }
+}
+
+/// An upstream that records what it sees and answers as the request's `x-upstream-*` headers
+/// ask: `x-upstream-status` (default 200), `x-upstream-type` (default application/json),
+/// `x-upstream-hang` (never answers).
+pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let seen = Arc::clone(&seen);
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                let seen = Arc::clone(&seen);
+                async move {
+                    let (parts, body) = request.into_parts();
+                    let body = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    seen.lock().expect("lock").push(Seen {
+                        method: parts.method.to_string(),
+                        uri: parts.uri.to_string(),
+                        headers: parts.headers.clone(),
+                        body,
+                    });
+                    let header = |name: &str| {
+                        parts
+                            .headers
+                            .get(name)
+                            .and_then(|value| value.to_str().ok())
+                            .map(str::to_owned)
+                    };
+                    if header("x-upstream-hang").is_some() {
+                        std::future::pending::<()>().await;
+                    }
+                    let status = header("x-upstream-status")
+                        .and_then(|status| status.parse::<u16>().ok())
+                        .unwrap_or(200);
+                    let kind =
+                        header("x-upstream-type").unwrap_or_else(|| "application/json".to_owned());
+                    let body = if kind.contains("json") {
+                        if status >= 400 {
+                            r#"{"message":"Project not found","upstream":true}"#.to_owned()
+                        } else {
+                            r#"{"ok":true}"#.to_owned()
+                        }
+                    } else {
+                        "<html><body>Bad things</body></html>".to_owned()
+                    };
+                    let response = Response::builder()
+                        .status(status)
+                        .header("content-type", kind)
+                        .header("connection", "keep-alive")
+                        .header("x-upstream-said", "hello")
+                        .body(Full::new(Bytes::from(body)))
+                        .expect("response");
+                    Ok::<_, Infallible>(response)
+                }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    address
+}
+
+/// The member names of a JSON object body, in order.
+pub fn members(value: &Value) -> Vec<String> {
+    value
+        .as_object()
+        .expect("an object")
+        .keys()
+        .cloned()
+        .collect()
+}
