@@ -34,6 +34,9 @@ enum Command {
     Check(policy_cmd::PolicyArgs),
     /// Prints the API's rate-limit page, in Markdown, rendered from a policy file.
     Docs(policy_cmd::PolicyArgs),
+    /// The demo's echo upstream on its own: answers every request with 200 and a JSON
+    /// description of it. For load tests and trying the proxy by hand.
+    Echo(EchoArgs),
     /// API key helpers.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
@@ -47,7 +50,23 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Check(args) => policy_cmd::check(&args),
         Command::Docs(args) => policy_cmd::docs(&args),
         Command::Keys(command) => keys_cmd::run(command),
+        Command::Echo(args) => serve_with_runtime(cli.log_json, echo(args)),
     }
+}
+
+/// Flags of `sluice echo`.
+#[derive(Debug, clap::Args)]
+struct EchoArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SLUICE_ECHO_LISTEN", default_value = "127.0.0.1:9000")]
+    listen: std::net::SocketAddr,
+}
+
+async fn echo(args: EchoArgs) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    tracing::info!(listen = %listener.local_addr()?, "echo upstream is serving");
+    sluice_gateway::serve_echo(listener, serve::stop_signal()).await;
+    Ok(())
 }
 
 /// Runs a server command on a multi-threaded runtime with logging to stderr.

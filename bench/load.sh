@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The gateway's load harness, on loopback: the decision API, the proxy, the upstream hit directly
+# (the proxy's baseline) and nginx's limit_req + proxy_pass in front of the same upstream (the
+# proxy's peer), each under the same wrk load — 2 threads, 64 connections, 10,000 distinct keys —
+# one after the other in this one run. Prints requests/s, p50 and p99, and the ratios.
+#
+#   bash bench/load.sh                # 10 s per target
+#   DURATION=30s bash bench/load.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+THREADS=${THREADS:-2}
+CONNECTIONS=${CONNECTIONS:-64}
+BASE_PORT=${BASE_PORT:-19000}
+ECHO=127.0.0.1:$BASE_PORT
+DECISION=127.0.0.1:$((BASE_PORT + 1))
+PROXY=127.0.0.1:$((BASE_PORT + 2))
+NGINX=127.0.0.1:$((BASE_PORT + 3))
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
+
+cargo build --release -q -p sluice
+BIN=target/release/sluice
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+export RUST_LOG=warn  # no access log, as nginx below (access_log off)
+"$BIN" echo --listen "$ECHO" & pids+=($!)
+"$BIN" serve --policy bench/policy.yaml --listen "$DECISION" & pids+=($!)
+"$BIN" serve --policy bench/policy.yaml --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!)
+
+mkdir -p "$WORK/logs"
+cat > "$WORK/nginx.conf" <<CONF
+worker_processes 2;
+error_log $WORK/logs/error.log warn;
+pid $WORK/nginx.pid;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body;
+  proxy_temp_path $WORK/proxy;
+  limit_req_zone \$http_x_user zone=users:10m rate=100000r/s;
+  upstream echo { server $ECHO; keepalive 128; }
+  server {
+    listen $NGINX;
+    location / {
+      limit_req zone=users burst=100000 nodelay;
+      proxy_pass http://echo;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }
+  }
+}
+CONF
+"$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!)
+
+wait_for() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+for address in "$ECHO" "$DECISION" "$PROXY" "$NGINX"; do wait_for "$address"; done
+
+# Converts wrk's latency (e.g. 812.00us, 1.20ms, 1.01s) to milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0
+    if (v ~ /us$/) n = n / 1000; else if (v ~ /ms$/) n = n; else if (v ~ /s$/) n = n * 1000
+    printf "%.2f", n
+  }'
+}
+
+declare -A RPS P50 P99
+run() {
+  local name=$1 script=$2 url=$3 out
+  # A short warm-up fills connection pools and tables.
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$script" "$url" >/dev/null
+  out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url")
+  if echo "$out" | grep -q "Non-2xx"; then
+    echo "$name: some responses were not 2xx:" >&2
+    echo "$out" >&2
+  fi
+  RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
+  P50[$name]=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+  P99[$name]=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+}
+
+run "decision API" bench/check.lua "http://$DECISION/v1/check"
+run "upstream direct" bench/users.lua "http://$ECHO/items"
+run "sluice proxy" bench/users.lua "http://$PROXY/items"
+run "nginx limit_req" bench/users.lua "http://$NGINX/items"
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers"
+printf '| %-16s | %10s | %8s | %8s |\n' target "requests/s" "p50 ms" "p99 ms"
+printf '|%s|%s|%s|%s|\n' ------------------ ------------ ---------- ----------
+for name in "decision API" "sluice proxy" "nginx limit_req" "upstream direct"; do
+  printf '| %-16s | %10s | %8s | %8s |\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+done
+echo
+echo "sluice proxy / nginx limit_req:   $(ratio "${RPS[sluice proxy]}" "${RPS[nginx limit_req]}")x requests/s, p99 $(ratio "${P99[sluice proxy]}" "${P99[nginx limit_req]}")x"
+echo "sluice proxy / upstream direct:   $(ratio "${RPS[sluice proxy]}" "${RPS[upstream direct]}")x requests/s"
+echo "decision API / Limitador's 34,000 req/s (quoted in issue 4, same wrk settings): $(ratio "${RPS[decision API]}" 34000)x"
