@@ -58,16 +58,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let store = args.options.store(Arc::clone(&clock))?;
     let service = Arc::new(Service::new(policy, store, keys));
     let upstream = serve::upstream(&format!("http://{echo_address}"))?;
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
-    let address = listener.local_addr()?;
+    let listeners = args.options.listeners(args.listen)?;
+    let address = listeners.first().context("no listener")?.local_addr()?;
     let gateway = Arc::new(Gateway::new(
         service,
         args.options.config(Some(upstream)),
         clock,
     ));
-    let serving = tokio::spawn(gateway.serve(listener, serve::stop_signal()));
+    let serving = tokio::spawn(gateway.serve_threads(listeners, serve::stop_signal()));
 
     println!("sluice demo: {service_name}'s API behind sluice at http://{address}");
     println!("(a built-in echo upstream answers admitted requests at http://{echo_address})");
@@ -80,7 +78,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("Policy: examples/streampixel/policy.yaml; keys: examples/streampixel/keys.yaml.");
     }
     println!("Press Ctrl-C to stop.");
-    serving.await.context("the gateway task failed")?;
+    serving.await.context("the gateway task failed")??;
     Ok(())
 }
 

@@ -12,7 +12,6 @@ use sluice_gateway::{Gateway, GatewayConfig, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, Service};
 use sluice_store::MemoryStore;
-use tokio::net::TcpListener;
 
 /// Flags of `sluice serve`.
 #[derive(Debug, clap::Args)]
@@ -49,6 +48,9 @@ pub(crate) struct GatewayOptions {
     /// How long a client may take to send a body the policy reads before it gets a 408.
     #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
     body_timeout: Duration,
+    /// Threads serving requests, each with its own event loop (default: one per core).
+    #[arg(long, env = "SLUICE_THREADS")]
+    threads: Option<usize>,
     /// On SIGTERM, how long requests in flight may take to finish before they are cut.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     drain_timeout: Duration,
@@ -118,6 +120,18 @@ impl GatewayOptions {
         }
     }
 
+    /// Listeners on `address`, one per serving thread.
+    pub(crate) fn listeners(
+        &self,
+        address: SocketAddr,
+    ) -> anyhow::Result<Vec<std::net::TcpListener>> {
+        let threads = self.threads.unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        });
+        sluice_gateway::bind_listeners(address, threads)
+            .with_context(|| format!("cannot listen on {address}"))
+    }
+
     /// The store the flags name, with a task that reclaims expired counters.
     pub(crate) fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<MemoryStore>> {
         if self.store != "memory" {
@@ -173,17 +187,19 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = args.options.store(Arc::clone(&clock))?;
     let service = Arc::new(Service::new(deployment.policy, store, deployment.keys));
-    let listener = TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let listeners = args.options.listeners(args.listen)?;
     let mode = if upstream.is_some() {
         "proxy"
     } else {
         "decision API"
     };
-    tracing::info!(listen = %listener.local_addr()?, mode, "sluice is serving");
+    let address = listeners
+        .first()
+        .map(std::net::TcpListener::local_addr)
+        .transpose()?;
+    tracing::info!(listen = ?address, threads = listeners.len(), mode, "sluice is serving");
     let gateway = Arc::new(Gateway::new(service, args.options.config(upstream), clock));
-    gateway.serve(listener, stop_signal()).await;
+    gateway.serve_threads(listeners, stop_signal()).await?;
     tracing::info!("stopped");
     Ok(())
 }
