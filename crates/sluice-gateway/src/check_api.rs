@@ -6,12 +6,14 @@
 //! This is sluice's own API, so mistakes in the description itself are answered in sluice's own
 //! shape (RFC 9457 problem+json with a code); the verdicts inside use the policy's envelope.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 use sluice_contract::{Envelope, ErrorCode, ErrorReply};
 use sluice_service::{Request, Service, Verdict};
 use sluice_store::CounterStore;
@@ -19,20 +21,22 @@ use sluice_store::CounterStore;
 /// Most checks one batch may carry.
 pub const MAX_BATCH: usize = 1_000;
 
-/// One request to decide.
+/// One request to decide. Strings borrow from the request body where JSON escapes allow.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CheckRequest {
+pub(crate) struct CheckRequest<'a> {
     /// The method, e.g. `POST`.
-    method: String,
+    #[serde(borrow)]
+    method: Cow<'a, str>,
     /// The path, optionally with `?query`.
-    path: String,
+    #[serde(borrow)]
+    path: Cow<'a, str>,
     /// Request headers, by name.
-    #[serde(default)]
-    headers: BTreeMap<String, String>,
-    /// The JSON body, if any.
-    #[serde(default)]
-    body: Option<Value>,
+    #[serde(default, borrow)]
+    headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    /// The JSON body, if any, as it was written.
+    #[serde(default, borrow)]
+    body: Option<&'a RawValue>,
     /// The client's address, for identities that count per address.
     #[serde(default)]
     client_ip: Option<IpAddr>,
@@ -43,8 +47,9 @@ pub(crate) struct CheckRequest {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BatchRequest {
-    checks: Vec<CheckRequest>,
+pub(crate) struct BatchRequest<'a> {
+    #[serde(borrow)]
+    checks: Vec<CheckRequest<'a>>,
 }
 
 /// What the gateway would have answered.
@@ -54,9 +59,23 @@ pub(crate) struct CheckResponse {
     status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     code: Option<&'static str>,
-    headers: Map<String, Value>,
+    headers: Headers,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<Value>,
+}
+
+/// Response headers, written as a JSON object without copying them into one.
+#[derive(Debug)]
+struct Headers(Vec<(HeaderName, HeaderValue)>);
+
+impl Serialize for Headers {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_map(
+            self.0
+                .iter()
+                .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+        )
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -129,10 +148,11 @@ fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 async fn decide<S: CounterStore>(
     service: &Service<S>,
-    check: CheckRequest,
+    check: CheckRequest<'_>,
 ) -> Result<CheckResponse, ApiError> {
     let mut headers = HeaderMap::with_capacity(check.headers.len());
     for (name, value) in &check.headers {
+        let value: &str = value;
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             api_error(
                 ErrorCode::InvalidField,
@@ -149,24 +169,21 @@ async fn decide<S: CounterStore>(
     }
     let (path, query) = match check.path.split_once('?') {
         Some((path, query)) => (path, Some(query)),
-        None => (check.path.as_str(), None),
+        None => (&*check.path, None),
     };
-    let body = check
-        .body
-        .as_ref()
-        .map(|body| serde_json::to_vec(body).unwrap_or_default());
+    let body = check.body.map(|body| body.get().as_bytes());
     let request = Request {
         method: &check.method,
         path,
         query,
         headers: &headers,
         peer: check.client_ip,
-        body: body.as_deref(),
+        body,
         request_id: check.request_id.as_deref(),
     };
     Ok(match service.check(&request).await {
-        Verdict::Admit(admission) => {
-            let headers = header_map(&admission.headers);
+        Verdict::Admit(mut admission) => {
+            let headers = Headers(std::mem::take(&mut admission.headers));
             // Nothing is forwarded, so the call counts as done: concurrency slots are given
             // back and quotas stay counted.
             service.finish(admission, true).await;
@@ -179,30 +196,18 @@ async fn decide<S: CounterStore>(
             }
         }
         Verdict::Reject(rejection) => {
-            let mut headers = header_map(&rejection.headers);
-            headers.insert(
-                "content-type".to_owned(),
-                Value::String(rejection.content_type.to_owned()),
-            );
+            let mut headers = rejection.headers;
+            headers.push((
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static(rejection.content_type),
+            ));
             CheckResponse {
                 allowed: false,
                 status: rejection.status.as_u16(),
                 code: Some(rejection.code.name()),
-                headers,
+                headers: Headers(headers),
                 body: serde_json::from_slice(&rejection.body).ok(),
             }
         }
     })
-}
-
-fn header_map(headers: &[(HeaderName, HeaderValue)]) -> Map<String, Value> {
-    headers
-        .iter()
-        .filter_map(|(name, value)| {
-            Some((
-                name.as_str().to_owned(),
-                Value::String(value.to_str().ok()?.to_owned()),
-            ))
-        })
-        .collect()
 }

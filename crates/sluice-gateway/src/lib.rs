@@ -190,7 +190,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         request: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Body> {
-        let started = self.clock.now();
+        // The clock is read for the log line only, so only when it will be written.
+        let logging = tracing::enabled!(tracing::Level::INFO);
+        let started = logging.then(|| self.clock.now());
         let request_id = self.ids.of(request.headers());
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
@@ -215,6 +217,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        let Some(started) = started else {
+            return response;
+        };
         let elapsed = self.clock.now().saturating_duration_since(started);
         tracing::info!(
             request_id = request_id.to_str().unwrap_or_default(),
@@ -329,7 +334,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 request_id: id,
             })
             .await;
-        let admission = match verdict {
+        let mut admission = match verdict {
             Verdict::Reject(rejection) => return rejection_response(rejection),
             Verdict::Admit(admission) => admission,
         };
@@ -340,9 +345,12 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
-        let answer =
-            tokio::time::timeout(self.config.upstream_timeout, client.request(outgoing)).await;
-        let limit_headers = admission.headers.clone();
+        let answer = tokio::time::timeout(
+            self.config.upstream_timeout,
+            Box::pin(client.request(outgoing)),
+        )
+        .await;
+        let limit_headers = std::mem::take(&mut admission.headers);
         let mut response = match answer {
             Err(_) => {
                 self.service.finish(admission, false).await;

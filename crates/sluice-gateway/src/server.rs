@@ -66,7 +66,8 @@ pub(crate) async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let service = hyper::service::service_fn(move |request| {
-            let response = handle(request, peer);
+            // Boxed so that hyper moves a pointer, not the whole request state machine.
+            let response = Box::pin(handle(request, peer));
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

@@ -373,9 +373,13 @@ impl<S: CounterStore> Service<S> {
                     (&penalty.per, &penalty.block_counter, &penalty.block, 0)
                 }
             };
+            let quota_name;
             let counter_name = match item {
-                Counted::Quota(_) => format!("quota/{counter}"),
-                _ => counter.clone(),
+                Counted::Quota(_) => {
+                    quota_name = format!("quota/{counter}");
+                    quota_name.as_str()
+                }
+                _ => counter.as_str(),
             };
             transitions.push(Transition {
                 key: CounterKey::new(&context.scope(per)?, counter_name.as_bytes()),
