@@ -11,6 +11,7 @@
 mod body;
 mod check_api;
 mod echo;
+mod probe;
 mod proxy;
 mod request_id;
 mod server;
@@ -36,6 +37,7 @@ use tokio::net::TcpListener;
 pub use body::Body;
 pub use check_api::MAX_BATCH;
 pub use echo::serve_echo;
+pub use probe::HttpProbe;
 pub use proxy::Upstream;
 pub use request_id::RequestIds;
 

@@ -8,6 +8,7 @@
 //! API both call [`Service::check`] and [`Service::finish`], so they decide exactly alike.
 
 mod keys;
+mod probe;
 mod request;
 mod verdict;
 
@@ -28,6 +29,7 @@ use sluice_store::CounterStore;
 use smallvec::SmallVec;
 
 pub use keys::{KeyRing, hash_key};
+pub use probe::{ProbeOutcome, ResourceProbe};
 pub use request::{Request, is_public};
 pub use verdict::{Admission, HeaderList, Rejection, Verdict};
 
@@ -92,6 +94,7 @@ pub struct Service<S> {
     store: S,
     keys: KeyRing,
     penalties: Vec<Penalty>,
+    probe: Option<Arc<dyn ResourceProbe>>,
 }
 
 impl<S: CounterStore> Service<S> {
@@ -120,7 +123,15 @@ impl<S: CounterStore> Service<S> {
             store,
             keys,
             penalties,
+            probe: None,
         }
+    }
+
+    /// This service, checking the size of linked resources whose rule says `probe` with
+    /// `probe`. Without one, such rules check the URL's form only.
+    pub fn with_probe(mut self, probe: Arc<dyn ResourceProbe>) -> Service<S> {
+        self.probe = Some(probe);
+        self
     }
 
     /// The policy enforced.
@@ -269,6 +280,7 @@ impl<S: CounterStore> Service<S> {
         let key = self.authenticate(route, request, body.as_ref())?;
         if let Some(body) = &body {
             request::validate_fields(&rules.fields, body)?;
+            self.probe_resources(route, body).await?;
         }
         let context = Context {
             policy,
@@ -277,6 +289,52 @@ impl<S: CounterStore> Service<S> {
             key,
         };
         self.decide(route, &context).await
+    }
+
+    /// Probes every linked resource whose rule asks for it (fields already validated).
+    async fn probe_resources(
+        &self,
+        route: &Route,
+        body: &Map<String, Value>,
+    ) -> Result<(), Refused> {
+        let Some(probe) = &self.probe else {
+            return Ok(());
+        };
+        for (field, rule) in &route.request.fields.0 {
+            let Some(url_rule) = rule.url.as_ref().filter(|url_rule| url_rule.probe) else {
+                continue;
+            };
+            let (Some(max), Some(url)) = (
+                url_rule.max_resource_size,
+                request::lookup(body, field).and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            match probe.check(url, max.0, url_rule.allow_private).await {
+                ProbeOutcome::Within => {}
+                ProbeOutcome::TooLarge => {
+                    return Err(Refusal::new(
+                        ErrorCode::ResourceTooLarge,
+                        Values {
+                            field: Some(field.clone()),
+                            max_size: Some(max.0),
+                            ..Values::default()
+                        },
+                    ));
+                }
+                ProbeOutcome::Unavailable(reason) => {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidField,
+                        Values {
+                            field: Some(field.clone()),
+                            reason: Some(reason),
+                            ..Values::default()
+                        },
+                    ));
+                }
+            }
+        }
+        Ok(())
     }
 
     fn authenticate<'k>(

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::{Clock, SystemClock};
-use sluice_gateway::{Gateway, serve_echo};
+use sluice_gateway::{Gateway, HttpProbe, serve_echo};
 use sluice_service::Service;
 use tokio::net::TcpListener;
 
@@ -56,7 +56,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = args.options.store(Arc::clone(&clock))?;
-    let service = Arc::new(Service::new(policy, store, keys));
+    let service = Arc::new(
+        Service::new(policy, store, keys)
+            .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?)),
+    );
     let upstream = serve::upstream(&format!("http://{echo_address}"))?;
     let listeners = args.options.listeners(args.listen)?;
     let address = listeners.first().context("no listener")?.local_addr()?;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sluice_core::{Clock, SystemClock};
-use sluice_gateway::{Gateway, GatewayConfig, Upstream};
+use sluice_gateway::{Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, Service};
 use sluice_store::MemoryStore;
@@ -48,6 +48,9 @@ pub(crate) struct GatewayOptions {
     /// How long a client may take to send a body the policy reads before it gets a 408.
     #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
     body_timeout: Duration,
+    /// How long probing a linked resource's size (an image by URL) may take.
+    #[arg(long, env = "SLUICE_PROBE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub(crate) probe_timeout: Duration,
     /// Threads serving requests, each with its own event loop (default: one per core).
     #[arg(long, env = "SLUICE_THREADS")]
     threads: Option<usize>,
@@ -186,7 +189,10 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = args.options.store(Arc::clone(&clock))?;
-    let service = Arc::new(Service::new(deployment.policy, store, deployment.keys));
+    let service = Arc::new(
+        Service::new(deployment.policy, store, deployment.keys)
+            .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?)),
+    );
     let listeners = args.options.listeners(args.listen)?;
     let mode = if upstream.is_some() {
         "proxy"

@@ -218,3 +218,101 @@ async fn the_monthly_moderation_quota_is_per_team_and_counts_only_successes() {
     assert_eq!(december.status, StatusCode::OK, "{}", december.text());
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn images_by_url_are_probed_against_the_10_mb_limit() {
+    // The example refuses private hosts; the test's image server is on loopback.
+    let bench = Bench::edited("pixelpatrol", |text| {
+        text.replace(
+            "probe: true",
+            "probe: true\n            allow_private: true",
+        )
+    })
+    .await;
+    let upstream = bench.upstream_address();
+    let submit = |path: String| json!({"image_url": format!("http://{upstream}{path}")});
+    let small = bench
+        .post(
+            "/submit-media",
+            &[("authorization", PRO)],
+            &submit("/image/2048".into()),
+        )
+        .await;
+    assert_eq!(small.status, StatusCode::OK, "{}", small.text());
+    let exactly = bench
+        .post(
+            "/submit-media",
+            &[("authorization", PRO)],
+            &submit("/stream/10000000".into()),
+        )
+        .await;
+    assert_eq!(exactly.status, StatusCode::OK, "{}", exactly.text());
+    for path in ["/image/10000001", "/stream/10000001"] {
+        let large = bench
+            .post(
+                "/submit-media",
+                &[("authorization", PRO)],
+                &submit(path.into()),
+            )
+            .await;
+        assert_eq!(
+            large.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "{path}: {}",
+            large.text()
+        );
+        assert_eq!(
+            large.json(),
+            json!({"error": "Content too large", "message": "The image at image_url exceeds the maximum size of 10 MB."})
+        );
+    }
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn images_on_private_hosts_are_refused_without_being_fetched() {
+    let bench = Bench::start("pixelpatrol").await;
+    for url in [
+        "https://127.0.0.1/cat.png",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/cat.png",
+        "http://cdn.example.com/cat.png",
+    ] {
+        let reply = bench
+            .post(
+                "/submit-media",
+                &[("authorization", PRO)],
+                &json!({"image_url": url}),
+            )
+            .await;
+        assert_eq!(
+            reply.status,
+            StatusCode::BAD_REQUEST,
+            "{url}: {}",
+            reply.text()
+        );
+        assert_eq!(
+            reply.json()["message"],
+            "Invalid field: image_url must be a public https URL"
+        );
+    }
+    // A name with no public address is refused by the probe's resolver (`.invalid` never
+    // resolves).
+    let reply = bench
+        .post(
+            "/submit-media",
+            &[("authorization", PRO)],
+            &json!({"image_url": "https://images.example.invalid/cat.png"}),
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.text());
+    assert_eq!(
+        reply.json()["message"],
+        "Invalid field: image_url could not be fetched"
+    );
+    assert!(
+        bench.seen.lock().expect("lock").is_empty(),
+        "nothing was forwarded"
+    );
+    bench.stop().await;
+}

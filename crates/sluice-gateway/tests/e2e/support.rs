@@ -16,7 +16,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::Value;
 use sluice_core::{Clock, ManualClock, Timestamp};
-use sluice_gateway::{Gateway, GatewayConfig, Upstream};
+use sluice_gateway::{Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_service::{KeyRing, Service};
 use sluice_store::MemoryStore;
 use tokio::net::TcpListener;
@@ -38,6 +38,7 @@ pub struct Seen {
 /// A running gateway with its upstream.
 pub struct Bench {
     pub address: SocketAddr,
+    upstream: Option<SocketAddr>,
     pub clock: ManualClock,
     pub seen: Arc<Mutex<Vec<Seen>>>,
     client: Client<HttpConnector, Full<Bytes>>,
@@ -81,7 +82,16 @@ fn example(name: &str, file: &str) -> (String, String) {
 
 /// The example policy `name` with its keys.
 pub fn deployment(name: &str) -> (Arc<sluice_policy::Policy>, KeyRing) {
+    deployment_edited(name, |text| text)
+}
+
+/// The example policy `name`, its text changed by `edit`, with its keys.
+pub fn deployment_edited(
+    name: &str,
+    edit: impl FnOnce(String) -> String,
+) -> (Arc<sluice_policy::Policy>, KeyRing) {
     let (file, text) = example(name, "policy.yaml");
+    let text = edit(text);
     let policy = sluice_policy::load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
     let (keys_file, keys_text) = example(name, "keys.yaml");
     let keys = sluice_policy::load_keys(&keys_file, &keys_text, &policy)
@@ -107,16 +117,46 @@ impl Bench {
             ..GatewayConfig::default()
         };
         adjust(&mut config);
-        Bench::serve(name, config, seen).await
+        Bench::serve_deployment(deployment(name), config, seen, Some(upstream)).await
     }
 
     /// The gateway with the example policy `name` and exactly `config`.
     pub async fn serve(name: &str, config: GatewayConfig, seen: Arc<Mutex<Vec<Seen>>>) -> Bench {
-        let (policy, keys) = deployment(name);
+        Bench::serve_deployment(deployment(name), config, seen, None).await
+    }
+
+    /// The gateway with the example policy `name` edited by `edit`, in front of a recording
+    /// upstream.
+    pub async fn edited(name: &str, edit: impl FnOnce(String) -> String) -> Bench {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = start_upstream(Arc::clone(&seen)).await;
+        let config = GatewayConfig {
+            upstream: Some(
+                Upstream::new(&format!("http://{upstream}").parse().expect("uri"))
+                    .expect("upstream"),
+            ),
+            ..GatewayConfig::default()
+        };
+        Bench::serve_deployment(deployment_edited(name, edit), config, seen, Some(upstream)).await
+    }
+
+    /// The address of this bench's upstream, which also serves images: `/image/N` is N bytes
+    /// with a length, `/stream/N` is N bytes without one (and refuses HEAD).
+    pub fn upstream_address(&self) -> SocketAddr {
+        self.upstream.expect("a bench with its own upstream")
+    }
+
+    async fn serve_deployment(
+        (policy, keys): (Arc<sluice_policy::Policy>, KeyRing),
+        config: GatewayConfig,
+        seen: Arc<Mutex<Vec<Seen>>>,
+        upstream: Option<SocketAddr>,
+    ) -> Bench {
         let clock = ManualClock::new(START);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let store = MemoryStore::new(Arc::clone(&shared));
-        let service = Arc::new(Service::new(policy, store, keys));
+        let probe = HttpProbe::new(Duration::from_secs(2)).expect("a probe");
+        let service = Arc::new(Service::new(policy, store, keys).with_probe(Arc::new(probe)));
         let gateway = Arc::new(Gateway::new(service, config, shared));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
@@ -126,6 +166,7 @@ impl Bench {
         }));
         Bench {
             address,
+            upstream,
             clock,
             seen,
             client: Client::builder(TokioExecutor::new()).build_http(),
@@ -203,6 +244,9 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
             let service = hyper::service::service_fn(move |request: Request<Incoming>| {
                 let seen = Arc::clone(&seen);
                 async move {
+                    if let Some(response) = image(&request) {
+                        return Ok::<_, Infallible>(response);
+                    }
                     let (parts, body) = request.into_parts();
                     let body = body
                         .collect()
@@ -244,7 +288,7 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
                         .header("content-type", kind)
                         .header("connection", "keep-alive")
                         .header("x-upstream-said", "hello")
-                        .body(Full::new(Bytes::from(body)))
+                        .body(Full::new(Bytes::from(body)).boxed_unsync())
                         .expect("response");
                     Ok::<_, Infallible>(response)
                 }
@@ -258,6 +302,56 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
     });
     address
 }
+
+/// A body of `remaining` bytes in 64 KiB chunks, with no length declared.
+struct Chunks {
+    remaining: usize,
+}
+
+impl hyper::body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.remaining == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        let size = self.remaining.min(64 * 1024);
+        self.remaining -= size;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from(vec![
+            0u8;
+            size
+        ])))))
+    }
+}
+
+/// `/image/N` (N bytes, length declared) and `/stream/N` (N bytes, no length, HEAD refused).
+fn image(request: &Request<Incoming>) -> Option<Response<UpstreamBody>> {
+    let path = request.uri().path();
+    let (kind, size) = path.strip_prefix('/')?.split_once('/')?;
+    let size: usize = size.parse().ok()?;
+    let response = match kind {
+        "image" => Response::builder()
+            .header("content-type", "image/png")
+            .body(Full::new(Bytes::from(vec![0u8; size])).boxed_unsync())
+            .ok()?,
+        "stream" if request.method() == http::Method::HEAD => Response::builder()
+            .status(StatusCode::METHOD_NOT_ALLOWED)
+            .body(Full::new(Bytes::new()).boxed_unsync())
+            .ok()?,
+        "stream" => Response::builder()
+            .header("content-type", "image/png")
+            .body(Chunks { remaining: size }.boxed_unsync())
+            .ok()?,
+        _ => return None,
+    };
+    Some(response)
+}
+
+type UpstreamBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 
 /// The member names of a JSON object body, in order.
 pub fn members(value: &Value) -> Vec<String> {
