@@ -2,14 +2,17 @@
 # The gateway's load harness, on loopback: the decision API, the proxy, the upstream hit directly
 # (the proxy's baseline) and nginx's limit_req + proxy_pass in front of the same upstream (the
 # proxy's peer), each under the same wrk load — 2 threads, 64 connections, 10,000 distinct keys —
-# one after the other in this one run. Prints requests/s, p50 and p99, and the ratios.
+# one after the other in this one run, in ROUNDS interleaved rounds (the machine is shared and
+# noisy; a round gives every target the same conditions). Prints the median over rounds of
+# requests/s, p50 and p99, and the ratios.
 #
-#   bash bench/load.sh                # 10 s per target
-#   DURATION=30s bash bench/load.sh
+#   bash bench/load.sh                # 3 rounds of 10 s per target
+#   ROUNDS=5 DURATION=20s bash bench/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
 BASE_PORT=${BASE_PORT:-19000}
@@ -97,19 +100,30 @@ run() {
     echo "$name: some responses were not 2xx:" >&2
     echo "$out" >&2
   fi
-  RPS[$name]=$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}')
-  P50[$name]=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
-  P99[$name]=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  RPS[$name]+="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') "
+  P50[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") "
+  P99[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
 }
 
-run "decision API" bench/check.lua "http://$DECISION/v1/check"
-run "upstream direct" bench/users.lua "http://$ECHO/items"
-run "sluice proxy" bench/users.lua "http://$PROXY/items"
-run "nginx limit_req" bench/users.lua "http://$NGINX/items"
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  run "decision API" bench/check.lua "http://$DECISION/v1/check"
+  run "upstream direct" bench/users.lua "http://$ECHO/items"
+  run "sluice proxy" bench/users.lua "http://$PROXY/items"
+  run "nginx limit_req" bench/users.lua "http://$NGINX/items"
+done
+for name in "${!RPS[@]}"; do
+  echo "$name: requests/s per round: ${RPS[$name]}" >&2
+  RPS[$name]=$(median "${RPS[$name]}")
+  P50[$name]=$(median "${P50[$name]}")
+  P99[$name]=$(median "${P99[$name]}")
+done
 
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers, median of $ROUNDS rounds"
 printf '| %-16s | %10s | %8s | %8s |\n' target "requests/s" "p50 ms" "p99 ms"
 printf '|%s|%s|%s|%s|\n' ------------------ ------------ ---------- ----------
 for name in "decision API" "sluice proxy" "nginx limit_req" "upstream direct"; do
