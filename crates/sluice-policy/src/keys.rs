@@ -88,17 +88,7 @@ struct KeySpec {
 /// Parses and validates the keys file `text`, read from `file`, against `policy` (which plans
 /// exist).
 pub fn load_keys(file: &str, text: &str, policy: &Policy) -> Result<Vec<KeyRecord>, PolicyErrors> {
-    let parsed: KeysFile = serde_saphyr::from_str(text).map_err(|error| {
-        let (line, column) = error
-            .location()
-            .map_or((1, 1), |location| (location.line(), location.column()));
-        PolicyErrors(vec![PolicyError {
-            file: file.to_owned(),
-            line,
-            column,
-            message: crate::first_line(&error.to_string()),
-        }])
-    })?;
+    let parsed: KeysFile = crate::parse_yaml(file, text)?;
     let mut errors = Vec::new();
     let mut error = |at: &Spanned<String>, message: String| {
         errors.push(PolicyError {

@@ -29,7 +29,16 @@ pub use text::{Rate, parse_duration, parse_rate, parse_size};
 
 /// Parses and validates the policy `text`, read from `file` (used only in error messages).
 pub fn load(file: &str, text: &str) -> Result<Policy, PolicyErrors> {
-    let parsed: syntax::PolicyFile = serde_saphyr::from_str(text).map_err(|error| {
+    let parsed: syntax::PolicyFile = parse_yaml(file, text)?;
+    compile::compile(file, parsed)
+}
+
+/// `text` (read from `file`) as a `T`, or the one error serde-saphyr found, located.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
+    file: &str,
+    text: &str,
+) -> Result<T, PolicyErrors> {
+    serde_saphyr::from_str(text).map_err(|error| {
         let (line, column) = error
             .location()
             .map_or((1, 1), |location| (location.line(), location.column()));
@@ -39,13 +48,12 @@ pub fn load(file: &str, text: &str) -> Result<Policy, PolicyErrors> {
             column,
             message: first_line(&error.to_string()),
         }])
-    })?;
-    compile::compile(file, parsed)
+    })
 }
 
 /// serde-saphyr's message without its own `line N column M:` prefix and source excerpt: the
 /// location is reported in the `file:line:column` form instead.
-pub(crate) fn first_line(message: &str) -> String {
+fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message);
     let line = line.strip_prefix("error: ").unwrap_or(line);
     match line.split_once(": ") {

@@ -135,3 +135,37 @@ fn a_wrong_type_and_a_duplicate_route_are_errors() {
         "policy.yaml:4:12: route `GET /a` is defined twice"
     );
 }
+
+#[test]
+fn a_keys_file_with_a_bad_hash_or_an_unknown_plan_is_answered_with_locations() {
+    let (file, text) = example("pixelpatrol");
+    let policy = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let hash = format!("sha256:{}", "ab".repeat(32));
+    let keys = format!(
+        "keys:\n  - id: k1\n    hash: sha256:123\n  - id: k2\n    hash: {hash}\n    plan: platinum\n"
+    );
+    let errors = sluice_policy::load_keys("keys.yaml", &keys, &policy)
+        .expect_err("two mistakes")
+        .to_string();
+    let lines: Vec<&str> = errors.lines().collect();
+    assert_eq!(lines.len(), 2, "{errors}");
+    assert!(
+        lines[0].starts_with("keys.yaml:3:11: expected `sha256:`"),
+        "{errors}"
+    );
+    assert!(
+        lines[1].starts_with("keys.yaml:6:11: unknown plan `platinum`"),
+        "{errors}"
+    );
+    let typo = sluice_policy::load_keys("keys.yaml", "keys:\n  - id: k\n    hsh: x\n", &policy)
+        .expect_err("unknown field")
+        .to_string();
+    assert!(typo.starts_with("keys.yaml:3:5:"), "{typo}");
+    let good = format!("keys:\n  - id: k2\n    hash: {hash}\n    plan: pro\n    status: revoked\n");
+    let records = sluice_policy::load_keys("keys.yaml", &good, &policy).expect("valid");
+    assert_eq!(records[0].status, sluice_policy::KeyStatus::Revoked);
+    assert!(
+        !format!("{:?}", records[0]).contains("ab"),
+        "the hash stays out of Debug"
+    );
+}

@@ -269,10 +269,12 @@ impl<S: CounterStore> Service<S> {
                     },
                 ));
             }
-            if rules.json || !bytes.is_empty() {
+            if rules.json || !rules.fields.0.is_empty() {
                 Some(request::parse_object(bytes)?)
             } else {
-                None
+                // Read only for an identity or key it may carry: a body that is not a JSON
+                // object simply carries none.
+                request::parse_object(bytes).ok()
             }
         } else {
             None
