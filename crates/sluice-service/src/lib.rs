@@ -504,15 +504,12 @@ impl<S: CounterStore> Service<S> {
 
         let mut settle = Vec::new();
         for (item, transition) in counted.iter().zip(&transitions) {
+            // Rate limits count every admitted request, whatever the upstream answers; only
+            // concurrency slots and quotas that count successes are settled afterwards.
             let always = match item {
-                Counted::Limit(rule) => rule.limit.algorithm() == Algorithm::Concurrency,
-                Counted::Quota(rule) => {
-                    if rule.counts == QuotaCounts::All {
-                        continue;
-                    }
-                    false
-                }
-                Counted::Block(_) => continue,
+                Counted::Limit(rule) if rule.limit.algorithm() == Algorithm::Concurrency => true,
+                Counted::Quota(rule) if rule.counts == QuotaCounts::Successful => false,
+                Counted::Limit(_) | Counted::Quota(_) | Counted::Block(_) => continue,
             };
             let Op::Acquire { cost } = transition.op else {
                 continue;
