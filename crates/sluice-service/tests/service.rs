@@ -1,0 +1,105 @@
+//! The service without HTTP: what an admitted request leaves behind once its upstream call has
+//! failed or succeeded.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use http::HeaderMap;
+use sluice_core::{Clock, ManualClock, Timestamp};
+use sluice_service::{KeyRing, Request, Service, Verdict};
+use sluice_store::MemoryStore;
+
+fn service(name: &str) -> (Service<MemoryStore>, ManualClock) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).expect("the example exists");
+    let policy = sluice_policy::load("policy.yaml", &read("policy.yaml"))
+        .unwrap_or_else(|errors| panic!("{errors}"));
+    let keys = sluice_policy::load_keys("keys.yaml", &read("keys.yaml"), &policy)
+        .unwrap_or_else(|errors| panic!("{errors}"));
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_342_500));
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let service = Service::new(
+        Arc::new(policy),
+        MemoryStore::new(shared),
+        KeyRing::new(keys),
+    );
+    (service, clock)
+}
+
+async fn check(
+    service: &Service<MemoryStore>,
+    path: &str,
+    headers: &HeaderMap,
+    body: &str,
+) -> Verdict {
+    service
+        .check(&Request {
+            method: "POST",
+            path,
+            query: None,
+            headers,
+            peer: None,
+            body: Some(body.as_bytes()),
+            request_id: None,
+        })
+        .await
+}
+
+fn json_headers(authorization: Option<&str>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert("content-type", "application/json".parse().expect("value"));
+    if let Some(authorization) = authorization {
+        headers.insert("authorization", authorization.parse().expect("value"));
+    }
+    headers
+}
+
+#[tokio::test]
+async fn a_failed_call_still_counts_against_the_rate_limit() {
+    let (service, _clock) = service("streampixel");
+    let upload = r#"{"apiKey":"sp_live_alice_demo_key","userId":"uma","projectId":"p","fileUrl":"https://x.example.com/b.zip"}"#;
+    let headers = json_headers(None);
+    let Verdict::Admit(admission) =
+        check(&service, "/projects/upload-file", &headers, upload).await
+    else {
+        panic!("the first upload is admitted");
+    };
+    service.finish(admission, false).await;
+    let again = check(&service, "/projects/upload-file", &headers, upload).await;
+    assert!(
+        matches!(again, Verdict::Reject(ref rejection) if rejection.status == 429),
+        "{again:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_call_gives_its_quota_back() {
+    let (service, clock) = service("pixelpatrol");
+    let headers = json_headers(Some("Bearer pp_free_demo_key"));
+    let submit = r#"{"body":"hello"}"#;
+    // The free plan has 1,000 moderations a month. 600 failed calls give theirs back...
+    for _ in 0..600 {
+        let Verdict::Admit(admission) = check(&service, "/submit-media", &headers, submit).await
+        else {
+            panic!("admitted");
+        };
+        service.finish(admission, false).await;
+    }
+    // ...so, a minute later (the rate limit counted them), 1,000 calls still succeed.
+    clock.advance(std::time::Duration::from_secs(60));
+    for _ in 0..1000 {
+        let Verdict::Admit(admission) = check(&service, "/submit-media", &headers, submit).await
+        else {
+            panic!("the quota was not refunded");
+        };
+        service.finish(admission, true).await;
+    }
+    clock.advance(std::time::Duration::from_secs(60));
+    let over = check(&service, "/submit-media", &headers, submit).await;
+    assert!(
+        matches!(over, Verdict::Reject(ref rejection) if rejection.status == 403),
+        "{over:?}"
+    );
+}
