@@ -105,6 +105,14 @@ fn api_error(code: ErrorCode, detail: String) -> ApiError {
     }
 }
 
+/// The answer to a check request larger than `max` bytes.
+pub(crate) fn too_large(max: usize) -> ApiError {
+    api_error(
+        ErrorCode::BodyTooLarge,
+        format!("a check request carries at most {max} bytes"),
+    )
+}
+
 /// Decides one check described by the JSON `body`.
 pub(crate) async fn check_one<S: CounterStore>(
     service: &Service<S>,

@@ -30,7 +30,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::Clock;
-use sluice_service::{BodyNeed, Service, Verdict};
+use sluice_service::{BodyNeed, Service, Verdict, is_json};
 use sluice_store::CounterStore;
 use tokio::net::TcpListener;
 
@@ -197,8 +197,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let started = logging.then(|| self.clock.now());
         let request_id = self.ids.of(request.headers());
         let method = request.method().clone();
-        let path = request.uri().path().to_owned();
-        let mut response = match (&method, path.as_str()) {
+        // A clone shares the URI's bytes: kept for the log line once the request is consumed.
+        let uri = request.uri().clone();
+        let path = uri.path();
+        let mut response = match (&method, path) {
             (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
             (_, "/readyz") => plain(StatusCode::OK, "ready\n"),
             (&Method::POST, "/v1/check" | "/v1/check/batch")
@@ -235,27 +237,15 @@ impl<S: CounterStore + 'static> Gateway<S> {
     }
 
     async fn decision_api(&self, request: Request<Incoming>, batch: bool) -> Response<Body> {
-        let body = match Limited::new(request.into_body(), MAX_CHECK_BODY)
+        let answer = match Limited::new(request.into_body(), MAX_CHECK_BODY)
             .collect()
             .await
         {
-            Ok(collected) => collected.to_bytes(),
-            Err(_) => {
-                return rejection_response(self.service.reject(
-                    ErrorCode::BodyTooLarge,
-                    Values {
-                        max_size: Some(MAX_CHECK_BODY as u64),
-                        ..Values::default()
-                    },
-                    None,
-                    None,
-                ));
+            Err(_) => Err(check_api::too_large(MAX_CHECK_BODY)),
+            Ok(collected) if batch => {
+                check_api::check_batch(&self.service, &collected.to_bytes()).await
             }
-        };
-        let answer = if batch {
-            check_api::check_batch(&self.service, &body).await
-        } else {
-            check_api::check_one(&self.service, &body).await
+            Ok(collected) => check_api::check_one(&self.service, &collected.to_bytes()).await,
         };
         match answer {
             Ok(json) => json_response(StatusCode::OK, json),
@@ -288,10 +278,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
             return reject(ErrorCode::HeadersTooLarge, Values::default(), None);
         }
         let (parts, incoming) = request.into_parts();
-        let need = self
+        let matched = self
             .service
-            .body_need(parts.method.as_str(), parts.uri.path());
-        let (bytes, forward) = match need {
+            .matched(parts.method.as_str(), parts.uri.path());
+        let (bytes, forward) = match matched.body {
             BodyNeed::Stream => (None, Either::Right(incoming)),
             BodyNeed::Read { max } => {
                 let too_large = Values {
@@ -326,15 +316,18 @@ impl<S: CounterStore + 'static> Gateway<S> {
         };
         let verdict = self
             .service
-            .check(&sluice_service::Request {
-                method: parts.method.as_str(),
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                peer: Some(peer.ip()),
-                body: bytes.as_deref(),
-                request_id: id,
-            })
+            .check_matched(
+                matched,
+                &sluice_service::Request {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    query: parts.uri.query(),
+                    headers: &parts.headers,
+                    peer: Some(peer.ip()),
+                    body: bytes.as_deref(),
+                    request_id: id,
+                },
+            )
             .await;
         let mut admission = match verdict {
             Verdict::Reject(rejection) => return rejection_response(rejection),
@@ -409,22 +402,6 @@ pub fn bind_listeners(
         listeners.push(bind(address)?);
     }
     Ok(listeners)
-}
-
-/// Whether the response's `Content-Type` says JSON (problem+json included).
-fn is_json(headers: &http::HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .map(|value| {
-            value
-                .split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .is_some_and(|essence| essence == "application/json" || essence.ends_with("+json"))
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

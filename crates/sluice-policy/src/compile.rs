@@ -60,6 +60,9 @@ pub struct LimitRule {
 pub struct QuotaRule {
     /// Its name, which routes use.
     pub name: String,
+    /// The counter's name in the store, `quota/NAME`: shared by every plan's quota of that name,
+    /// so a customer changing plans keeps the period's usage.
+    pub counter: String,
     /// Units per period.
     pub amount: u64,
     /// Who it counts.
@@ -325,6 +328,7 @@ impl Compiler<'_> {
         match cycle.and_then(|cycle| Limit::fixed_window(spec.amount, Period::Monthly(cycle))) {
             Ok(limit) => Some(QuotaRule {
                 name: spec.name.clone(),
+                counter: format!("quota/{}", spec.name),
                 amount: spec.amount,
                 per,
                 counts: spec.counts,

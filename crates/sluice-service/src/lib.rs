@@ -30,7 +30,7 @@ use smallvec::SmallVec;
 
 pub use keys::{KeyRing, hash_key};
 pub use probe::{ProbeOutcome, ResourceProbe};
-pub use request::{Request, is_public};
+pub use request::{Request, is_json, is_public};
 pub use verdict::{Admission, HeaderList, Rejection, Verdict};
 
 /// The body size read for routes that need their body and name no `max_body`.
@@ -46,6 +46,15 @@ pub enum BodyNeed {
         /// The largest body accepted, in bytes.
         max: u64,
     },
+}
+
+/// A request's route, looked up once: what the gateway needs to know before reading the body,
+/// and what [`Service::check_matched`] decides with.
+#[derive(Clone, Copy, Debug)]
+pub struct Matched<'s> {
+    route: Option<&'s Route>,
+    /// Whether to read the body first, and up to what size.
+    pub body: BodyNeed,
 }
 
 /// A failure on its way to becoming a [`Rejection`]: the code, the values its message names, and
@@ -95,6 +104,10 @@ pub struct Service<S> {
     keys: KeyRing,
     penalties: Vec<Penalty>,
     probe: Option<Arc<dyn ResourceProbe>>,
+    /// Some identity is read from the body, so every route reads it.
+    identity_in_body: bool,
+    /// The API key is read from the body, so authenticated routes read it.
+    key_in_body: bool,
 }
 
 impl<S: CounterStore> Service<S> {
@@ -118,12 +131,22 @@ impl<S: CounterStore> Service<S> {
                 })
             })
             .collect();
+        let identity_in_body = policy
+            .identities
+            .values()
+            .any(|source| matches!(source, IdentitySource::Body { .. }));
+        let key_in_body = policy
+            .authentication
+            .as_ref()
+            .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
         Service {
             policy,
             store,
             keys,
             penalties,
             probe: None,
+            identity_in_body,
+            key_in_body,
         }
     }
 
@@ -144,40 +167,38 @@ impl<S: CounterStore> Service<S> {
         &self.store
     }
 
-    /// Whether the request `method path` needs its body read, and up to what size.
-    pub fn body_need(&self, method: &str, path: &str) -> BodyNeed {
-        match self.policy.route(method, path) {
-            Some((route, _)) if self.reads_body(route) => BodyNeed::Read {
+    /// The route of `method path`, and whether its body must be read first.
+    pub fn matched(&self, method: &str, path: &str) -> Matched<'_> {
+        let route = self.policy.route(method, path).map(|(route, _)| route);
+        let reads_body = route.is_some_and(|route| {
+            route.request.json
+                || !route.request.fields.0.is_empty()
+                || (route.authenticate && self.key_in_body)
+                || self.identity_in_body
+        });
+        let body = match route {
+            Some(route) if reads_body => BodyNeed::Read {
                 max: route
                     .request
                     .max_body
                     .map_or(DEFAULT_MAX_BODY, |size| size.0),
             },
             _ => BodyNeed::Stream,
-        }
-    }
-
-    fn reads_body(&self, route: &Route) -> bool {
-        let key_in_body = route.authenticate
-            && self
-                .policy
-                .authentication
-                .as_ref()
-                .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
-        route.request.json
-            || !route.request.fields.0.is_empty()
-            || key_in_body
-            || self
-                .policy
-                .identities
-                .values()
-                .any(|source| matches!(source, IdentitySource::Body { .. }))
+        };
+        Matched { route, body }
     }
 
     /// Decides `request`: admitted (forward it, then call [`Service::finish`]) or refused with a
     /// rendered error.
     pub async fn check(&self, request: &Request<'_>) -> Verdict {
-        match self.evaluate(request).await {
+        self.check_matched(self.matched(request.method, request.path), request)
+            .await
+    }
+
+    /// [`Service::check`] for a request whose route was already looked up with
+    /// [`Service::matched`] (to learn whether to read its body).
+    pub async fn check_matched(&self, matched: Matched<'_>, request: &Request<'_>) -> Verdict {
+        match self.evaluate(matched, request).await {
             Ok(admission) => Verdict::Admit(admission),
             Err(refusal) => Verdict::Reject(self.render(*refusal, None, request.request_id)),
         }
@@ -245,9 +266,13 @@ impl<S: CounterStore> Service<S> {
         }
     }
 
-    async fn evaluate(&self, request: &Request<'_>) -> Result<Admission, Refused> {
+    async fn evaluate(
+        &self,
+        matched: Matched<'_>,
+        request: &Request<'_>,
+    ) -> Result<Admission, Refused> {
         let policy = &*self.policy;
-        let Some((route, _params)) = policy.route(request.method, request.path) else {
+        let Some(route) = matched.route else {
             return Err(Refusal::new(ErrorCode::NotFound, Values::default()));
         };
         let rules = &route.request;
@@ -257,9 +282,8 @@ impl<S: CounterStore> Service<S> {
                 Values::default(),
             ));
         }
-        let body = if self.reads_body(route) {
+        let body = if let BodyNeed::Read { max } = matched.body {
             let bytes = request.body.unwrap_or_default();
-            let max = rules.max_body.map_or(DEFAULT_MAX_BODY, |size| size.0);
             if u64::try_from(bytes.len()).unwrap_or(u64::MAX) > max {
                 return Err(Refusal::new(
                     ErrorCode::BodyTooLarge,
@@ -428,21 +452,13 @@ impl<S: CounterStore> Service<S> {
         for item in &counted {
             let (per, counter, limit, cost) = match item {
                 Counted::Limit(rule) => (&rule.per, &rule.counter, &rule.limit, rule.cost),
-                Counted::Quota(rule) => (&rule.per, &rule.name, &rule.limit, 1),
+                Counted::Quota(rule) => (&rule.per, &rule.counter, &rule.limit, 1),
                 Counted::Block(penalty) => {
                     (&penalty.per, &penalty.block_counter, &penalty.block, 0)
                 }
             };
-            let quota_name;
-            let counter_name = match item {
-                Counted::Quota(_) => {
-                    quota_name = format!("quota/{counter}");
-                    quota_name.as_str()
-                }
-                _ => counter.as_str(),
-            };
             transitions.push(Transition {
-                key: CounterKey::new(&context.scope(per)?, counter_name.as_bytes()),
+                key: CounterKey::new(&context.scope(per)?, counter.as_bytes()),
                 limit,
                 op: Op::Acquire { cost },
             });

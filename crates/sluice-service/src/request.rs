@@ -24,14 +24,14 @@ pub struct Request<'a> {
     pub headers: &'a HeaderMap,
     /// The address the connection came from.
     pub peer: Option<IpAddr>,
-    /// The body, when the route needs it read (see [`crate::Service::body_need`]).
+    /// The body, when the route needs it read (see [`crate::Service::matched`]).
     pub body: Option<&'a [u8]>,
     /// The request's id, for error bodies whose envelope has a place for it.
     pub request_id: Option<&'a str>,
 }
 
 /// Whether the `Content-Type` says JSON: `application/json` or a `+json` type, any parameters.
-pub(crate) fn is_json(headers: &HeaderMap) -> bool {
+pub fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())

@@ -107,6 +107,24 @@ impl Bench {
 
     /// As [`Bench::start`], with the configuration adjusted by `adjust`.
     pub async fn with(name: &str, adjust: impl FnOnce(&mut GatewayConfig)) -> Bench {
+        Bench::launch(deployment(name), adjust).await
+    }
+
+    /// As [`Bench::start`], with the policy's text changed by `edit`.
+    pub async fn edited(name: &str, edit: impl FnOnce(String) -> String) -> Bench {
+        Bench::launch(deployment_edited(name, edit), |_| {}).await
+    }
+
+    /// The gateway with the example policy `name` and exactly `config`.
+    pub async fn serve(name: &str, config: GatewayConfig, seen: Arc<Mutex<Vec<Seen>>>) -> Bench {
+        Bench::serve_deployment(deployment(name), config, seen, None).await
+    }
+
+    /// `deployment` in front of a fresh recording upstream, configured by `adjust`.
+    async fn launch(
+        deployment: (Arc<sluice_policy::Policy>, KeyRing),
+        adjust: impl FnOnce(&mut GatewayConfig),
+    ) -> Bench {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let upstream = start_upstream(Arc::clone(&seen)).await;
         let mut config = GatewayConfig {
@@ -117,27 +135,7 @@ impl Bench {
             ..GatewayConfig::default()
         };
         adjust(&mut config);
-        Bench::serve_deployment(deployment(name), config, seen, Some(upstream)).await
-    }
-
-    /// The gateway with the example policy `name` and exactly `config`.
-    pub async fn serve(name: &str, config: GatewayConfig, seen: Arc<Mutex<Vec<Seen>>>) -> Bench {
-        Bench::serve_deployment(deployment(name), config, seen, None).await
-    }
-
-    /// The gateway with the example policy `name` edited by `edit`, in front of a recording
-    /// upstream.
-    pub async fn edited(name: &str, edit: impl FnOnce(String) -> String) -> Bench {
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let upstream = start_upstream(Arc::clone(&seen)).await;
-        let config = GatewayConfig {
-            upstream: Some(
-                Upstream::new(&format!("http://{upstream}").parse().expect("uri"))
-                    .expect("upstream"),
-            ),
-            ..GatewayConfig::default()
-        };
-        Bench::serve_deployment(deployment_edited(name, edit), config, seen, Some(upstream)).await
+        Bench::serve_deployment(deployment, config, seen, Some(upstream)).await
     }
 
     /// The address of this bench's upstream, which also serves images: `/image/N` is N bytes
