@@ -51,6 +51,15 @@ impl CounterKey {
         CounterKey { encoded }
     }
 
+    /// The key whose [`CounterKey::encoded`] form is `encoded` (as a backend stored it). Bytes
+    /// that no key encodes to still make a key, whose scope and name read as empty where the
+    /// encoding does not hold them.
+    pub fn from_encoded(encoded: &[u8]) -> CounterKey {
+        CounterKey {
+            encoded: SmallVec::from_slice(encoded),
+        }
+    }
+
     /// The identity the counter belongs to.
     pub fn scope(&self) -> &[u8] {
         self.encoded

@@ -9,4 +9,11 @@ pub enum StoreError {
     /// The same counter appeared twice in one request; the request changed nothing.
     #[error("counter {0:?} appears twice in one request")]
     DuplicateKey(CounterKey),
+    /// The backend could not read or write its storage; the request may or may not have been
+    /// counted.
+    #[error("storage failed: {0}")]
+    Storage(String),
+    /// Another process holds the store's file (a running server, usually).
+    #[error("{} is in use by another process (a running sluice server?)", .0.display())]
+    InUse(std::path::PathBuf),
 }

@@ -5,6 +5,7 @@
 //! [`sluice_core::decide`], so every backend decides exactly alike. The shared conformance suite
 //! (`sluice-test-support`) holds each backend to that.
 
+mod embedded;
 mod error;
 mod memory;
 mod sync;
@@ -13,6 +14,7 @@ use std::future::Future;
 
 use sluice_core::{Decision, Transition};
 
+pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreConfig};
 pub use error::StoreError;
 pub use memory::{MemoryStore, MemoryStoreConfig};
 
@@ -35,5 +37,54 @@ impl<S: CounterStore + ?Sized> CounterStore for std::sync::Arc<S> {
         transitions: &[Transition<'_>],
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
         (**self).apply(transitions)
+    }
+}
+
+/// The kinds of record a store keeps beside its counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RecordTable {
+    /// API keys, by the hash of their secret.
+    Keys,
+    /// Per-identity limit overrides set at run time, by identity.
+    Overrides,
+}
+
+/// One record: its id and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// Small records that every gateway sharing a store must see alike (API keys, overrides), kept
+/// as opaque bytes: the store knows their table, never their meaning.
+pub trait RecordStore: Send + Sync {
+    /// Stores `value` as record `id` of `table`, or deletes the record when `value` is `None`.
+    /// Durable (where the backend is) when the future completes.
+    fn put_record(
+        &self,
+        table: RecordTable,
+        id: &[u8],
+        value: Option<&[u8]>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every record of `table`, in id order.
+    fn records(
+        &self,
+        table: RecordTable,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send;
+}
+
+impl<S: RecordStore + ?Sized> RecordStore for std::sync::Arc<S> {
+    fn put_record(
+        &self,
+        table: RecordTable,
+        id: &[u8],
+        value: Option<&[u8]>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        (**self).put_record(table, id, value)
+    }
+
+    fn records(
+        &self,
+        table: RecordTable,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send {
+        (**self).records(table)
     }
 }

@@ -16,18 +16,22 @@
 
 mod table;
 
+use std::collections::BTreeMap;
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use siphasher::sip128::SipHasher13;
-use sluice_core::{Clock, CounterKey, CounterState, Decision, Transition, decide};
+use sluice_core::{Clock, CounterKey, CounterState, Decision, Timestamp, Transition, decide};
 use smallvec::SmallVec;
 
-use crate::CounterStore;
 use crate::error::StoreError;
 use crate::sync::{Mutex, MutexGuard, lock};
+use crate::{CounterStore, Record, RecordStore, RecordTable};
 use table::Table;
+
+/// Records by table and id.
+type Records = BTreeMap<(RecordTable, Vec<u8>), Vec<u8>>;
 
 /// How to build a [`MemoryStore`].
 #[derive(Clone, Copy, Debug)]
@@ -57,6 +61,8 @@ pub struct MemoryStore {
     /// SipHash-1-3 under the store's secret keys.
     hasher: SipHasher13,
     clock: Arc<dyn Clock>,
+    /// Keys and overrides: few, and read rarely.
+    records: std::sync::Mutex<Records>,
 }
 
 /// One shard, aligned to its own cache lines so that locking one does not slow its neighbours.
@@ -90,15 +96,33 @@ impl MemoryStore {
             shard_bits: shards.trailing_zeros(),
             hasher: SipHasher13::new_with_keys(secret.0, secret.1),
             clock,
+            records: std::sync::Mutex::default(),
         }
     }
 
     /// Applies one request, as [`CounterStore::apply`] does, without the future around it.
     #[inline]
     pub fn apply_now(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        self.apply_observed(transitions, |_, _, _| {})
+    }
+
+    /// The instant the store decides at.
+    pub(crate) fn now(&self) -> Timestamp {
+        self.clock.now()
+    }
+
+    /// Applies one request and shows `observe` each counter's state before and after, by the
+    /// transition's index, while the counters are still locked: whoever records the changes
+    /// records them in the order they happened.
+    #[inline]
+    pub(crate) fn apply_observed(
+        &self,
+        transitions: &[Transition<'_>],
+        mut observe: impl FnMut(usize, &CounterState, &CounterState),
+    ) -> Result<Decision, StoreError> {
         let now = self.clock.now();
         if let [transition] = transitions {
-            return Ok(self.apply_one(transition, now));
+            return Ok(self.apply_one(transition, now, observe));
         }
         let hashes: SmallVec<[u128; 4]> = transitions.iter().map(|t| self.hash(&t.key)).collect();
         for (index, hash) in hashes.iter().enumerate() {
@@ -137,8 +161,12 @@ impl MemoryStore {
             .zip(&slots)
             .map(|(&hash, &slot)| guards[slot].1.get(hash))
             .collect();
+        let before = states.clone();
         let decision = decide(now, transitions, &mut states);
-        for ((&hash, &slot), state) in hashes.iter().zip(&slots).zip(states) {
+        for (index, ((&hash, &slot), state)) in hashes.iter().zip(&slots).zip(states).enumerate() {
+            if let Some(old) = before.get(index) {
+                observe(index, old, &state);
+            }
             guards[slot].1.put(hash, state, now);
         }
         Ok(decision)
@@ -146,16 +174,30 @@ impl MemoryStore {
 
     /// The common case, one counter: one lock and one table probe for a counter that exists.
     #[inline]
-    fn apply_one(&self, transition: &Transition<'_>, now: sluice_core::Timestamp) -> Decision {
+    fn apply_one(
+        &self,
+        transition: &Transition<'_>,
+        now: Timestamp,
+        mut observe: impl FnMut(usize, &CounterState, &CounterState),
+    ) -> Decision {
         let hash = self.hash(&transition.key);
         let mut table = lock(&self.shards[self.shard_of(hash)].table);
         table.update(hash, now, |state| {
-            decide(
+            let before = *state;
+            let decision = decide(
                 now,
                 std::slice::from_ref(transition),
                 std::slice::from_mut(state),
-            )
+            );
+            observe(0, &before, state);
+            decision
         })
+    }
+
+    /// Puts back a counter's state as a durable copy recorded it.
+    pub(crate) fn restore(&self, key: &CounterKey, state: CounterState, now: Timestamp) {
+        let hash = self.hash(key);
+        lock(&self.shards[self.shard_of(hash)].table).put(hash, state, now);
     }
 
     /// Removes every expired counter and gives memory back to the allocator where a table is
@@ -203,6 +245,40 @@ impl CounterStore for MemoryStore {
         transitions: &[Transition<'_>],
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
         std::future::ready(self.apply_now(transitions))
+    }
+}
+
+impl RecordStore for MemoryStore {
+    fn put_record(
+        &self,
+        table: RecordTable,
+        id: &[u8],
+        value: Option<&[u8]>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        let mut records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match value {
+            Some(value) => records.insert((table, id.to_vec()), value.to_vec()),
+            None => records.remove(&(table, id.to_vec())),
+        };
+        std::future::ready(Ok(()))
+    }
+
+    fn records(
+        &self,
+        table: RecordTable,
+    ) -> impl Future<Output = Result<Vec<Record>, StoreError>> + Send {
+        let records = self
+            .records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        std::future::ready(Ok(records
+            .range((table, Vec::new())..)
+            .take_while(|((kind, _), _)| *kind == table)
+            .map(|((_, id), value)| (id.clone(), value.clone()))
+            .collect()))
     }
 }
 
