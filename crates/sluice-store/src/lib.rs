@@ -88,3 +88,52 @@ impl<S: RecordStore + ?Sized> RecordStore for std::sync::Arc<S> {
         (**self).records(table)
     }
 }
+
+/// The store a deployment configured, whichever backend it is: what the server runs on.
+#[derive(Debug)]
+pub enum AnyStore {
+    /// Counters in this process only.
+    Memory(MemoryStore),
+    /// Counters in memory, quotas and records durable in a local file.
+    Embedded(EmbeddedStore),
+}
+
+impl AnyStore {
+    /// Drops expired counters from memory; a server calls it on a timer.
+    pub fn sweep(&self) {
+        match self {
+            AnyStore::Memory(store) => store.sweep(),
+            AnyStore::Embedded(store) => store.sweep(),
+        }
+    }
+}
+
+impl CounterStore for AnyStore {
+    async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.apply_now(transitions),
+            AnyStore::Embedded(store) => store.apply(transitions).await,
+        }
+    }
+}
+
+impl RecordStore for AnyStore {
+    async fn put_record(
+        &self,
+        table: RecordTable,
+        id: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.put_record(table, id, value).await,
+            AnyStore::Embedded(store) => store.put_record(table, id, value).await,
+        }
+    }
+
+    async fn records(&self, table: RecordTable) -> Result<Vec<Record>, StoreError> {
+        match self {
+            AnyStore::Memory(store) => store.records(table).await,
+            AnyStore::Embedded(store) => store.records(table).await,
+        }
+    }
+}

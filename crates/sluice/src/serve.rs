@@ -11,7 +11,7 @@ use sluice_core::{Clock, SystemClock};
 use sluice_gateway::{Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, Service};
-use sluice_store::MemoryStore;
+use sluice_store::{AnyStore, EmbeddedStore, EmbeddedStoreConfig, MemoryStore};
 
 /// Flags of `sluice serve`.
 #[derive(Debug, clap::Args)]
@@ -33,9 +33,16 @@ pub(crate) struct ServeArgs {
 /// Flags shared by `serve` and `demo`.
 #[derive(Debug, clap::Args)]
 pub(crate) struct GatewayOptions {
-    /// Where counters live: `memory` (the embedded durable store and Redis come later).
-    #[arg(long, env = "SLUICE_STORE", default_value = "memory")]
-    store: String,
+    /// Where counters, API keys and overrides live: a directory (the embedded store: counters in
+    /// memory, quota counts, keys and overrides durable in DIR/sluice.redb; created if missing),
+    /// or `memory` (nothing survives a restart).
+    #[arg(
+        long,
+        env = "SLUICE_STORE",
+        default_value = "sluice-data",
+        value_name = "DIR|memory"
+    )]
+    pub(crate) store: String,
     /// Also serve the decision API (POST /v1/check) on the proxy's listener.
     #[arg(long, env = "SLUICE_DECISION_API")]
     decision_api: bool,
@@ -136,15 +143,8 @@ impl GatewayOptions {
     }
 
     /// The store the flags name, with a task that reclaims expired counters.
-    pub(crate) fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<MemoryStore>> {
-        if self.store != "memory" {
-            bail!(
-                "--store {}: only `memory` is available in this build (the embedded durable \
-                 store and Redis are on their way)",
-                self.store
-            );
-        }
-        let store = Arc::new(MemoryStore::new(clock));
+    pub(crate) fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AnyStore>> {
+        let store = Arc::new(open_store(&self.store, clock)?);
         let sweeper = Arc::downgrade(&store);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -158,6 +158,21 @@ impl GatewayOptions {
         });
         Ok(store)
     }
+}
+
+/// Opens the store `spec` names (see `--store`).
+pub(crate) fn open_store(spec: &str, clock: Arc<dyn Clock>) -> anyhow::Result<AnyStore> {
+    if spec == "memory" {
+        return Ok(AnyStore::Memory(MemoryStore::new(clock)));
+    }
+    if spec.starts_with("redis://") || spec.starts_with("redis+cluster://") {
+        bail!(
+            "--store {spec}: Redis is not available in this build yet; use a directory or `memory`"
+        );
+    }
+    let store = EmbeddedStore::open(Path::new(spec), clock, EmbeddedStoreConfig::default())
+        .with_context(|| format!("cannot open the store in {spec}"))?;
+    Ok(AnyStore::Embedded(store))
 }
 
 /// Parses `--upstream`.

@@ -6,8 +6,10 @@ use std::process::{Command, Stdio};
 
 #[test]
 fn the_demo_shows_each_answer_and_stops_cleanly_on_sigterm() {
+    let data = tempfile::tempdir().expect("a temporary directory");
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .args(["demo", "--listen", "127.0.0.1:0"])
+        .args(["demo", "--listen", "127.0.0.1:0", "--store"])
+        .arg(data.path())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
