@@ -34,6 +34,9 @@ pub enum Op {
         /// The `now` of the decision that acquired them.
         acquired_at: Timestamp,
     },
+    /// Forget everything counted: the counter starts afresh (an operator's correction). Always
+    /// succeeds.
+    Reset,
 }
 
 /// One counter a request touches: which counter, under which limit, and what to do to it.
@@ -146,6 +149,16 @@ struct Outcome {
     rejected: Option<CounterState>,
 }
 
+/// A reset: everything forgotten. (`evaluate` answers it before any algorithm runs; the
+/// algorithms answer it alike so that each stands on its own.)
+fn reset() -> Outcome {
+    Outcome {
+        admits: true,
+        admitted: CounterState::EMPTY,
+        rejected: None,
+    }
+}
+
 fn live(state: CounterState, now: Timestamp) -> CounterState {
     if state.is_live(now) {
         state
@@ -164,12 +177,15 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
     let state = live(stored, now);
     if limit.capacity() == 0 {
         // Nothing is ever admitted and nothing is ever counted.
-        let admits = matches!(op, Op::Release { .. } | Op::Acquire { cost: 0 });
+        let admits = matches!(op, Op::Release { .. } | Op::Reset | Op::Acquire { cost: 0 });
         return Outcome {
             admits,
             admitted: stored,
             rejected: None,
         };
+    }
+    if op == Op::Reset {
+        return reset();
     }
     // Algorithms fill `rejected` only for limits that count rejected requests.
     match limit.algorithm() {
@@ -183,7 +199,7 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
 fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bool) -> LimitStatus {
     let cost = match op {
         Op::Acquire { cost } => clamp_cost(cost),
-        Op::Release { .. } => 0,
+        Op::Release { .. } | Op::Reset => 0,
     };
     if limit.capacity() == 0 {
         return LimitStatus {
@@ -266,6 +282,7 @@ fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
                 rejected: limit.counts_rejected().then_some(next),
             }
         }
+        Op::Reset => reset(),
         Op::Release { cost, acquired_at } => {
             let mut next = state;
             if count > 0 && limit.period().window_at(acquired_at).index == window.index {
@@ -374,6 +391,7 @@ fn sliding_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) ->
                 rejected: limit.counts_rejected().then_some(next),
             }
         }
+        Op::Reset => reset(),
         Op::Release { cost, acquired_at } => {
             let acquired = acquired_at
                 .as_nanos()
@@ -504,6 +522,7 @@ fn token_bucket(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
                     .then(|| bucket.state(tat.min(cells.add(ceiling, cells.tolerance)).max(base))),
             }
         }
+        Op::Reset => reset(),
         Op::Release { cost, .. } => {
             let tat = cells.sub(bucket.tat, cells.weight(clamp_cost(cost)));
             Outcome {
@@ -566,6 +585,7 @@ fn concurrency(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Ou
                 rejected: None,
             }
         }
+        Op::Reset => reset(),
         Op::Release { cost, .. } => {
             let in_flight = state.value.saturating_sub(cost);
             let expires_at = if in_flight == 0 {

@@ -89,7 +89,7 @@ pub(crate) struct ApiError {
     pub(crate) body: Vec<u8>,
 }
 
-fn api_error(code: ErrorCode, detail: String) -> ApiError {
+pub(crate) fn api_error(code: ErrorCode, detail: String) -> ApiError {
     let rendered = Envelope::Problem { type_base: None }.render(&ErrorReply {
         code,
         status: code.status(),

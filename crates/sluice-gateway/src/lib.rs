@@ -8,6 +8,7 @@
 //! out slow clients and slow upstreams, stripping hop-by-hop headers, request ids, and turning
 //! upstream failures into the API's envelope.
 
+mod admin;
 mod body;
 mod check_api;
 mod echo;
@@ -34,6 +35,7 @@ use sluice_service::{BodyNeed, Service, Verdict, is_json};
 use sluice_store::CounterStore;
 use tokio::net::TcpListener;
 
+pub use admin::{Admin, OPENAPI};
 pub use body::Body;
 pub use check_api::MAX_BATCH;
 pub use echo::serve_echo;

@@ -191,7 +191,87 @@ pub struct Policy {
     types: BTreeMap<ErrorCode, String>,
 }
 
+/// The engine's limit for `rate` counted by `algorithm`.
+fn build_limit(
+    algorithm: AlgorithmName,
+    rate: Rate,
+    burst: Option<u64>,
+    count_rejected: bool,
+) -> Result<Limit, sluice_core::LimitError> {
+    let built = match algorithm {
+        AlgorithmName::TokenBucket => {
+            Limit::token_bucket(rate.count, rate.span, burst.unwrap_or(rate.count).max(1))
+        }
+        AlgorithmName::FixedWindow => Limit::fixed_window(
+            rate.count,
+            Period::Span(u64::try_from(rate.span.as_nanos()).unwrap_or(u64::MAX)),
+        ),
+        AlgorithmName::SlidingWindow => Limit::sliding_window(rate.count, rate.span),
+        AlgorithmName::Concurrency => Limit::concurrency(rate.count, rate.span),
+    };
+    built.and_then(|limit| {
+        if count_rejected {
+            limit.counting_rejected()
+        } else {
+            Ok(limit)
+        }
+    })
+}
+
 impl Policy {
+    /// An override set at run time (through the admin API) for `identity` = `value`: the plan it
+    /// gets, and route limits replaced by name with new rates (e.g. `"10000 per 1m"`). A replaced
+    /// limit keeps its counter, its algorithm and its cost, so what was counted under the old
+    /// rate counts under the new one.
+    pub fn runtime_override(
+        &self,
+        identity: &str,
+        value: &str,
+        plan: Option<&str>,
+        limits: &BTreeMap<String, String>,
+    ) -> Result<OverrideRule, String> {
+        if !self.identities.contains_key(identity) {
+            return Err(format!(
+                "identity `{identity}` is not declared in the policy"
+            ));
+        }
+        if let Some(plan) = plan
+            && !self.plans.contains_key(plan)
+        {
+            return Err(format!("plan `{plan}` is not declared in the policy"));
+        }
+        let mut replaced = BTreeMap::new();
+        for (name, text) in limits {
+            let rate = crate::text::parse_rate(text).map_err(|error| format!("{name}: {error}"))?;
+            let original = self
+                .routes
+                .iter()
+                .flat_map(|route| &route.limits)
+                .find(|limit| &limit.name == name)
+                .ok_or_else(|| format!("no route limit is named `{name}`"))?;
+            let limit = build_limit(original.algorithm, rate, None, false)
+                .map_err(|error| format!("{name}: {error}"))?;
+            replaced.insert(
+                name.clone(),
+                LimitRule {
+                    name: name.clone(),
+                    counter: original.counter.clone(),
+                    rate,
+                    per: Scope::Identity(identity.to_owned()),
+                    algorithm: original.algorithm,
+                    cost: original.cost,
+                    limit,
+                },
+            );
+        }
+        Ok(OverrideRule {
+            identity: identity.to_owned(),
+            value: value.to_owned(),
+            plan: plan.map(str::to_owned),
+            limits: replaced,
+        })
+    }
+
     /// The route a request goes by, and its path parameters: the most specific match.
     pub fn route(&self, method: &str, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
         self.routes.iter().find_map(|route| {
@@ -271,26 +351,7 @@ impl Compiler<'_> {
     ) -> Option<LimitRule> {
         let per = self.scope(&spec.per);
         let rate = spec.rate.0;
-        let built = match spec.algorithm {
-            AlgorithmName::TokenBucket => Limit::token_bucket(
-                rate.count,
-                rate.span,
-                spec.burst.unwrap_or(rate.count).max(1),
-            ),
-            AlgorithmName::FixedWindow => Limit::fixed_window(
-                rate.count,
-                Period::Span(u64::try_from(rate.span.as_nanos()).unwrap_or(u64::MAX)),
-            ),
-            AlgorithmName::SlidingWindow => Limit::sliding_window(rate.count, rate.span),
-            AlgorithmName::Concurrency => Limit::concurrency(rate.count, rate.span),
-        };
-        let built = built.and_then(|limit| {
-            if spec.count_rejected {
-                limit.counting_rejected()
-            } else {
-                Ok(limit)
-            }
-        });
+        let built = build_limit(spec.algorithm, rate, spec.burst, spec.count_rejected);
         let name = spec.name.clone().unwrap_or(default_name);
         match built {
             Ok(limit) => Some(LimitRule {

@@ -11,7 +11,7 @@ use crate::compile::Policy;
 use crate::error::{PolicyError, PolicyErrors};
 
 /// Whether a key may be used.
-#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum KeyStatus {
     /// In use.
@@ -43,6 +43,8 @@ pub struct KeyRecord {
     pub environment: Option<String>,
     /// Whether it may be used.
     pub status: KeyStatus,
+    /// When it stops working (a rotated key's grace period ends); `None` for never.
+    pub expires_at: Option<sluice_core::Timestamp>,
 }
 
 impl std::fmt::Debug for KeyRecord {
@@ -56,6 +58,7 @@ impl std::fmt::Debug for KeyRecord {
             .field("plan", &self.plan)
             .field("environment", &self.environment)
             .field("status", &self.status)
+            .field("expires_at", &self.expires_at)
             .finish_non_exhaustive()
     }
 }
@@ -149,6 +152,7 @@ pub fn load_keys(file: &str, text: &str, policy: &Policy) -> Result<Vec<KeyRecor
             plan: spec.plan.map(|plan| plan.value),
             environment: spec.environment,
             status: spec.status,
+            expires_at: None,
         });
     }
     if errors.is_empty() {

@@ -7,28 +7,32 @@
 //! This crate knows no HTTP server and no wire format of its own: the gateway and the decision
 //! API both call [`Service::check`] and [`Service::finish`], so they decide exactly alike.
 
+mod admin;
 mod keys;
+mod meters;
 mod probe;
 mod request;
 mod verdict;
 
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 use http::{HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 use sluice_contract::{ErrorCode, ErrorReply, LimitView, Values, ceil_seconds, rate_limit_headers};
 use sluice_core::{
-    Algorithm, CounterKey, Decision, Limit, LimitStatus, Op, Retry, Timestamp, Transition,
+    Algorithm, Clock, CounterKey, Decision, Limit, LimitStatus, Op, Retry, SystemClock, Timestamp,
+    Transition,
 };
 use sluice_policy::{
     IdentitySource, InactiveBlocks, KeyAttribute, KeyRecord, KeySource, KeyStatus, LimitRule,
     OverrideRule, Policy, QuotaCounts, QuotaRule, Route, Scope,
 };
-use sluice_store::CounterStore;
+use sluice_store::{CounterStore, RecordStore, StoreError};
 use smallvec::SmallVec;
 
-pub use keys::{KeyRing, hash_key};
+pub use admin::{AdminError, OverrideSpec, Usage};
+pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
 pub use probe::{ProbeOutcome, ResourceProbe};
 pub use request::{Request, is_json, is_public};
 pub use verdict::{Admission, HeaderList, Rejection, Verdict};
@@ -101,7 +105,15 @@ enum Counted<'p> {
 pub struct Service<S> {
     policy: Arc<Policy>,
     store: S,
-    keys: KeyRing,
+    /// The keys file's keys and the store's, swapped whole when the store's change.
+    keys: RwLock<Arc<KeyRing>>,
+    /// The keys file's keys, which every reload keeps.
+    file_keys: Vec<KeyRecord>,
+    /// What rotated keys' grace periods are measured against.
+    clock: Arc<dyn Clock>,
+    /// Overrides set through the admin API (kept in the store), swapped whole on change.
+    runtime_overrides: RwLock<Arc<Vec<OverrideRule>>>,
+    meters: meters::Meters,
     penalties: Vec<Penalty>,
     probe: Option<Arc<dyn ResourceProbe>>,
     /// Some identity is read from the body, so every route reads it.
@@ -139,10 +151,15 @@ impl<S: CounterStore> Service<S> {
             .authentication
             .as_ref()
             .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
+        let meters = meters::Meters::new(&policy);
         Service {
             policy,
             store,
-            keys,
+            file_keys: keys.records().cloned().collect(),
+            keys: RwLock::new(Arc::new(keys)),
+            clock: Arc::new(SystemClock::new()),
+            runtime_overrides: RwLock::default(),
+            meters,
             penalties,
             probe: None,
             identity_in_body,
@@ -155,6 +172,26 @@ impl<S: CounterStore> Service<S> {
     pub fn with_probe(mut self, probe: Arc<dyn ResourceProbe>) -> Service<S> {
         self.probe = Some(probe);
         self
+    }
+
+    /// This service, ending rotated keys' grace periods by `clock` (the system clock by
+    /// default).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Service<S> {
+        self.clock = clock;
+        self
+    }
+
+    fn runtime_overrides(&self) -> Arc<Vec<OverrideRule>> {
+        Arc::clone(
+            &self
+                .runtime_overrides
+                .read()
+                .unwrap_or_else(PoisonError::into_inner),
+        )
+    }
+
+    fn key_ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// The policy enforced.
@@ -198,9 +235,18 @@ impl<S: CounterStore> Service<S> {
     /// [`Service::check`] for a request whose route was already looked up with
     /// [`Service::matched`] (to learn whether to read its body).
     pub async fn check_matched(&self, matched: Matched<'_>, request: &Request<'_>) -> Verdict {
+        let route = matched
+            .route
+            .and_then(|route| meters::route_index(&self.policy, route));
         match self.evaluate(matched, request).await {
-            Ok(admission) => Verdict::Admit(admission),
-            Err(refusal) => Verdict::Reject(self.render(*refusal, None, request.request_id)),
+            Ok(admission) => {
+                self.meters.decided(&self.policy, route, None);
+                Verdict::Admit(admission)
+            }
+            Err(refusal) => {
+                self.meters.decided(&self.policy, route, Some(refusal.code));
+                Verdict::Reject(self.render(*refusal, None, request.request_id))
+            }
         }
     }
 
@@ -312,7 +358,7 @@ impl<S: CounterStore> Service<S> {
             policy,
             request,
             body: body.as_ref(),
-            key,
+            key: key.as_deref(),
         };
         self.decide(route, &context).await
     }
@@ -363,12 +409,12 @@ impl<S: CounterStore> Service<S> {
         Ok(())
     }
 
-    fn authenticate<'k>(
-        &'k self,
+    fn authenticate(
+        &self,
         route: &Route,
         request: &Request<'_>,
         body: Option<&Map<String, Value>>,
-    ) -> Result<Option<&'k KeyRecord>, Refused> {
+    ) -> Result<Option<Arc<KeyRecord>>, Refused> {
         let Some(auth) = &self.policy.authentication else {
             return Ok(None);
         };
@@ -398,10 +444,13 @@ impl<S: CounterStore> Service<S> {
         let Some(secret) = secret.filter(|secret| !secret.is_empty()) else {
             return refuse(ErrorCode::MissingApiKey);
         };
-        let Some(key) = self.keys.find(secret) else {
+        let Some(key) = self.key_ring().find(secret).cloned() else {
             return refuse(ErrorCode::InvalidApiKey);
         };
-        if key.status == KeyStatus::Revoked {
+        let expired = key
+            .expires_at
+            .is_some_and(|expires_at| expires_at <= self.clock.now());
+        if key.status == KeyStatus::Revoked || expired {
             return refuse(ErrorCode::RevokedApiKey);
         }
         if let Some(environment) = &auth.environment
@@ -424,9 +473,11 @@ impl<S: CounterStore> Service<S> {
 
     async fn decide(&self, route: &Route, context: &Context<'_>) -> Result<Admission, Refused> {
         let policy = context.policy;
-        let arrangement = policy
-            .overrides
+        // Overrides set at run time come before the policy's own.
+        let runtime = self.runtime_overrides();
+        let arrangement = runtime
             .iter()
+            .chain(&policy.overrides)
             .find(|rule| context.identity(&rule.identity).as_deref() == Some(rule.value.as_str()));
         let plan = arrangement
             .and_then(|rule| rule.plan.as_deref())
@@ -484,6 +535,11 @@ impl<S: CounterStore> Service<S> {
             }
             let status = decision.limits().get(index);
             let retry = decision.retry().and_then(retry_wait);
+            match counted.get(index) {
+                Some(Counted::Limit(rule)) => self.meters.denied_by(&rule.name),
+                Some(Counted::Quota(quota)) => self.meters.denied_by(&quota.name),
+                _ => {}
+            }
             let (code, values) = match counted.get(index) {
                 Some(Counted::Quota(quota)) => (
                     ErrorCode::QuotaExceeded,
@@ -518,6 +574,11 @@ impl<S: CounterStore> Service<S> {
             }));
         }
 
+        for item in &counted {
+            if let Counted::Quota(quota) = item {
+                self.meters.quota(&quota.name, 1);
+            }
+        }
         let mut settle = Vec::new();
         for (item, transition) in counted.iter().zip(&transitions) {
             // Rate limits count every admitted request, whatever the upstream answers; only
@@ -545,10 +606,15 @@ impl<S: CounterStore> Service<S> {
     }
 
     async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, Refused> {
-        self.store
-            .apply(transitions)
-            .await
-            .map_err(|_| Refusal::new(ErrorCode::StoreUnavailable, Values::default()))
+        let started = self.clock.now();
+        let decision = self.store.apply(transitions).await;
+        self.meters.store_seconds.record(
+            self.clock
+                .now()
+                .saturating_duration_since(started)
+                .as_secs_f64(),
+        );
+        decision.map_err(|_| Refusal::new(ErrorCode::StoreUnavailable, Values::default()))
     }
 
     async fn release_all(&self, transitions: &[Transition<'_>], acquired_at: Timestamp) {
@@ -679,6 +745,50 @@ fn blocked(counted: &[Counted<'_>], decision: &Decision) -> Option<Duration> {
         .filter(|(item, status)| matches!(item, Counted::Block(_)) && status.remaining() == 0)
         .map(|(_, status)| until(status, decision))
         .max()
+}
+
+/// Managing the keys kept in the store; every change is seen from the next request on.
+impl<S: CounterStore + RecordStore> Service<S> {
+    /// Reads the store's keys again (beside the keys file's) and serves from them; returns how
+    /// many keys the service now knows.
+    pub async fn reload_keys(&self) -> Result<usize, StoreError> {
+        let mut records = self.file_keys.clone();
+        records.extend(keys::stored_records(&self.store).await?);
+        let ring = Arc::new(KeyRing::new(records));
+        let count = ring.len();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = ring;
+        Ok(count)
+    }
+
+    /// The keys kept in the store (the keys file's are not listed).
+    pub async fn list_keys(&self) -> Result<Vec<StoredKey>, KeyError> {
+        Ok(keys::stored_keys(&self.store)
+            .await?
+            .into_iter()
+            .map(|(_, key)| key)
+            .collect())
+    }
+
+    /// Creates a key; its secret is in the answer and nowhere else.
+    pub async fn create_key(&self, new: NewKey) -> Result<IssuedKey, KeyError> {
+        let issued = keys::create_key(&self.store, &self.policy, new, self.clock.now()).await?;
+        self.reload_keys().await?;
+        Ok(issued)
+    }
+
+    /// Replaces key `id` by a new secret; the old one works for `grace` more.
+    pub async fn rotate_key(&self, id: &str, grace: Duration) -> Result<IssuedKey, KeyError> {
+        let issued = keys::rotate_key(&self.store, id, grace, self.clock.now()).await?;
+        self.reload_keys().await?;
+        Ok(issued)
+    }
+
+    /// Sets key `id`'s status (revoke, suspend, or reinstate).
+    pub async fn set_key_status(&self, id: &str, status: KeyStatus) -> Result<StoredKey, KeyError> {
+        let key = keys::set_status(&self.store, id, status).await?;
+        self.reload_keys().await?;
+        Ok(key)
+    }
 }
 
 /// Everything known about the request once it is authenticated and valid.

@@ -72,6 +72,7 @@ macro_rules! store_conformance {
             a_denied_request_changes_no_counter,
             limits_that_count_rejections_count_them,
             releases_give_capacity_back,
+            a_reset_counter_starts_afresh,
             expired_counters_start_afresh,
             monthly_quotas_follow_the_calendar,
             a_clock_stepping_back_readmits_nothing,
@@ -228,6 +229,36 @@ pub async fn releases_give_capacity_back<S: CounterStore + 'static>(subject: &Su
     assert!(released.allowed());
     assert_eq!(released.limits()[0].remaining(), 1);
     assert!(subject.acquire(&counter, &in_flight, 1).await.allowed());
+}
+
+/// A reset forgets everything a counter counted, whatever its algorithm, and touches no other.
+pub async fn a_reset_counter_starts_afresh<S: CounterStore + 'static>(subject: &Subject<S>) {
+    let utc = MonthlyCycle::time_zone("UTC").expect("UTC exists");
+    let limits = [
+        per_second(3),
+        Limit::sliding_window(3, Duration::from_secs(60)).expect("a valid limit"),
+        Limit::token_bucket(3, Duration::from_secs(60), 3).expect("a valid limit"),
+        Limit::fixed_window(3, Period::Monthly(MonthlyCycle::calendar_month(utc)))
+            .expect("a valid limit"),
+    ];
+    for (index, limit) in limits.iter().enumerate() {
+        let counter = key("user:reset", &format!("limit/{index}"));
+        let other = key("user:other", &format!("limit/{index}"));
+        assert!(subject.acquire(&counter, limit, 3).await.allowed());
+        assert!(subject.acquire(&other, limit, 1).await.allowed());
+        assert!(!subject.acquire(&counter, limit, 1).await.allowed());
+        let reset = Transition {
+            key: counter.clone(),
+            limit,
+            op: Op::Reset,
+        };
+        let decision = subject.apply(&[reset]).await;
+        assert!(decision.allowed());
+        assert_eq!(decision.limits()[0].remaining(), 3, "limit {index}");
+        assert!(subject.acquire(&counter, limit, 3).await.allowed());
+        let untouched = subject.acquire(&other, limit, 0).await;
+        assert_eq!(untouched.limits()[0].remaining(), 2, "limit {index}");
+    }
 }
 
 /// Once a counter's state expires the counter starts afresh, even if the backend still holds it.

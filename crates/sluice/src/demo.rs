@@ -56,10 +56,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = args.options.store(Arc::clone(&clock))?;
-    let service = Arc::new(
-        Service::new(policy, store, keys)
-            .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?)),
-    );
+    let service = Service::new(policy, store, keys)
+        .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?))
+        .with_clock(Arc::clone(&clock));
+    service
+        .reload()
+        .await
+        .context("cannot read the stored API keys and overrides")?;
+    let service = Arc::new(service);
     let upstream = serve::upstream(&format!("http://{echo_address}"))?;
     let listeners = args.options.listeners(args.listen)?;
     let address = listeners.first().context("no listener")?.local_addr()?;

@@ -2,8 +2,10 @@
 //! It is the only place that reads the environment, files or signals, or prints to the terminal.
 #![allow(clippy::print_stdout)] // a command line prints; the libraries never do
 
+mod admin_client;
 mod demo;
 mod keys_cmd;
+mod metrics;
 mod policy_cmd;
 mod serve;
 

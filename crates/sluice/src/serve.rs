@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use sluice_core::{Clock, SystemClock};
-use sluice_gateway::{Gateway, GatewayConfig, HttpProbe, Upstream};
+use sluice_gateway::{Admin, Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, Service};
 use sluice_store::{AnyStore, EmbeddedStore, EmbeddedStoreConfig, MemoryStore};
@@ -26,6 +26,15 @@ pub(crate) struct ServeArgs {
     /// The API to proxy admitted requests to, e.g. http://127.0.0.1:9000 (a base path is kept).
     #[arg(long, env = "SLUICE_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
+    /// Address of the admin API (usage, resets, overrides, keys, metrics). Keep it on loopback
+    /// or a private network.
+    #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
+    admin_listen: SocketAddr,
+    /// The admin API's bearer token. Without one, a token is generated and written with the
+    /// admin address to DIR/admin.json (readable by this user only), where `sluice keys` finds
+    /// it; on `--store memory` the admin API is then off.
+    #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
     #[command(flatten)]
     options: GatewayOptions,
 }
@@ -200,14 +209,19 @@ pub(crate) async fn stop_signal() {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    crate::metrics::install()?;
     let deployment = load(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let store = args.options.store(Arc::clone(&clock))?;
-    let service = Arc::new(
-        Service::new(deployment.policy, store, deployment.keys)
-            .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?)),
-    );
+    let service = Service::new(deployment.policy, store, deployment.keys)
+        .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?))
+        .with_clock(Arc::clone(&clock));
+    service
+        .reload()
+        .await
+        .context("cannot read the stored API keys and overrides")?;
+    let service = Arc::new(service);
     let listeners = args.options.listeners(args.listen)?;
     let mode = if upstream.is_some() {
         "proxy"
@@ -219,8 +233,73 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
     tracing::info!(listen = ?address, threads = listeners.len(), mode, "sluice is serving");
+    let admin = start_admin(&args, &service).await?;
     let gateway = Arc::new(Gateway::new(service, args.options.config(upstream), clock));
     gateway.serve_threads(listeners, stop_signal()).await?;
+    if let Some(admin) = admin {
+        admin.abort();
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Where the admin API of a server using a data directory can be reached, for `sluice keys`.
+pub(crate) const ADMIN_FILE: &str = "admin.json";
+
+/// Starts the admin API, when it has a token (given, or generated beside an embedded store).
+async fn start_admin(
+    args: &ServeArgs,
+    service: &Arc<Service<Arc<AnyStore>>>,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let data_dir = (args.options.store != "memory").then(|| PathBuf::from(&args.options.store));
+    let token = match (&args.admin_token, &data_dir) {
+        (Some(token), _) => token.clone(),
+        (None, Some(_)) => generate_token()?,
+        (None, None) => {
+            tracing::info!("admin API off: --store memory and no --admin-token");
+            return Ok(None);
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} for the admin API", args.admin_listen))?;
+    let address = listener.local_addr()?;
+    if let Some(dir) = &data_dir {
+        write_private(
+            &dir.join(ADMIN_FILE),
+            &serde_json::to_vec(&serde_json::json!({
+                "url": format!("http://{address}"),
+                "token": token,
+            }))?,
+        )?;
+    }
+    let mut admin = Admin::new(Arc::clone(service), &token);
+    if let Some(metrics) = crate::metrics::handle() {
+        admin = admin.with_metrics(move || metrics.render());
+    }
+    tracing::info!(admin = %address, "admin API is serving");
+    Ok(Some(tokio::spawn(
+        Arc::new(admin).serve(listener, std::future::pending()),
+    )))
+}
+
+fn generate_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 24];
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no randomness: {error}"))?;
+    Ok(bytes.iter().map(|byte| format!("{byte:02x}")).collect())
+}
+
+/// Writes `bytes` to `path`, readable and writable by this user only.
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
 }

@@ -154,7 +154,11 @@ impl Bench {
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let store = MemoryStore::new(Arc::clone(&shared));
         let probe = HttpProbe::new(Duration::from_secs(2)).expect("a probe");
-        let service = Arc::new(Service::new(policy, store, keys).with_probe(Arc::new(probe)));
+        let service = Arc::new(
+            Service::new(policy, store, keys)
+                .with_probe(Arc::new(probe))
+                .with_clock(Arc::clone(&shared)),
+        );
         let gateway = Arc::new(Gateway::new(service, config, shared));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");

@@ -1,0 +1,80 @@
+//! The service's metrics, through the `metrics` facade (a no-op until the binary installs a
+//! recorder): decisions by route and outcome, denials by limit, quota units counted, and the
+//! store's latency. Labels come from the policy only (route patterns, limit and quota names,
+//! error codes), never from a request, so their number is bounded by the policy.
+
+use metrics::{Counter, Histogram};
+use sluice_contract::ErrorCode;
+use sluice_policy::{Policy, Route};
+
+/// Handles registered once, so the admitted path records without building labels.
+pub(crate) struct Meters {
+    /// `sluice_decisions_total{route, outcome="allowed"}`, by route index.
+    allowed: Vec<Counter>,
+    /// `sluice_store_apply_seconds`.
+    pub(crate) store_seconds: Histogram,
+}
+
+impl Meters {
+    pub(crate) fn new(policy: &Policy) -> Meters {
+        Meters {
+            allowed: policy
+                .routes
+                .iter()
+                .map(|route| {
+                    metrics::counter!(
+                        "sluice_decisions_total",
+                        "route" => route.pattern.to_string(),
+                        "outcome" => "allowed"
+                    )
+                })
+                .collect(),
+            store_seconds: metrics::histogram!("sluice_store_apply_seconds"),
+        }
+    }
+
+    /// Counts one decision on `route` (the index of the policy's route, if it matched one).
+    pub(crate) fn decided(
+        &self,
+        policy: &Policy,
+        route: Option<usize>,
+        refused: Option<ErrorCode>,
+    ) {
+        match (route, refused) {
+            (Some(index), None) => {
+                if let Some(counter) = self.allowed.get(index) {
+                    counter.increment(1);
+                }
+            }
+            (route, refused) => {
+                let label = route
+                    .and_then(|index| policy.routes.get(index))
+                    .map_or_else(|| "-".to_owned(), |route| route.pattern.to_string());
+                metrics::counter!(
+                    "sluice_decisions_total",
+                    "route" => label,
+                    "outcome" => refused.map_or("allowed", ErrorCode::name)
+                )
+                .increment(1);
+            }
+        }
+    }
+
+    /// Counts a denial by the limit or quota `name`.
+    pub(crate) fn denied_by(&self, name: &str) {
+        metrics::counter!("sluice_limit_denials_total", "limit" => name.to_owned()).increment(1);
+    }
+
+    /// Counts `units` of quota `name` taken.
+    pub(crate) fn quota(&self, name: &str, units: u64) {
+        metrics::counter!("sluice_quota_units_total", "quota" => name.to_owned()).increment(units);
+    }
+}
+
+/// The index of `route` among the policy's routes.
+pub(crate) fn route_index(policy: &Policy, route: &Route) -> Option<usize> {
+    policy
+        .routes
+        .iter()
+        .position(|candidate| std::ptr::eq(candidate, route))
+}

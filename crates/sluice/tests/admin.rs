@@ -1,0 +1,289 @@
+//! The admin API and `sluice keys` against the real server process: keys created, listed,
+//! rotated and revoked from the command line while the server holds the store; usage, overrides
+//! and metrics over HTTP behind the admin token; and no key secret in the server's logs.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+struct Server {
+    child: Child,
+    listen: SocketAddr,
+    admin: SocketAddr,
+    log: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+}
+
+fn policy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pixelpatrol/policy.yaml")
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("a client")
+}
+
+async fn start(data: &Path, upstream: SocketAddr) -> Server {
+    let (listen, admin) = (free_port(), free_port());
+    let log = data.with_extension("log");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(policy())
+        .arg("--store")
+        .arg(data)
+        .args(["--listen", &listen.to_string()])
+        .args(["--admin-listen", &admin.to_string()])
+        .args(["--upstream", &format!("http://{upstream}")])
+        .args(["--threads", "1"])
+        .env("RUST_LOG", "debug")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("a log file"))
+        .spawn()
+        .expect("the binary runs");
+    let server = Server {
+        child,
+        listen,
+        admin,
+        log,
+    };
+    for _ in 0..500 {
+        if client()
+            .get(format!("http://{admin}/openapi.json"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return server;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server did not come up");
+}
+
+/// `sluice keys ARGS…` against the store `data`; its standard output.
+fn keys(data: &Path, args: &[&str]) -> String {
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("keys")
+        .args(args)
+        .arg("--policy")
+        .arg(policy())
+        .arg("--store")
+        .arg(data)
+        .output()
+        .expect("the binary runs");
+    assert!(
+        output.status.success(),
+        "sluice keys {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).expect("utf-8")
+}
+
+async fn moderate(server: &Server, secret: &str) -> u16 {
+    client()
+        .post(format!("http://{}/submit-media", server.listen))
+        .bearer_auth(secret)
+        .header("content-type", "application/json")
+        .body(r#"{"body":"hello"}"#)
+        .send()
+        .await
+        .expect("the gateway answers")
+        .status()
+        .as_u16()
+}
+
+async fn admin(
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = client()
+        .request(
+            method.parse().expect("a method"),
+            format!("http://{}{path}", server.admin),
+        )
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.expect("the admin API answers");
+    let status = response.status().as_u16();
+    let text = response.text().await.expect("a body");
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_usage_overrides_and_metrics_through_the_running_server() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let upstream = echo.local_addr().expect("an address");
+    tokio::spawn(sluice_gateway::serve_echo(echo, std::future::pending()));
+    let server = start(&data, upstream).await;
+    let token = serde_json::from_slice::<Value>(
+        &std::fs::read(data.join("admin.json")).expect("the admin file"),
+    )
+    .expect("json")["token"]
+        .as_str()
+        .expect("a token")
+        .to_owned();
+
+    // The CLI goes through the admin API while the server holds the store.
+    let secret = keys(
+        &data,
+        &[
+            "create", "--owner", "ada", "--team", "t1", "--site", "s1", "--plan", "pro",
+        ],
+    );
+    let secret = secret.trim().to_owned();
+    assert!(secret.starts_with("sk_live_"), "{secret}");
+    for _ in 0..3 {
+        assert_eq!(moderate(&server, &secret).await, 200);
+    }
+    let listed = keys(&data, &["list"]);
+    assert!(
+        listed.contains("ada") && listed.contains("active"),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "a listing never shows a secret");
+    let id = listed
+        .split_whitespace()
+        .find(|word| word.starts_with("key_"))
+        .expect("a key id")
+        .to_owned();
+
+    // Usage, behind the token.
+    let (status, _) = admin(
+        &server,
+        "wrong",
+        "GET",
+        "/v1/usage?identity=team&value=t1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    let (status, usage) = admin(
+        &server,
+        &token,
+        "GET",
+        "/v1/usage?identity=team&value=t1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(usage["usage"][0]["name"], "moderations");
+    assert_eq!(usage["usage"][0]["used"], 3);
+    assert_eq!(usage["usage"][0]["limit"], 50_000);
+
+    // An override takes effect on the next request, counting what was counted.
+    let (status, body) = admin(
+        &server,
+        &token,
+        "PUT",
+        "/v1/overrides",
+        Some(json!({"identity": "site", "value": "s1", "limits": {"submit-media": "4 per 1m"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(moderate(&server, &secret).await, 200);
+    assert_eq!(moderate(&server, &secret).await, 429);
+    let (status, body) = admin(
+        &server,
+        &token,
+        "PUT",
+        "/v1/overrides",
+        Some(json!({"identity": "planet"})),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = admin(
+        &server,
+        &token,
+        "POST",
+        "/v1/reset",
+        Some(json!({"identity": "site", "value": "s1"})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(moderate(&server, &secret).await, 200);
+
+    // Metrics: decisions by route and outcome, denials by limit, quota units, store latency.
+    let (status, metrics) = admin(&server, &token, "GET", "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().expect("text").to_owned();
+    for expected in [
+        r#"sluice_decisions_total{route="POST /submit-media",outcome="allowed"} 5"#,
+        r#"outcome="rate_limited""#,
+        r#"sluice_limit_denials_total{limit="submit-media"} 1"#,
+        r#"sluice_quota_units_total{quota="moderations"} 5"#,
+        "sluice_store_apply_seconds_bucket",
+    ] {
+        assert!(
+            metrics.contains(expected),
+            "missing {expected} in\n{metrics}"
+        );
+    }
+
+    // Rotation: both secrets work during the grace period; revocation stops the new one.
+    let rotated = keys(&data, &["rotate", &id, "--grace", "1h"])
+        .trim()
+        .to_owned();
+    assert_ne!(rotated, secret);
+    assert_eq!(moderate(&server, &secret).await, 200);
+    assert_eq!(moderate(&server, &rotated).await, 200);
+    let new_id = keys(&data, &["list"])
+        .split_whitespace()
+        .filter(|word| word.starts_with("key_"))
+        .find(|word| *word != id)
+        .expect("the new key's id")
+        .to_owned();
+    keys(&data, &["revoke", &new_id]);
+    assert_eq!(moderate(&server, &rotated).await, 401);
+    keys(&data, &["suspend", &id]);
+    let listed = keys(&data, &["list"]);
+    assert!(
+        listed.contains("suspended") && listed.contains("revoked"),
+        "{listed}"
+    );
+
+    let (status, openapi) = admin(&server, "", "GET", "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(openapi["openapi"], "3.1.0");
+
+    let log = server.log.clone();
+    drop(server);
+    let log = std::fs::read_to_string(log).expect("the log");
+    assert!(log.contains("POST"), "the log has request lines:\n{log}");
+    for secret in [&secret, &rotated, &token] {
+        assert!(
+            !log.contains(secret.as_str()),
+            "a secret leaked into the log"
+        );
+    }
+}
