@@ -43,8 +43,8 @@ trap cleanup EXIT
 
 export RUST_LOG=warn  # no access log, as nginx below (access_log off)
 "$BIN" echo --listen "$ECHO" & pids+=($!)
-"$BIN" serve --policy bench/policy.yaml --listen "$DECISION" & pids+=($!)
-"$BIN" serve --policy bench/policy.yaml --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!)
+"$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" & pids+=($!)
+"$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!)
 
 mkdir -p "$WORK/logs"
 cat > "$WORK/nginx.conf" <<CONF

@@ -275,7 +275,16 @@ async fn start_admin(
     }
     let mut admin = Admin::new(Arc::clone(service), &token);
     if let Some(metrics) = crate::metrics::handle() {
-        admin = admin.with_metrics(move || metrics.render());
+        let store = Arc::clone(service.store());
+        admin = admin.with_metrics(move || {
+            if let AnyStore::Embedded(embedded) = &*store {
+                // The group commit at work: writes carried per fsync'd commit.
+                let stats = embedded.commit_stats();
+                metrics::counter!("sluice_store_commits_total").absolute(stats.commits);
+                metrics::counter!("sluice_store_commit_writes_total").absolute(stats.writes);
+            }
+            metrics.render()
+        });
     }
     tracing::info!(admin = %address, "admin API is serving");
     Ok(Some(tokio::spawn(

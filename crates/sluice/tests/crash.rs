@@ -62,6 +62,7 @@ async fn start(policy: &Path, store: &Path, upstream: SocketAddr) -> (Server, So
         .args(["--listen", &listen.to_string()])
         .args(["--upstream", &format!("http://{upstream}")])
         .args(["--threads", "2"])
+        .args(["--admin-listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
