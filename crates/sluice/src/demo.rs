@@ -14,8 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use sluice_core::{Clock, SystemClock};
-use sluice_gateway::{Gateway, HttpProbe, serve_echo};
-use sluice_service::Service;
+use sluice_gateway::{Gateway, serve_echo};
 use tokio::net::TcpListener;
 
 use crate::serve::{self, Deployment, GatewayOptions};
@@ -55,15 +54,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     tokio::spawn(serve_echo(echo, std::future::pending()));
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store = args.options.store(Arc::clone(&clock))?;
-    let service = Service::new(policy, store, keys)
-        .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?))
-        .with_clock(Arc::clone(&clock));
-    service
-        .reload()
-        .await
-        .context("cannot read the stored API keys and overrides")?;
-    let service = Arc::new(service);
+    let service = args
+        .options
+        .service(Deployment { policy, keys }, &clock)
+        .await?;
     let upstream = serve::upstream(&format!("http://{echo_address}"))?;
     let listeners = args.options.listeners(args.listen)?;
     let address = listeners.first().context("no listener")?.local_addr()?;

@@ -139,6 +139,24 @@ impl GatewayOptions {
         }
     }
 
+    /// The service for `deployment` over the store the flags name, with what the store keeps
+    /// (keys, overrides) loaded.
+    pub(crate) async fn service(
+        &self,
+        deployment: Deployment,
+        clock: &Arc<dyn Clock>,
+    ) -> anyhow::Result<Arc<Service<Arc<AnyStore>>>> {
+        let store = self.store(Arc::clone(clock))?;
+        let service = Service::new(deployment.policy, store, deployment.keys)
+            .with_probe(Arc::new(HttpProbe::new(self.probe_timeout)?))
+            .with_clock(Arc::clone(clock));
+        service
+            .reload()
+            .await
+            .context("cannot read the stored API keys and overrides")?;
+        Ok(Arc::new(service))
+    }
+
     /// Listeners on `address`, one per serving thread.
     pub(crate) fn listeners(
         &self,
@@ -213,15 +231,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let deployment = load(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store = args.options.store(Arc::clone(&clock))?;
-    let service = Service::new(deployment.policy, store, deployment.keys)
-        .with_probe(Arc::new(HttpProbe::new(args.options.probe_timeout)?))
-        .with_clock(Arc::clone(&clock));
-    service
-        .reload()
-        .await
-        .context("cannot read the stored API keys and overrides")?;
-    let service = Arc::new(service);
+    let service = args.options.service(deployment, &clock).await?;
     let listeners = args.options.listeners(args.listen)?;
     let mode = if upstream.is_some() {
         "proxy"
