@@ -272,6 +272,13 @@ impl Policy {
         })
     }
 
+    /// The index in `routes` of the route a request goes by (the one [`Policy::route`] finds).
+    pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
+        self.routes
+            .iter()
+            .position(|route| route.pattern.matches(method, path).is_some())
+    }
+
     /// The route a request goes by, and its path parameters: the most specific match.
     pub fn route(&self, method: &str, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
         self.routes.iter().find_map(|route| {

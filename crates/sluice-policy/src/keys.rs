@@ -1,6 +1,6 @@
 //! The keys file a policy may name: API keys, each stored only as the SHA-256 hash of its secret,
-//! with its holder's attributes (owner, team, site), plan, environment and status. Until the
-//! managed key store exists, this is how a deployment tells sluice which keys it accepts.
+//! with its holder's attributes (owner, team, site), plan, environment and status. Keys in the
+//! file are read-only; keys managed at run time (`sluice keys`, the admin API) live in the store.
 
 use std::collections::BTreeSet;
 
@@ -22,6 +22,17 @@ pub enum KeyStatus {
     /// Its subscription expired: the requests the policy's `inactive_subscription_blocks` names
     /// are refused with 403, others pass.
     Suspended,
+}
+
+impl KeyStatus {
+    /// As the keys file and the admin API write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Revoked => "revoked",
+            KeyStatus::Suspended => "suspended",
+        }
+    }
 }
 
 /// One key as the file describes it, validated.

@@ -278,11 +278,8 @@ pub(crate) async fn rotate_key<S: RecordStore>(
     now: Timestamp,
 ) -> Result<IssuedKey, KeyError> {
     let (hash, mut old) = find(store, id).await?;
-    let ends = now.saturating_add_nanos(u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX));
-    // Rounded up: the grace period never ends early.
-    old.expires_at = Some(ends.as_secs().saturating_add(u64::from(
-        ends.as_nanos().checked_rem(1_000_000_000).unwrap_or(0) > 0,
-    )));
+    // In whole seconds, rounded up: the grace period never ends early.
+    old.expires_at = Some(now.saturating_add(grace).as_nanos().div_ceil(1_000_000_000));
     let successor = StoredKey {
         id: format!("key_{}", random_hex(6)?),
         status: KeyStatus::Active,

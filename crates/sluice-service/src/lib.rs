@@ -57,6 +57,8 @@ pub enum BodyNeed {
 #[derive(Clone, Copy, Debug)]
 pub struct Matched<'s> {
     route: Option<&'s Route>,
+    /// The route's index in the policy, for metrics.
+    index: Option<usize>,
     /// Whether to read the body first, and up to what size.
     pub body: BodyNeed,
 }
@@ -206,7 +208,8 @@ impl<S: CounterStore> Service<S> {
 
     /// The route of `method path`, and whether its body must be read first.
     pub fn matched(&self, method: &str, path: &str) -> Matched<'_> {
-        let route = self.policy.route(method, path).map(|(route, _)| route);
+        let index = self.policy.route_index(method, path);
+        let route = index.and_then(|index| self.policy.routes.get(index));
         let reads_body = route.is_some_and(|route| {
             route.request.json
                 || !route.request.fields.0.is_empty()
@@ -222,7 +225,7 @@ impl<S: CounterStore> Service<S> {
             },
             _ => BodyNeed::Stream,
         };
-        Matched { route, body }
+        Matched { route, index, body }
     }
 
     /// Decides `request`: admitted (forward it, then call [`Service::finish`]) or refused with a
@@ -235,9 +238,7 @@ impl<S: CounterStore> Service<S> {
     /// [`Service::check`] for a request whose route was already looked up with
     /// [`Service::matched`] (to learn whether to read its body).
     pub async fn check_matched(&self, matched: Matched<'_>, request: &Request<'_>) -> Verdict {
-        let route = matched
-            .route
-            .and_then(|route| meters::route_index(&self.policy, route));
+        let route = matched.index;
         match self.evaluate(matched, request).await {
             Ok(admission) => {
                 self.meters.decided(&self.policy, route, None);
@@ -444,7 +445,13 @@ impl<S: CounterStore> Service<S> {
         let Some(secret) = secret.filter(|secret| !secret.is_empty()) else {
             return refuse(ErrorCode::MissingApiKey);
         };
-        let Some(key) = self.key_ring().find(secret).cloned() else {
+        let key = self
+            .keys
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .find(secret)
+            .cloned();
+        let Some(key) = key else {
             return refuse(ErrorCode::InvalidApiKey);
         };
         let expired = key

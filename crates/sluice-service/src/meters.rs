@@ -5,7 +5,7 @@
 
 use metrics::{Counter, Histogram};
 use sluice_contract::ErrorCode;
-use sluice_policy::{Policy, Route};
+use sluice_policy::Policy;
 
 /// Handles registered once, so the admitted path records without building labels.
 pub(crate) struct Meters {
@@ -69,12 +69,4 @@ impl Meters {
     pub(crate) fn quota(&self, name: &str, units: u64) {
         metrics::counter!("sluice_quota_units_total", "quota" => name.to_owned()).increment(units);
     }
-}
-
-/// The index of `route` among the policy's routes.
-pub(crate) fn route_index(policy: &Policy, route: &Route) -> Option<usize> {
-    policy
-        .routes
-        .iter()
-        .position(|candidate| std::ptr::eq(candidate, route))
 }

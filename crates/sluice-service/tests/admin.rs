@@ -2,23 +2,21 @@
 //! applies to it, counters reset, and overrides set at run time that take effect on the next
 //! request and carry the counts over.
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 
-use http::HeaderMap;
 use sluice_core::{Clock, ManualClock, Timestamp};
-use sluice_service::{AdminError, KeyRing, NewKey, OverrideSpec, Request, Service, Usage, Verdict};
+use sluice_service::{AdminError, KeyRing, NewKey, OverrideSpec, Service, Usage};
 use sluice_store::MemoryStore;
+use support::{example_policy, moderate};
 
 async fn pixel_patrol() -> (Service<Arc<MemoryStore>>, String) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pixelpatrol/policy.yaml");
-    let text = std::fs::read_to_string(path).expect("the example exists");
-    let policy =
-        sluice_policy::load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let policy = example_policy("pixelpatrol");
     let clock = ManualClock::new(Timestamp::from_secs(1_795_342_500));
     let shared: Arc<dyn Clock> = Arc::new(clock);
     let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
-    let service = Service::new(Arc::new(policy), store, KeyRing::default()).with_clock(shared);
+    let service = Service::new(policy, store, KeyRing::default()).with_clock(shared);
     let issued = service
         .create_key(NewKey {
             owner: "ada".into(),
@@ -30,30 +28,6 @@ async fn pixel_patrol() -> (Service<Arc<MemoryStore>>, String) {
         .await
         .expect("a key");
     (service, issued.secret)
-}
-
-async fn moderate(service: &Service<Arc<MemoryStore>>, secret: &str) -> u16 {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
-    let verdict = service
-        .check(&Request {
-            method: "POST",
-            path: "/submit-media",
-            query: None,
-            headers: &headers,
-            peer: None,
-            body: Some(br#"{"body":"hello"}"#),
-            request_id: None,
-        })
-        .await;
-    match verdict {
-        Verdict::Admit(admission) => {
-            service.finish(admission, true).await;
-            200
-        }
-        Verdict::Reject(rejection) => rejection.status.as_u16(),
-    }
 }
 
 fn line<'a>(usage: &'a [Usage], name: &str) -> &'a Usage {

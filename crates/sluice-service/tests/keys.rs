@@ -3,24 +3,17 @@
 //! suspended key keeps its reads and loses its writes; every change survives a new service over
 //! the same store, which is what a restart (or a second gateway) sees.
 
-use std::path::Path;
+mod support;
+
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderMap;
 use sluice_core::{Clock, ManualClock, Timestamp};
 use sluice_policy::KeyStatus;
-use sluice_service::{KeyError, KeyRing, NewKey, Request, Service, Verdict};
+use sluice_service::{KeyError, KeyRing, NewKey, Request, Service};
 use sluice_store::{MemoryStore, RecordStore, RecordTable};
-
-fn policy(name: &str) -> Arc<sluice_policy::Policy> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../examples")
-        .join(name)
-        .join("policy.yaml");
-    let text = std::fs::read_to_string(path).expect("the example exists");
-    Arc::new(sluice_policy::load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}")))
-}
+use support::{example_policy, moderate, settle};
 
 struct Fixture {
     service: Service<Arc<MemoryStore>>,
@@ -34,8 +27,8 @@ impl Fixture {
         let clock = ManualClock::new(Timestamp::from_secs(1_795_342_500));
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
         let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
-        let service =
-            Service::new(policy(name), Arc::clone(&store), KeyRing::default()).with_clock(shared);
+        let service = Service::new(example_policy(name), Arc::clone(&store), KeyRing::default())
+            .with_clock(shared);
         Fixture {
             service,
             store,
@@ -48,7 +41,7 @@ impl Fixture {
     async fn restarted(&self) -> Service<Arc<MemoryStore>> {
         let shared: Arc<dyn Clock> = Arc::new(self.clock.clone());
         let service = Service::new(
-            policy(self.name),
+            example_policy(self.name),
             Arc::clone(&self.store),
             KeyRing::default(),
         )
@@ -56,26 +49,6 @@ impl Fixture {
         service.reload_keys().await.expect("the keys load");
         service
     }
-}
-
-/// Pixel Patrol's moderation call with `secret` as its bearer key: the status it gets.
-async fn moderate(service: &Service<Arc<MemoryStore>>, secret: &str) -> u16 {
-    let mut headers = HeaderMap::new();
-    headers.insert("content-type", "application/json".parse().unwrap());
-    headers.insert("authorization", format!("Bearer {secret}").parse().unwrap());
-    status(
-        service
-            .check(&Request {
-                method: "POST",
-                path: "/submit-media",
-                query: None,
-                headers: &headers,
-                peer: None,
-                body: Some(br#"{"body":"hello"}"#),
-                request_id: None,
-            })
-            .await,
-    )
 }
 
 /// Streampixel with `secret` in the body: a write (an upload) or a read (a listing).
@@ -89,30 +62,22 @@ async fn streampixel(service: &Service<Arc<MemoryStore>>, secret: &str, write: b
         "fileUrl": "https://x.example.com/b.zip",
     })
     .to_string();
-    status(
-        service
-            .check(&Request {
-                method: if write { "POST" } else { "GET" },
-                path: if write {
-                    "/projects/upload-file"
-                } else {
-                    "/projects"
-                },
-                query: None,
-                headers: &headers,
-                peer: None,
-                body: Some(body.as_bytes()),
-                request_id: None,
-            })
-            .await,
-    )
-}
-
-fn status(verdict: Verdict) -> u16 {
-    match verdict {
-        Verdict::Admit(_) => 200,
-        Verdict::Reject(rejection) => rejection.status.as_u16(),
-    }
+    let verdict = service
+        .check(&Request {
+            method: if write { "POST" } else { "GET" },
+            path: if write {
+                "/projects/upload-file"
+            } else {
+                "/projects"
+            },
+            query: None,
+            headers: &headers,
+            peer: None,
+            body: Some(body.as_bytes()),
+            request_id: None,
+        })
+        .await;
+    settle(service, verdict).await
 }
 
 fn new_key(owner: &str, team: &str) -> NewKey {

@@ -155,7 +155,10 @@ pub(crate) fn run(command: KeysCommand) -> anyhow::Result<ExitCode> {
         if let Some((url, token)) = running_server(&admin_file) {
             match crate::admin_client::keys(&url, Some(&token), operation.clone()).await {
                 // A server that has stopped left its file: open the store instead.
-                Err(error) if error.to_string().starts_with("cannot reach") => {}
+                Err(error)
+                    if error
+                        .downcast_ref::<reqwest::Error>()
+                        .is_some_and(reqwest::Error::is_connect) => {}
                 done => return done,
             }
         }
@@ -302,21 +305,13 @@ fn print(outcome: Outcome) {
                     key.team.as_deref().unwrap_or("-"),
                     key.plan.as_deref().unwrap_or("(default)"),
                     key.environment.as_deref().unwrap_or("-"),
-                    status_word(key.status),
+                    key.status.name(),
                     key.expires_at
                         .map_or_else(|| "-".to_owned(), |secs| format!("unix {secs}")),
                 );
             }
         }
-        Outcome::Changed(key) => println!("{} is now {}", key.id, status_word(key.status)),
-    }
-}
-
-fn status_word(status: KeyStatus) -> &'static str {
-    match status {
-        KeyStatus::Active => "active",
-        KeyStatus::Revoked => "revoked",
-        KeyStatus::Suspended => "suspended",
+        Outcome::Changed(key) => println!("{} is now {}", key.id, key.status.name()),
     }
 }
 
