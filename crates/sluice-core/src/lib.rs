@@ -31,6 +31,8 @@ pub use decision::{Decision, LimitStatus, Retry};
 pub use engine::{Op, Transition, decide};
 pub use jiff::tz::TimeZone;
 pub use key::CounterKey;
-pub use limit::{Algorithm, Limit, LimitError, MAX_CAPACITY, MAX_SPAN, MIN_SPAN, Period};
+pub use limit::{
+    Algorithm, BucketTerms, Limit, LimitError, MAX_CAPACITY, MAX_SPAN, MIN_SPAN, Period,
+};
 pub use state::CounterState;
 pub use time::Timestamp;

@@ -172,10 +172,34 @@ impl Limit {
         &self.cells
     }
 
+    /// This token bucket's exact steps, for a backend that runs the algorithm elsewhere (the
+    /// Redis script): how far `cost` units move the bucket, and how far ahead of now it may run.
+    pub fn bucket_terms(&self, cost: u64) -> BucketTerms {
+        let cells = &self.cells;
+        let weight = cells.weight(cost.min(MAX_CAPACITY.saturating_add(1)));
+        BucketTerms {
+            weight: (weight.whole, weight.part),
+            tolerance: (cells.tolerance.whole, cells.tolerance.part),
+            denominator: self.capacity.max(1),
+        }
+    }
+
     /// Whether denied requests are counted too.
     pub fn counts_rejected(&self) -> bool {
         self.count_rejected
     }
+}
+
+/// A token bucket's steps as (whole ns, fraction in 1/`denominator` ns) pairs: see
+/// [`Limit::bucket_terms`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketTerms {
+    /// How far one request's cost moves the bucket's theoretical arrival time.
+    pub weight: (u64, u64),
+    /// How far ahead of now the theoretical arrival time may run (burst × interval).
+    pub tolerance: (u64, u64),
+    /// The denominator of both fractions: the capacity (at least 1).
+    pub denominator: u64,
 }
 
 fn check_span(span: Duration) -> Result<u64, LimitError> {

@@ -13,6 +13,10 @@ pub enum StoreError {
     /// counted.
     #[error("storage failed: {0}")]
     Storage(String),
+    /// The backend did not answer (a Redis server down, slow or unreachable); the request may
+    /// or may not have been counted.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Another process holds the store's file (a running server, usually).
     #[error("{} is in use by another process (a running sluice server?)", .0.display())]
     InUse(std::path::PathBuf),

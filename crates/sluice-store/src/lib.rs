@@ -8,6 +8,7 @@
 mod embedded;
 mod error;
 mod memory;
+mod redis_store;
 mod sync;
 
 use std::future::Future;
@@ -17,6 +18,7 @@ use sluice_core::{Decision, Transition};
 pub use embedded::{CommitStats, EmbeddedStore, EmbeddedStoreConfig};
 pub use error::StoreError;
 pub use memory::{MemoryStore, MemoryStoreConfig};
+pub use redis_store::{RedisStore, RedisStoreConfig, RedisTarget};
 
 /// A place that keeps counters and applies requests to them atomically.
 pub trait CounterStore: Send + Sync {
@@ -96,6 +98,8 @@ pub enum AnyStore {
     Memory(MemoryStore),
     /// Counters in memory, quotas and records durable in a local file.
     Embedded(EmbeddedStore),
+    /// Counters, quotas and records in Redis or a Redis Cluster, shared by a fleet.
+    Redis(RedisStore),
 }
 
 impl AnyStore {
@@ -104,6 +108,8 @@ impl AnyStore {
         match self {
             AnyStore::Memory(store) => store.sweep(),
             AnyStore::Embedded(store) => store.sweep(),
+            // Redis expires keys itself.
+            AnyStore::Redis(_) => {}
         }
     }
 }
@@ -113,6 +119,7 @@ impl CounterStore for AnyStore {
         match self {
             AnyStore::Memory(store) => store.apply_now(transitions),
             AnyStore::Embedded(store) => store.apply(transitions).await,
+            AnyStore::Redis(store) => store.apply(transitions).await,
         }
     }
 }
@@ -127,6 +134,7 @@ impl RecordStore for AnyStore {
         match self {
             AnyStore::Memory(store) => store.put_record(table, id, value).await,
             AnyStore::Embedded(store) => store.put_record(table, id, value).await,
+            AnyStore::Redis(store) => store.put_record(table, id, value).await,
         }
     }
 
@@ -134,6 +142,7 @@ impl RecordStore for AnyStore {
         match self {
             AnyStore::Memory(store) => store.records(table).await,
             AnyStore::Embedded(store) => store.records(table).await,
+            AnyStore::Redis(store) => store.records(table).await,
         }
     }
 }

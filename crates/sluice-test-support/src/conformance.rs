@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_core::{
-    Clock, CounterKey, CounterState, Decision, Limit, ManualClock, MonthlyCycle, Op, Period, Retry,
-    Timestamp, Transition, decide,
+    Clock, CounterKey, CounterState, Decision, Limit, MAX_CAPACITY, ManualClock, MonthlyCycle, Op,
+    Period, Retry, Timestamp, Transition, decide,
 };
 use sluice_store::{CounterStore, StoreError};
 
@@ -79,6 +79,7 @@ macro_rules! store_conformance {
             duplicate_keys_are_refused,
             concurrent_requests_are_counted_exactly,
             decisions_match_the_engine,
+            extreme_limits_match_the_engine,
         );
     };
     (@cases $make:expr; $($case:ident),* $(,)?) => {
@@ -291,13 +292,23 @@ pub async fn monthly_quotas_follow_the_calendar<S: CounterStore + 'static>(subje
 pub async fn a_clock_stepping_back_readmits_nothing<S: CounterStore + 'static>(
     subject: &Subject<S>,
 ) {
-    let limit = per_second(1);
-    let counter = key("user:1", "uploads");
-    assert!(subject.acquire(&counter, &limit, 1).await.allowed());
+    let limits = [
+        per_second(1),
+        Limit::sliding_window(1, Duration::from_secs(1)).expect("a valid limit"),
+        Limit::token_bucket(1, Duration::from_secs(1), 1).expect("a valid limit"),
+    ];
+    for (index, limit) in limits.iter().enumerate() {
+        let counter = key("user:1", &format!("uploads/{index}"));
+        assert!(subject.acquire(&counter, limit, 1).await.allowed());
+    }
     subject
         .clock
         .set(Timestamp::from_nanos(START.as_nanos() - 2_000_000_000));
-    assert!(!subject.acquire(&counter, &limit, 1).await.allowed());
+    for (index, limit) in limits.iter().enumerate() {
+        let counter = key("user:1", &format!("uploads/{index}"));
+        let decision = subject.acquire(&counter, limit, 1).await;
+        assert!(!decision.allowed(), "{limit:?}");
+    }
 }
 
 /// A request naming one counter twice is refused and changes nothing.
@@ -416,19 +427,103 @@ pub async fn decisions_match_the_engine<S: CounterStore + 'static>(subject: &Sub
             })
             .collect();
 
-        let got = subject.apply(&transitions).await;
-        let now = subject.clock.now();
-        let mut states: Vec<CounterState> = transitions
-            .iter()
-            .map(|t| model.get(&t.key).copied().unwrap_or_default())
-            .collect();
-        let expected = decide(now, &transitions, &mut states);
-        for (transition, state) in transitions.iter().zip(states) {
-            model.insert(transition.key.clone(), state);
-        }
-        assert_eq!(got, expected, "step {step}: {transitions:?}");
+        let got = matches_the_engine(subject, &mut model, &transitions, step).await;
         if got.allowed() {
             acquired.push(got.now());
         }
+    }
+}
+
+/// Applies `transitions` to the store and to the engine over `model`, and requires the same
+/// decision from both.
+async fn matches_the_engine<S: CounterStore + 'static>(
+    subject: &Subject<S>,
+    model: &mut HashMap<CounterKey, CounterState>,
+    transitions: &[Transition<'_>],
+    step: usize,
+) -> Decision {
+    let got = subject.apply(transitions).await;
+    let now = subject.clock.now();
+    let mut states: Vec<CounterState> = transitions
+        .iter()
+        .map(|t| model.get(&t.key).copied().unwrap_or_default())
+        .collect();
+    let expected = decide(now, transitions, &mut states);
+    for (transition, state) in transitions.iter().zip(states) {
+        model.insert(transition.key.clone(), state);
+    }
+    assert_eq!(got, expected, "step {step}: {transitions:?}");
+    got
+}
+
+/// Limits at the edges of what the engine accepts — capacities up to 2^48, spans from 1 ms to
+/// 100 years and of odd lengths, costs beyond capacity, the clock jumping years ahead — get the engine's decisions too: a backend whose arithmetic is narrower than the
+/// engine's (a script with only doubles) shows it here.
+pub async fn extreme_limits_match_the_engine<S: CounterStore + 'static>(subject: &Subject<S>) {
+    const YEAR: u64 = 31_557_600_000_000_000;
+    let mut rng = Rng::new(0xE7u64);
+    let capacities = [1, 3, 1_000_003, MAX_CAPACITY - 1, MAX_CAPACITY];
+    let spans = [
+        1_000_000,
+        1_000_000_007,
+        86_400_000_000_000 - 1,
+        YEAR,
+        100 * YEAR,
+    ];
+    let mut limits = Vec::new();
+    for (index, &capacity) in capacities.iter().enumerate() {
+        for (offset, &span) in spans.iter().enumerate() {
+            let span_duration = Duration::from_nanos(span);
+            let limit = match (index + offset) % 4 {
+                0 => Limit::fixed_window(capacity, Period::Span(span)),
+                1 => Limit::sliding_window(capacity, span_duration),
+                2 => Limit::token_bucket(capacity, span_duration, capacity.div_ceil(2)),
+                _ => Limit::concurrency(capacity, span_duration),
+            }
+            .expect("a valid limit");
+            if offset % 2 == 1 && (index + offset) % 4 != 3 {
+                limits.push(limit.counting_rejected().expect("a valid limit"));
+            } else {
+                limits.push(limit);
+            }
+        }
+    }
+    let mut model: HashMap<CounterKey, CounterState> = HashMap::new();
+    for step in 0..2_000 {
+        // (No steps back here: a store may drop a state once it has expired, so a clock going
+        // back past that instant finds it gone; `a_clock_stepping_back_readmits_nothing`.)
+        match rng.below(10) {
+            0 => subject
+                .clock
+                .advance(Duration::from_nanos(rng.below(2 * YEAR))),
+            _ => subject
+                .clock
+                .advance(Duration::from_nanos(rng.below(2_000_000_000))),
+        }
+        let index = rng.below(limits.len() as u64) as usize;
+        let limit = &limits[index];
+        let capacity = limit.capacity();
+        let cost = match rng.below(4) {
+            0 => rng.below(capacity.saturating_add(2)),
+            1 => capacity.saturating_sub(rng.below(2)),
+            2 => u64::MAX - rng.below(2),
+            _ => 1,
+        };
+        let op = match rng.below(6) {
+            0 => Op::Release {
+                cost,
+                acquired_at: Timestamp::from_nanos(
+                    subject.clock.now().as_nanos() - rng.below(YEAR),
+                ),
+            },
+            1 => Op::Acquire { cost: 0 },
+            _ => Op::Acquire { cost },
+        };
+        let transition = Transition {
+            key: CounterKey::new(b"edge", format!("limit-{index}").as_bytes()),
+            limit,
+            op,
+        };
+        matches_the_engine(subject, &mut model, &[transition], step).await;
     }
 }

@@ -3,11 +3,14 @@
 //! - [`conformance`]: the store conformance suite. A backend runs it with one line,
 //!   [`store_conformance!`], and gets one test per case.
 //! - [`CountingAllocator`]: exact live-byte counts for memory budgets.
+//! - [`RedisServer`], [`RedisCluster`]: real Redis processes on free loopback ports.
 //! - `tests/tidy.rs` (in this crate): the project's rules, checked by plain tests.
 
 mod alloc;
 pub mod conformance;
+mod redis;
 mod rng;
 
 pub use alloc::CountingAllocator;
+pub use redis::{RedisCluster, RedisServer};
 pub use rng::Rng;

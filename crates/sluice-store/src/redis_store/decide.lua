@@ -1,0 +1,430 @@
+-- sluice decide, key and value format v1: applies one request's transitions to its counters,
+-- all or nothing, at the Redis server's instant, and sets every written key's expiry in the
+-- same step.
+--
+-- This is `sluice_core::decide`'s state machine, ported. The Rust side keeps the engine: it
+-- sends what needs no stored state precomputed (window bounds, token-bucket steps), and builds
+-- the reported decision by running `decide` on the states this script returns. The store
+-- conformance suite holds the two to the nanosecond.
+--
+-- Lua here has only doubles (exact to 2^53), and instants are nanoseconds (~2^61): an instant
+-- is a pair {seconds, nanoseconds}, and the sliding window's products go through base-10^7
+-- limbs. Counts and capacities stay below 2^53.
+--
+-- ARGV[1]  the instant in ns, or '' for the server's TIME
+-- ARGV[2]  'a' to apply; 'd' when the request is already denied (only limits that count
+--          rejected requests change)
+-- then 11 values per key, in KEYS order:
+--   algorithm ('f' fixed, 's' sliding, 'g' token bucket, 'c' concurrency),
+--   op ('a' acquire, 'r' release, 'x' reset), cost, capacity, counts rejected ('1'/'0'),
+--   and per algorithm:
+--   f: window index, window start, window end, next window's index, next window's end,
+--      the acquiring request's window index (release)
+--   s: window index, window start, span, the acquiring request's window index (release)
+--   g: weight whole, weight part, tolerance whole, tolerance part, denominator
+--   c: lease
+-- A stored value is 'window value aux expires_at' in decimal.
+--
+-- Reply: {1 admitted | 0 denied | -1 the windows sent do not hold the instant, instant,
+--         each key's stored value before the request ('' when none)}
+
+local B = 1000000000
+local L = 10000000
+local MAX = {18446744073, 709551615}
+local ZERO = {0, 0}
+
+-- q, r with a = q * d + r, 0 <= r < d, exact for integers below 2^53.
+local function divmod(a, d)
+  local q = math.floor(a / d)
+  local r = a - q * d
+  if r < 0 then
+    q = q - 1
+    r = r + d
+  elseif r >= d then
+    q = q + 1
+    r = r - d
+  end
+  return q, r
+end
+
+-- Instants and spans: {seconds, nanoseconds}.
+local function time(text)
+  local len = #text
+  if len <= 9 then
+    return {0, tonumber(text)}
+  end
+  return {tonumber(string.sub(text, 1, len - 9)), tonumber(string.sub(text, len - 8))}
+end
+
+local function time_text(a)
+  if a[1] == 0 then
+    return string.format('%d', a[2])
+  end
+  return string.format('%d%09d', a[1], a[2])
+end
+
+local function cmp(a, b)
+  if a[1] ~= b[1] then
+    return a[1] < b[1] and -1 or 1
+  end
+  if a[2] ~= b[2] then
+    return a[2] < b[2] and -1 or 1
+  end
+  return 0
+end
+
+local function add(a, b)
+  local s, n = a[1] + b[1], a[2] + b[2]
+  if n >= B then
+    s = s + 1
+    n = n - B
+  end
+  if s > MAX[1] or (s == MAX[1] and n > MAX[2]) then
+    return MAX
+  end
+  return {s, n}
+end
+
+-- a - b, or zero when b is not smaller.
+local function sub(a, b)
+  if cmp(a, b) <= 0 then
+    return ZERO
+  end
+  local s, n = a[1] - b[1], a[2] - b[2]
+  if n < 0 then
+    s = s - 1
+    n = n + B
+  end
+  return {s, n}
+end
+
+local function max_time(a, b)
+  return cmp(a, b) < 0 and b or a
+end
+
+-- Exact products: base-10^7 limbs, least significant first.
+local function count_limbs(c)
+  local q1, l0 = divmod(c, L)
+  local l2, l1 = divmod(q1, L)
+  return {l0, l1, l2}
+end
+
+local function time_limbs(a)
+  local s_high, s_low = divmod(a[1], 100000)
+  local n_high, l0 = divmod(a[2], L)
+  return {l0, n_high + s_low * 100, s_high}
+end
+
+local function multiply(a, b)
+  local r = {0, 0, 0, 0, 0, 0, 0}
+  for i = 1, 3 do
+    for j = 1, 3 do
+      r[i + j - 1] = r[i + j - 1] + a[i] * b[j]
+    end
+  end
+  local carry = 0
+  for k = 1, 7 do
+    carry, r[k] = divmod(r[k] + carry, L)
+  end
+  return r
+end
+
+local function compare_limbs(a, b)
+  for k = 7, 1, -1 do
+    if a[k] ~= b[k] then
+      return a[k] < b[k] and -1 or 1
+    end
+  end
+  return 0
+end
+
+local function limbs_time(r)
+  for k = 5, 7 do
+    if r[k] > 0 then
+      return MAX
+    end
+  end
+  local n_high, n_low = divmod(r[2], 100)
+  local s = n_high + r[3] * 100000 + r[4] * 1000000000000
+  local n = r[1] + n_low * L
+  if s > MAX[1] or (s == MAX[1] and n > MAX[2]) then
+    return MAX
+  end
+  return {s, n}
+end
+
+-- Token-bucket instants: {seconds, nanoseconds, part} with part in 1/denominator ns.
+local function fcmp(a, b)
+  local c = cmp(a, b)
+  if c ~= 0 then
+    return c
+  end
+  if a[3] ~= b[3] then
+    return a[3] < b[3] and -1 or 1
+  end
+  return 0
+end
+
+local function fmax(a, b)
+  return fcmp(a, b) < 0 and b or a
+end
+
+local function fmin(a, b)
+  return fcmp(a, b) > 0 and b or a
+end
+
+local function fadd(a, b, den)
+  local part = a[3] + b[3]
+  local whole = add(a, b)
+  if part >= den then
+    part = part - den
+    whole = add(whole, {0, 1})
+  end
+  return {whole[1], whole[2], part}
+end
+
+local function fsub(a, b, den)
+  if fcmp(a, b) <= 0 then
+    return {0, 0, 0}
+  end
+  local whole = sub(a, b)
+  local part = a[3] - b[3]
+  if part < 0 then
+    whole = sub(whole, {0, 1})
+    part = part + den
+  end
+  return {whole[1], whole[2], part}
+end
+
+local function fceil(a)
+  if a[3] > 0 then
+    return add(a, {0, 1})
+  end
+  return {a[1], a[2]}
+end
+
+-- States: {window, value, aux, expires_at}; `value` is a count, or an instant for a bucket.
+local EMPTY = {0, 0, 0, ZERO}
+local EMPTY_BUCKET = {0, ZERO, 0, ZERO}
+
+local function parse(raw, bucket)
+  if not raw then
+    return bucket and EMPTY_BUCKET or EMPTY
+  end
+  local w, v, a, e = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+  if not w then
+    return bucket and EMPTY_BUCKET or EMPTY
+  end
+  return {tonumber(w), bucket and time(v) or tonumber(v), tonumber(a), time(e)}
+end
+
+local function live(state, now, bucket)
+  if cmp(state[4], now) > 0 then
+    return state
+  end
+  return bucket and EMPTY_BUCKET or EMPTY
+end
+
+local function number_text(x)
+  return string.format('%d', x)
+end
+
+-- Each algorithm returns {admits, admitted, rejected}; nil when the windows sent do not hold
+-- now. A next state of false leaves the stored value as it is.
+
+local function fixed_window(op, cost, capacity, rejected, state, now, arg)
+  local start0, end0, end1 = time(arg(2)), time(arg(3)), time(arg(5))
+  if cmp(now, start0) < 0 or cmp(now, end1) >= 0 then
+    return nil
+  end
+  local index, window_end
+  if cmp(now, end0) < 0 then
+    index, window_end = tonumber(arg(1)), end0
+  else
+    index, window_end = tonumber(arg(4)), end1
+  end
+  local count = 0
+  if state[1] > index then
+    -- The clock stepped back: the stored window keeps counting until it catches up.
+    index, window_end, count = state[1], state[4], state[2]
+  elseif state[1] == index then
+    count = state[2]
+  end
+  if op == 'a' then
+    local total = count + cost
+    local next = {index, total, 0, window_end}
+    return {total <= capacity, next, rejected and next}
+  end
+  local next = {state[1], state[2], state[3], state[4]}
+  if count > 0 and tonumber(arg(6)) == index then
+    next[2] = math.max(count - cost, 0)
+  end
+  return {true, next, false}
+end
+
+local function sliding_window(op, cost, capacity, rejected, state, now, arg)
+  local index, start, span = tonumber(arg(1)), time(arg(2)), time(arg(3))
+  local start1 = add(start, span)
+  if cmp(now, start) < 0 or cmp(now, add(start1, span)) >= 0 then
+    return nil
+  end
+  if cmp(now, start1) >= 0 then
+    index, start = index + 1, start1
+  end
+  local elapsed
+  if state[1] > index then
+    -- The clock stepped back: look from the start of the stored window.
+    index = state[1]
+    start = limbs_time(multiply(count_limbs(index), time_limbs(span)))
+    elapsed = ZERO
+  else
+    elapsed = sub(now, start)
+  end
+  local current, previous = 0, 0
+  if state[1] == index then
+    current, previous = state[2], state[3]
+  elseif state[1] + 1 == index then
+    previous = state[2]
+  end
+  local expires = add(add(start, span), span)
+  if op == 'a' then
+    current = current + cost
+    local admits
+    if current > capacity then
+      admits = false
+    elseif previous == 0 then
+      admits = true
+    else
+      -- previous × (span − elapsed) ≤ (capacity − current) × span
+      local weighted = multiply(count_limbs(previous), time_limbs(sub(span, elapsed)))
+      local room = multiply(count_limbs(capacity - current), time_limbs(span))
+      admits = compare_limbs(weighted, room) <= 0
+    end
+    local next = {index, current, previous, expires}
+    return {admits, next, rejected and next}
+  end
+  local acquired = tonumber(arg(4))
+  if acquired == index then
+    current = math.max(current - cost, 0)
+  elseif acquired + 1 == index then
+    previous = math.max(previous - cost, 0)
+  end
+  return {true, {index, current, previous, expires}, false}
+end
+
+local function token_bucket(op, rejected, state, now, arg)
+  local den = tonumber(arg(5))
+  local weight = time(arg(1))
+  weight = {weight[1], weight[2], tonumber(arg(2))}
+  local tolerance = time(arg(3))
+  tolerance = {tolerance[1], tolerance[2], tonumber(arg(4))}
+  local tat = {state[2][1], state[2][2], math.min(state[3], den - 1)}
+  local at = {now[1], now[2], 0}
+  local function bucket(f)
+    return {0, {f[1], f[2]}, f[3], fceil(f)}
+  end
+  if op == 'a' then
+    local base = fmax(tat, at)
+    local next = fadd(base, weight, den)
+    local ceiling = fadd(at, tolerance, den)
+    -- A counted denial adds debt, but never beyond a second full bucket.
+    local counted = rejected and bucket(fmax(fmin(next, fadd(ceiling, tolerance, den)), base))
+    return {fcmp(next, ceiling) <= 0, bucket(next), counted}
+  end
+  return {true, bucket(fmax(fsub(tat, weight, den), at)), false}
+end
+
+local function concurrency(op, cost, capacity, state, now, arg)
+  if op == 'a' then
+    local in_flight = state[2] + cost
+    return {in_flight <= capacity, {0, in_flight, 0, add(now, time(arg(1)))}, false}
+  end
+  local in_flight = math.max(state[2] - cost, 0)
+  local expires = in_flight == 0 and now or state[4]
+  return {true, {state[1], in_flight, state[3], expires}, false}
+end
+
+local function evaluate(raw, now, arg)
+  local algorithm, op = arg(-4), arg(-3)
+  local cost, capacity = tonumber(arg(-2)), tonumber(arg(-1))
+  local rejected = arg(0) == '1'
+  local bucket = algorithm == 'g'
+  if capacity == 0 then
+    -- Nothing is ever admitted and nothing is ever counted.
+    return {op ~= 'a' or cost == 0, false, false}
+  end
+  if op == 'x' then
+    return {true, EMPTY, false}
+  end
+  local state = live(parse(raw, bucket), now, bucket)
+  if algorithm == 'f' then
+    return fixed_window(op, cost, capacity, rejected, state, now, arg)
+  elseif algorithm == 's' then
+    return sliding_window(op, cost, capacity, rejected, state, now, arg)
+  elseif bucket then
+    return token_bucket(op, rejected, state, now, arg)
+  end
+  return concurrency(op, cost, capacity, state, now, arg)
+end
+
+local function store(key, state, now)
+  if cmp(state[4], now) <= 0 then
+    redis.call('DEL', key)
+    return
+  end
+  local value = state[2]
+  if type(value) == 'table' then
+    value = time_text(value)
+  else
+    value = number_text(value)
+  end
+  local text = number_text(state[1]) .. ' ' .. value .. ' ' .. number_text(state[3]) .. ' '
+    .. time_text(state[4])
+  -- Relative to the instant decided at, so that a test clock's keys live as long as they
+  -- would have; Redis expires the key no earlier than its state does.
+  local left = sub(state[4], now)
+  local ms = left[1] * 1000 + math.ceil(left[2] / 1000000)
+  redis.call('SET', key, text, 'PX', number_text(ms))
+end
+
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = {tonumber(t[1]), tonumber(t[2]) * 1000}
+else
+  now = time(ARGV[1])
+end
+local allowed = ARGV[2] == 'a'
+local outcomes, before = {}, {}
+for i = 1, #KEYS do
+  local base = 2 + (i - 1) * 11 + 5
+  local function arg(k)
+    return ARGV[base + k]
+  end
+  local raw = redis.call('GET', KEYS[i])
+  before[i] = raw or ''
+  local outcome = evaluate(raw, now, arg)
+  if not outcome then
+    return {-1, time_text(now)}
+  end
+  outcomes[i] = outcome
+  if not outcome[1] then
+    allowed = false
+  end
+end
+for i = 1, #KEYS do
+  local next
+  if allowed then
+    next = outcomes[i][2]
+  else
+    next = outcomes[i][3]
+  end
+  if next then
+    store(KEYS[i], next, now)
+  end
+end
+local reply = {allowed and 1 or 0, time_text(now)}
+for i = 1, #KEYS do
+  reply[i + 2] = before[i]
+end
+return reply

@@ -1,0 +1,629 @@
+//! The Redis backend: counters shared by every gateway of a fleet, each request decided by one
+//! script call at the Redis server's instant.
+//!
+//! `decide.lua` is the engine's state machine ported to Lua. The Rust side sends it what needs
+//! no stored state (window bounds, token-bucket steps, computed by `sluice_core`), and builds the
+//! reported [`Decision`] by running [`sluice_core::decide`] on the states the script read, at the
+//! instant it decided: the script changes the counters, the engine explains the change, and a
+//! disagreement between the two is an error, never a silent difference.
+//!
+//! Keys are `sluice:v1:c:{SCOPE}NAME`: versioned, independent of Rust types, and hash-tagged by
+//! the counter's scope (its identity), so one identity's counters share a cluster slot. A
+//! request whose counters span several scopes on a Redis Cluster is applied scope by scope at
+//! one instant: a scope that denies withdraws what the earlier scopes took (see
+//! [`RedisStore::apply`]).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{RedisError, Script, ScriptInvocation, Value};
+use sluice_core::{
+    Algorithm, Clock, CounterState, Decision, MAX_CAPACITY, Op, Period, SystemClock, Timestamp,
+    Transition, decide,
+};
+use smallvec::SmallVec;
+
+use crate::{Record, RecordStore, RecordTable, StoreError};
+
+/// Where the counters are: one Redis server, or a Redis Cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server (or a primary with replicas behind one address): `redis://HOST:PORT[/DB]`.
+    Single(String),
+    /// A Redis Cluster, by some of its nodes: `redis+cluster://HOST:PORT,HOST:PORT,…`.
+    Cluster(Vec<String>),
+}
+
+impl RedisTarget {
+    /// Reads a `--store` value that names Redis; `None` when it names something else.
+    pub fn parse(spec: &str) -> Option<RedisTarget> {
+        if let Some(nodes) = spec.strip_prefix("redis+cluster://") {
+            let nodes = nodes
+                .split(',')
+                .map(str::trim)
+                .filter(|node| !node.is_empty())
+                .map(|node| format!("redis://{node}"))
+                .collect();
+            return Some(RedisTarget::Cluster(nodes));
+        }
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return Some(RedisTarget::Single(spec.to_owned()));
+        }
+        None
+    }
+}
+
+/// How the store talks to Redis.
+#[derive(Clone, Debug)]
+pub struct RedisStoreConfig {
+    /// The longest a command may take before it fails.
+    pub response_timeout: Duration,
+    /// The longest connecting may take.
+    pub connection_timeout: Duration,
+}
+
+impl Default for RedisStoreConfig {
+    fn default() -> RedisStoreConfig {
+        RedisStoreConfig {
+            response_timeout: Duration::from_millis(500),
+            connection_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counters (and records) in Redis or a Redis Cluster, over one multiplexed connection.
+pub struct RedisStore {
+    connection: Connection,
+    script: Script,
+    /// Tests decide at this clock's instants; otherwise the server's clock decides.
+    clock: Option<Arc<dyn Clock>>,
+    /// The local clock, for estimating the server's instant (window bounds sent with a call).
+    local: SystemClock,
+    /// The server's clock minus the local one, in ns, as of the last reply.
+    offset: AtomicI64,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field(
+                "cluster",
+                &matches!(self.connection, Connection::Cluster(_)),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Connection {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// How often a call is sent again when the server's instant fell outside the windows sent.
+const STALE_RETRIES: usize = 3;
+const SCRIPT: &str = include_str!("decide.lua");
+
+impl RedisStore {
+    /// Connects to `target`; fails when no server answers within the connection timeout.
+    pub async fn connect(
+        target: &RedisTarget,
+        config: &RedisStoreConfig,
+    ) -> Result<RedisStore, StoreError> {
+        let connection = match target {
+            RedisTarget::Single(url) => {
+                let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
+                let manager = ConnectionManagerConfig::new()
+                    .set_response_timeout(Some(config.response_timeout))
+                    .set_connection_timeout(Some(config.connection_timeout))
+                    .set_number_of_retries(2)
+                    .set_max_delay(Duration::from_millis(500));
+                Connection::Single(
+                    ConnectionManager::new_with_config(client, manager)
+                        .await
+                        .map_err(unavailable)?,
+                )
+            }
+            RedisTarget::Cluster(nodes) => {
+                let client = ClusterClientBuilder::new(nodes.clone())
+                    .response_timeout(config.response_timeout)
+                    .connection_timeout(config.connection_timeout)
+                    .retries(3)
+                    .build()
+                    .map_err(unavailable)?;
+                Connection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
+            }
+        };
+        let store = RedisStore {
+            connection,
+            script: Script::new(SCRIPT),
+            clock: None,
+            local: SystemClock::new(),
+            offset: AtomicI64::new(0),
+        };
+        // Loads the script (on every primary of a cluster) and proves the server answers.
+        let mut load = redis::cmd("SCRIPT");
+        load.arg("LOAD").arg(SCRIPT);
+        store.query::<Value>(&load).await?;
+        Ok(store)
+    }
+
+    /// Decides at `clock`'s instants instead of the server's: for tests, which move time by
+    /// hand.
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> RedisStore {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Whether the counters are in a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
+        let result = match self.connection.clone() {
+            Connection::Single(mut connection) => command.query_async(&mut connection).await,
+            Connection::Cluster(mut connection) => command.query_async(&mut connection).await,
+        };
+        result.map_err(unavailable)
+    }
+
+    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let result = match self.connection.clone() {
+            Connection::Single(mut connection) => invocation.invoke_async(&mut connection).await,
+            Connection::Cluster(mut connection) => invocation.invoke_async(&mut connection).await,
+        };
+        result.map_err(unavailable)
+    }
+
+    /// The instant a call will probably be decided at: the test clock's, or the local clock
+    /// corrected by the server's offset.
+    fn estimate(&self) -> Timestamp {
+        match &self.clock {
+            Some(clock) => clock.now(),
+            None => shift(self.local.now(), self.offset.load(Ordering::Relaxed)),
+        }
+    }
+
+    /// Applies one request's transitions atomically and reports them as the engine would.
+    ///
+    /// On one server (and on a cluster when every counter has the same scope) this is one
+    /// script call: atomic, at the server's instant. On a cluster, counters of several scopes
+    /// live on several nodes: they are applied scope by scope at the instant of the first
+    /// scope's server, each step atomic; once a step denies, the later steps only count for
+    /// limits that count rejected requests, and what the earlier steps took is given back. A
+    /// concurrent request may then be denied by a unit that is given back an instant later,
+    /// but no limit ever admits more than its capacity.
+    pub async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        if transitions.is_empty() {
+            return Ok(decide(self.estimate(), transitions, &mut []));
+        }
+        for (index, transition) in transitions.iter().enumerate() {
+            if transitions
+                .get(..index)
+                .is_some_and(|earlier| earlier.iter().any(|t| t.key == transition.key))
+            {
+                return Err(StoreError::DuplicateKey(transition.key.clone()));
+            }
+        }
+        let groups = self.groups(transitions);
+        let mut states = vec![CounterState::EMPTY; transitions.len()];
+        let mut now = self.clock.as_ref().map(|clock| clock.now());
+        let mut allowed = true;
+        let mut taken: Vec<usize> = Vec::new();
+        for group in &groups {
+            let part: SmallVec<[Transition<'_>; 4]> = group
+                .iter()
+                .filter_map(|&index| transitions.get(index).cloned())
+                .collect();
+            let reply = self.call(&part, now, allowed).await?;
+            now = Some(reply.now);
+            for (&index, state) in group.iter().zip(reply.states) {
+                if let Some(slot) = states.get_mut(index) {
+                    *slot = state;
+                }
+            }
+            if allowed && !reply.admitted {
+                allowed = false;
+            } else if allowed {
+                taken.extend(group.iter().copied());
+            }
+        }
+        let now = now.unwrap_or_else(|| self.estimate());
+        if !allowed && !taken.is_empty() {
+            self.give_back(transitions, &taken, now).await?;
+        }
+        let decision = decide(now, transitions, &mut states);
+        if decision.allowed() != allowed {
+            tracing::error!(
+                allowed,
+                ?transitions,
+                "the Redis script and the engine disagree about a request"
+            );
+            return Err(StoreError::Storage(
+                "the Redis script and the engine disagree about a request".to_owned(),
+            ));
+        }
+        Ok(decision)
+    }
+
+    /// The transitions' indices, grouped so that each group is one atomic script call: all of
+    /// them on one server, one group per scope on a cluster.
+    fn groups(&self, transitions: &[Transition<'_>]) -> Vec<SmallVec<[usize; 4]>> {
+        let all = || (0..transitions.len()).collect::<SmallVec<[usize; 4]>>();
+        if !self.is_cluster() {
+            return vec![all()];
+        }
+        let mut groups: Vec<SmallVec<[usize; 4]>> = Vec::new();
+        for (index, transition) in transitions.iter().enumerate() {
+            let scope = transition.key.scope();
+            let found = groups.iter_mut().find(|group| {
+                group
+                    .first()
+                    .and_then(|&first| transitions.get(first))
+                    .is_some_and(|first| first.key.scope() == scope)
+            });
+            match found {
+                Some(group) => group.push(index),
+                None => groups.push(SmallVec::from_elem(index, 1)),
+            }
+        }
+        groups
+    }
+
+    /// Gives back what an admitted step of a request that was denied in a later step took.
+    /// Limits that count rejected requests keep the attempt, as they would have on one server.
+    async fn give_back(
+        &self,
+        transitions: &[Transition<'_>],
+        taken: &[usize],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        let releases: Vec<Transition<'_>> = taken
+            .iter()
+            .filter_map(|&index| transitions.get(index))
+            .filter_map(|transition| match transition.op {
+                Op::Acquire { cost } if cost > 0 && !transition.limit.counts_rejected() => {
+                    Some(Transition {
+                        key: transition.key.clone(),
+                        limit: transition.limit,
+                        op: Op::Release {
+                            cost,
+                            acquired_at: now,
+                        },
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let mut by_scope: Vec<Vec<Transition<'_>>> = Vec::new();
+        for release in releases {
+            match by_scope.iter_mut().find(|group| {
+                group
+                    .first()
+                    .is_some_and(|t| t.key.scope() == release.key.scope())
+            }) {
+                Some(group) => group.push(release),
+                None => by_scope.push(vec![release]),
+            }
+        }
+        for group in by_scope {
+            self.call(&group, Some(now), true).await?;
+        }
+        Ok(())
+    }
+
+    /// One script call over transitions that share a slot, retried when the server's instant
+    /// fell outside the windows sent (a window boundary passed, or the clocks differ).
+    async fn call(
+        &self,
+        transitions: &[Transition<'_>],
+        now: Option<Timestamp>,
+        apply: bool,
+    ) -> Result<Reply, StoreError> {
+        let mut estimate = now.unwrap_or_else(|| self.estimate());
+        for _ in 0..STALE_RETRIES {
+            let mut invocation = self.script.prepare_invoke();
+            invocation
+                .arg(
+                    now.map(|now| now.as_nanos().to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(if apply { "a" } else { "d" });
+            for transition in transitions {
+                invocation.key(counter_key(transition));
+                push_args(&mut invocation, transition, estimate);
+            }
+            let value = self.invoke(&invocation).await?;
+            let reply = Reply::parse(value, transitions.len())?;
+            if now.is_none() {
+                let local = self.local.now().as_nanos();
+                let offset = i128::from(reply.now.as_nanos()) - i128::from(local);
+                self.offset
+                    .store(i64::try_from(offset).unwrap_or_default(), Ordering::Relaxed);
+            }
+            if !reply.stale {
+                return Ok(reply);
+            }
+            estimate = reply.now;
+        }
+        Err(StoreError::Storage(
+            "the Redis server's clock kept moving outside the windows sent".to_owned(),
+        ))
+    }
+}
+
+/// What one script call said.
+struct Reply {
+    stale: bool,
+    admitted: bool,
+    now: Timestamp,
+    states: Vec<CounterState>,
+}
+
+impl Reply {
+    fn parse(value: Value, keys: usize) -> Result<Reply, StoreError> {
+        let malformed =
+            || StoreError::Storage("the Redis script answered in an unknown shape".into());
+        let Value::Array(items) = value else {
+            return Err(malformed());
+        };
+        let mut items = items.into_iter();
+        let status = match items.next() {
+            Some(Value::Int(status)) => status,
+            _ => return Err(malformed()),
+        };
+        let now = match items.next() {
+            Some(Value::BulkString(text)) => std::str::from_utf8(&text)
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .map(Timestamp::from_nanos)
+                .ok_or_else(malformed)?,
+            _ => return Err(malformed()),
+        };
+        if status < 0 {
+            return Ok(Reply {
+                stale: true,
+                admitted: false,
+                now,
+                states: Vec::new(),
+            });
+        }
+        let states: Vec<CounterState> = items
+            .map(|item| match item {
+                Value::BulkString(text) => parse_state(&text),
+                _ => CounterState::EMPTY,
+            })
+            .collect();
+        if states.len() != keys {
+            return Err(malformed());
+        }
+        Ok(Reply {
+            stale: false,
+            admitted: status == 1,
+            now,
+            states,
+        })
+    }
+}
+
+/// A stored `window value aux expires_at`; anything else reads as empty, as in the script.
+fn parse_state(text: &[u8]) -> CounterState {
+    let parsed = std::str::from_utf8(text).ok().and_then(|text| {
+        let mut fields = text.split(' ').map(|field| field.parse::<u64>().ok());
+        let state = CounterState {
+            window: fields.next()??,
+            value: fields.next()??,
+            aux: fields.next()??,
+            expires_at: Timestamp::from_nanos(fields.next()??),
+        };
+        fields.next().is_none().then_some(state)
+    });
+    parsed.unwrap_or(CounterState::EMPTY)
+}
+
+/// `sluice:v1:c:{SCOPE}NAME`, the scope escaped so that it holds no brace (the hash tag ends at
+/// the first `}`) and is never empty (an empty tag would not be a tag).
+fn counter_key(transition: &Transition<'_>) -> Vec<u8> {
+    let scope = transition.key.scope();
+    let name = transition.key.name();
+    let mut key = Vec::with_capacity(16 + scope.len() + name.len());
+    key.extend_from_slice(b"sluice:v1:c:{");
+    if scope.is_empty() {
+        key.push(b'%');
+    }
+    for &byte in scope {
+        if byte == b'{' || byte == b'}' || byte == b'%' || !byte.is_ascii_graphic() {
+            key.extend_from_slice(format!("%{byte:02X}").as_bytes());
+        } else {
+            key.push(byte);
+        }
+    }
+    key.push(b'}');
+    key.extend_from_slice(name);
+    key
+}
+
+/// Record tables live in one hash each.
+fn record_key(table: RecordTable) -> &'static str {
+    match table {
+        RecordTable::Keys => "sluice:v1:r:keys",
+        RecordTable::Overrides => "sluice:v1:r:overrides",
+    }
+}
+
+/// Costs above the largest capacity are all denied alike; clamping keeps them below 2^53 in the
+/// script as the engine keeps them inside its products.
+fn clamp(cost: u64) -> u64 {
+    cost.min(MAX_CAPACITY.saturating_add(1))
+}
+
+/// The script's 11 values for one transition, with windows computed around `estimate`.
+fn push_args(
+    invocation: &mut ScriptInvocation<'_>,
+    transition: &Transition<'_>,
+    estimate: Timestamp,
+) {
+    let limit = transition.limit;
+    let (op, cost, acquired_at) = match transition.op {
+        Op::Acquire { cost } => ("a", clamp(cost), estimate),
+        Op::Release { cost, acquired_at } => ("r", clamp(cost), acquired_at),
+        Op::Reset => ("x", 0, estimate),
+    };
+    let algorithm = match limit.algorithm() {
+        Algorithm::FixedWindow => "f",
+        Algorithm::SlidingWindow => "s",
+        Algorithm::TokenBucket { .. } => "g",
+        Algorithm::Concurrency => "c",
+    };
+    invocation
+        .arg(algorithm)
+        .arg(op)
+        .arg(cost)
+        .arg(limit.capacity())
+        .arg(if limit.counts_rejected() { "1" } else { "0" });
+    let span = match limit.period() {
+        Period::Span(span) => (*span).max(1),
+        Period::Monthly(_) => 1,
+    };
+    let mut extra: [u64; 6] = [0; 6];
+    match limit.algorithm() {
+        Algorithm::FixedWindow => {
+            let first = limit.period().window_at(estimate);
+            let second = limit.period().window_at(first.end);
+            let acquired = limit.period().window_at(acquired_at);
+            extra = [
+                first.index,
+                first.start.as_nanos(),
+                first.end.as_nanos(),
+                second.index,
+                second.end.as_nanos(),
+                acquired.index,
+            ];
+        }
+        Algorithm::SlidingWindow => {
+            let index = estimate.as_nanos() / span;
+            extra[..4].copy_from_slice(&[
+                index,
+                index.saturating_mul(span),
+                span,
+                acquired_at.as_nanos() / span,
+            ]);
+        }
+        Algorithm::TokenBucket { .. } => {
+            let terms = limit.bucket_terms(cost);
+            extra[..5].copy_from_slice(&[
+                terms.weight.0,
+                terms.weight.1,
+                terms.tolerance.0,
+                terms.tolerance.1,
+                terms.denominator,
+            ]);
+        }
+        Algorithm::Concurrency => extra[0] = span,
+    }
+    for value in extra {
+        invocation.arg(value);
+    }
+}
+
+fn shift(at: Timestamp, offset: i64) -> Timestamp {
+    let nanos = i128::from(at.as_nanos()).saturating_add(i128::from(offset));
+    Timestamp::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+}
+
+fn unavailable(error: RedisError) -> StoreError {
+    StoreError::Unavailable(error.to_string())
+}
+
+impl crate::CounterStore for RedisStore {
+    async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        RedisStore::apply(self, transitions).await
+    }
+}
+
+impl RecordStore for RedisStore {
+    async fn put_record(
+        &self,
+        table: RecordTable,
+        id: &[u8],
+        value: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        let mut command = match value {
+            Some(_) => redis::cmd("HSET"),
+            None => redis::cmd("HDEL"),
+        };
+        command.arg(record_key(table)).arg(id);
+        if let Some(value) = value {
+            command.arg(value);
+        }
+        self.query::<Value>(&command).await.map(drop)
+    }
+
+    async fn records(&self, table: RecordTable) -> Result<Vec<Record>, StoreError> {
+        let mut command = redis::cmd("HGETALL");
+        command.arg(record_key(table));
+        let mut records: Vec<Record> = self.query(&command).await?;
+        records.sort();
+        Ok(records)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::{CounterKey, Limit};
+
+    fn key_of(scope: &[u8]) -> Vec<u8> {
+        let limit = Limit::concurrency(1, Duration::from_secs(1)).expect("a valid limit");
+        counter_key(&Transition {
+            key: CounterKey::new(scope, b"n/0"),
+            limit: &limit,
+            op: Op::Reset,
+        })
+    }
+
+    #[test]
+    fn keys_are_tagged_by_an_escaped_scope() {
+        assert_eq!(key_of(b"user:42"), b"sluice:v1:c:{user:42}n/0");
+        assert_eq!(key_of(b""), b"sluice:v1:c:{%}n/0");
+        assert_eq!(key_of(b"a}b{c%"), b"sluice:v1:c:{a%7Db%7Bc%25}n/0");
+        assert_eq!(key_of(b"a b"), b"sluice:v1:c:{a%20b}n/0");
+    }
+
+    #[test]
+    fn targets_parse() {
+        assert_eq!(
+            RedisTarget::parse("redis://127.0.0.1:6379"),
+            Some(RedisTarget::Single("redis://127.0.0.1:6379".into()))
+        );
+        assert_eq!(
+            RedisTarget::parse("redis+cluster://a:1, b:2"),
+            Some(RedisTarget::Cluster(vec![
+                "redis://a:1".into(),
+                "redis://b:2".into()
+            ]))
+        );
+        assert_eq!(RedisTarget::parse("./data"), None);
+    }
+
+    #[test]
+    fn stored_states_parse_or_read_as_empty() {
+        assert_eq!(
+            parse_state(b"1 2 3 4"),
+            CounterState {
+                window: 1,
+                value: 2,
+                aux: 3,
+                expires_at: Timestamp::from_nanos(4)
+            }
+        );
+        assert_eq!(parse_state(b"1 2 3"), CounterState::EMPTY);
+        assert_eq!(parse_state(b"1 2 3 4 5"), CounterState::EMPTY);
+        assert_eq!(parse_state(b"x"), CounterState::EMPTY);
+    }
+}

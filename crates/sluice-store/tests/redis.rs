@@ -1,0 +1,179 @@
+//! The Redis backend against real `redis-server` processes: the conformance suite on one server
+//! and on a 3-primary Redis Cluster, the server's clock, key expiry, records.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_core::{Clock, CounterKey, Decision, Limit, Op, Period, SystemClock, Transition};
+use sluice_store::{
+    CounterStore, RecordStore, RecordTable, RedisStore, RedisStoreConfig, RedisTarget, StoreError,
+};
+use sluice_test_support::{RedisCluster, RedisServer, store_conformance};
+
+/// A store and the Redis processes it talks to, which live exactly as long as it does.
+struct Served<R> {
+    store: RedisStore,
+    _redis: R,
+}
+
+impl<R: Send + Sync> CounterStore for Served<R> {
+    async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
+        self.store.apply(transitions).await
+    }
+}
+
+async fn connect(url: &str) -> RedisStore {
+    let target = RedisTarget::parse(url).expect("a Redis URL");
+    RedisStore::connect(&target, &RedisStoreConfig::default())
+        .await
+        .expect("the store connects")
+}
+
+async fn single(clock: Arc<dyn Clock>) -> Served<RedisServer> {
+    let redis = RedisServer::start();
+    Served {
+        store: connect(&redis.url()).await.with_clock(clock),
+        _redis: redis,
+    }
+}
+
+async fn cluster(clock: Arc<dyn Clock>) -> Served<RedisCluster> {
+    let redis = RedisCluster::start();
+    Served {
+        store: connect(&redis.url()).await.with_clock(clock),
+        _redis: redis,
+    }
+}
+
+mod on_one_server {
+    use super::*;
+    store_conformance!(single);
+}
+
+mod on_a_cluster {
+    use super::*;
+    store_conformance!(cluster);
+}
+
+fn hourly() -> Limit {
+    Limit::fixed_window(1, Period::Span(3_600_000_000_000)).expect("a valid limit")
+}
+
+fn acquire<'a>(scope: &str, name: &str, limit: &'a Limit) -> Transition<'a> {
+    Transition {
+        key: CounterKey::new(scope.as_bytes(), name.as_bytes()),
+        limit,
+        op: Op::Acquire { cost: 1 },
+    }
+}
+
+async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("a Redis URL")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("a connection")
+}
+
+/// Without a test clock, the Redis server's clock decides, and every counter written carries
+/// an expiry no earlier than its state's.
+#[tokio::test]
+async fn the_server_clock_decides_and_every_key_expires() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    let limits = [
+        hourly(),
+        Limit::sliding_window(5, Duration::from_secs(60)).expect("a valid limit"),
+        Limit::token_bucket(5, Duration::from_secs(60), 5).expect("a valid limit"),
+        Limit::concurrency(5, Duration::from_secs(60)).expect("a valid limit"),
+    ];
+    let request: Vec<Transition<'_>> = limits
+        .iter()
+        .enumerate()
+        .map(|(index, limit)| acquire("user:1", &format!("limit/{index}"), limit))
+        .collect();
+    let local = SystemClock::new().now();
+    let first = store.apply(&request).await.expect("Redis answers");
+    assert!(first.allowed());
+    let skew = first.now().as_nanos().abs_diff(local.as_nanos());
+    assert!(
+        skew < 5_000_000_000,
+        "server and local clocks differ by {skew} ns"
+    );
+    let second = store.apply(&request[..1]).await.expect("Redis answers");
+    assert!(!second.allowed(), "the hourly limit holds across calls");
+
+    let mut connection = raw(&redis.url()).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut connection)
+        .await
+        .expect("KEYS");
+    assert_eq!(keys.len(), limits.len(), "{keys:?}");
+    for key in keys {
+        assert!(key.starts_with("sluice:v1:c:{user:1}limit/"), "{key}");
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(&key)
+            .query_async(&mut connection)
+            .await
+            .expect("PTTL");
+        assert!(ttl > 0 && ttl <= 3_600_000, "{key} expires in {ttl} ms");
+    }
+}
+
+/// Records (API keys, overrides) are shared through Redis: written, listed in id order,
+/// deleted.
+#[tokio::test]
+async fn records_live_in_redis() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    store
+        .put_record(RecordTable::Keys, b"b", Some(b"2"))
+        .await
+        .expect("stored");
+    store
+        .put_record(RecordTable::Keys, b"a", Some(b"1"))
+        .await
+        .expect("stored");
+    store
+        .put_record(RecordTable::Overrides, b"a", Some(b"other table"))
+        .await
+        .expect("stored");
+    let other = connect(&redis.url()).await;
+    assert_eq!(
+        other.records(RecordTable::Keys).await.expect("listed"),
+        vec![
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec())
+        ]
+    );
+    store
+        .put_record(RecordTable::Keys, b"a", None)
+        .await
+        .expect("deleted");
+    assert_eq!(
+        other.records(RecordTable::Keys).await.expect("listed"),
+        vec![(b"b".to_vec(), b"2".to_vec())]
+    );
+    assert_eq!(
+        other
+            .records(RecordTable::Overrides)
+            .await
+            .expect("listed")
+            .len(),
+        1
+    );
+}
+
+/// No server at the address: connecting fails with a clear error, not a hang.
+#[tokio::test]
+async fn connecting_to_nothing_fails_clearly() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let target = RedisTarget::parse(&url).expect("a Redis URL");
+    match RedisStore::connect(&target, &RedisStoreConfig::default()).await {
+        Err(StoreError::Unavailable(message)) => assert!(!message.is_empty()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
