@@ -122,11 +122,22 @@ async fn the_server_clock_decides_and_every_key_expires() {
 }
 
 /// Records (API keys, overrides) are shared through Redis: written, listed in id order,
-/// deleted.
+/// deleted, each change moving the version other gateways watch.
 #[tokio::test]
 async fn records_live_in_redis() {
     let redis = RedisServer::start();
-    let store = connect(&redis.url()).await;
+    records_are_shared(&redis.url()).await;
+}
+
+#[tokio::test]
+async fn records_live_in_a_cluster() {
+    let redis = RedisCluster::start();
+    records_are_shared(&redis.url()).await;
+}
+
+async fn records_are_shared(url: &str) {
+    let store = connect(url).await;
+    assert_eq!(store.records_version().await.expect("read"), 0);
     store
         .put_record(RecordTable::Keys, b"b", Some(b"2"))
         .await
@@ -139,7 +150,8 @@ async fn records_live_in_redis() {
         .put_record(RecordTable::Overrides, b"a", Some(b"other table"))
         .await
         .expect("stored");
-    let other = connect(&redis.url()).await;
+    assert_eq!(store.records_version().await.expect("read"), 3);
+    let other = connect(url).await;
     assert_eq!(
         other.records(RecordTable::Keys).await.expect("listed"),
         vec![

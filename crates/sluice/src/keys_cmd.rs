@@ -194,8 +194,9 @@ async fn on_store(target: &Target, operation: Operation) -> anyhow::Result<Outco
         bail!("--store memory keeps nothing: name the store directory the server uses");
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let store =
-        serve::open_store(&target.store, Arc::clone(&clock)).map_err(|error| {
+    let store = serve::open_store(&target.store, Arc::clone(&clock))
+        .await
+        .map_err(|error| {
             match error
                 .root_cause()
                 .downcast_ref::<sluice_store::StoreError>()

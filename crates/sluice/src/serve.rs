@@ -6,12 +6,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use sluice_core::{Clock, SystemClock};
 use sluice_gateway::{Admin, Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, Service};
-use sluice_store::{AnyStore, EmbeddedStore, EmbeddedStoreConfig, MemoryStore};
+use sluice_store::{
+    AnyStore, EmbeddedStore, EmbeddedStoreConfig, MemoryStore, RedisStore, RedisStoreConfig,
+    RedisTarget,
+};
 
 /// Flags of `sluice serve`.
 #[derive(Debug, clap::Args)]
@@ -44,12 +47,13 @@ pub(crate) struct ServeArgs {
 pub(crate) struct GatewayOptions {
     /// Where counters, API keys and overrides live: a directory (the embedded store: counters in
     /// memory, quota counts, keys and overrides durable in DIR/sluice.redb; created if missing),
-    /// or `memory` (nothing survives a restart).
+    /// `memory` (nothing survives a restart), `redis://HOST:PORT[/DB]` (one Redis server shared
+    /// by every gateway), or `redis+cluster://HOST:PORT,HOST:PORT,…` (a Redis Cluster).
     #[arg(
         long,
         env = "SLUICE_STORE",
         default_value = "sluice-data",
-        value_name = "DIR|memory"
+        value_name = "DIR|memory|redis://…|redis+cluster://…"
     )]
     pub(crate) store: String,
     /// Also serve the decision API (POST /v1/check) on the proxy's listener.
@@ -146,7 +150,7 @@ impl GatewayOptions {
         deployment: Deployment,
         clock: &Arc<dyn Clock>,
     ) -> anyhow::Result<Arc<Service<Arc<AnyStore>>>> {
-        let store = self.store(Arc::clone(clock))?;
+        let store = self.store(Arc::clone(clock)).await?;
         let service = Service::new(deployment.policy, store, deployment.keys)
             .with_probe(Arc::new(HttpProbe::new(self.probe_timeout)?))
             .with_clock(Arc::clone(clock));
@@ -154,7 +158,11 @@ impl GatewayOptions {
             .reload()
             .await
             .context("cannot read the stored API keys and overrides")?;
-        Ok(Arc::new(service))
+        let service = Arc::new(service);
+        if matches!(**service.store(), AnyStore::Redis(_)) {
+            watch_records(Arc::downgrade(&service));
+        }
+        Ok(service)
     }
 
     /// Listeners on `address`, one per serving thread.
@@ -170,8 +178,8 @@ impl GatewayOptions {
     }
 
     /// The store the flags name, with a task that reclaims expired counters.
-    pub(crate) fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AnyStore>> {
-        let store = Arc::new(open_store(&self.store, clock)?);
+    pub(crate) async fn store(&self, clock: Arc<dyn Clock>) -> anyhow::Result<Arc<AnyStore>> {
+        let store = Arc::new(open_store(&self.store, clock).await?);
         let sweeper = Arc::downgrade(&store);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -187,15 +195,54 @@ impl GatewayOptions {
     }
 }
 
+/// How often a gateway on Redis looks whether another changed the shared keys or overrides.
+const RECORDS_POLL: Duration = Duration::from_secs(1);
+
+/// Reloads keys and overrides whenever any gateway sharing the Redis store changes them.
+fn watch_records(service: std::sync::Weak<Service<Arc<AnyStore>>>) {
+    tokio::spawn(async move {
+        let mut seen = None;
+        let mut tick = tokio::time::interval(RECORDS_POLL);
+        loop {
+            tick.tick().await;
+            let Some(service) = service.upgrade() else {
+                break;
+            };
+            let AnyStore::Redis(redis) = &**service.store() else {
+                break;
+            };
+            match redis.records_version().await {
+                Ok(version) if seen != Some(version) => {
+                    if seen.is_some()
+                        && let Err(error) = service.reload().await
+                    {
+                        tracing::warn!(%error, "cannot reload the shared keys and overrides");
+                        continue;
+                    }
+                    seen = Some(version);
+                }
+                Ok(_) => {}
+                Err(error) => tracing::debug!(%error, "cannot read the records' version"),
+            }
+        }
+    });
+}
+
+/// Whether `spec` names a data directory (the embedded store), rather than memory or Redis.
+pub(crate) fn is_directory(spec: &str) -> bool {
+    spec != "memory" && RedisTarget::parse(spec).is_none()
+}
+
 /// Opens the store `spec` names (see `--store`).
-pub(crate) fn open_store(spec: &str, clock: Arc<dyn Clock>) -> anyhow::Result<AnyStore> {
+pub(crate) async fn open_store(spec: &str, clock: Arc<dyn Clock>) -> anyhow::Result<AnyStore> {
     if spec == "memory" {
         return Ok(AnyStore::Memory(MemoryStore::new(clock)));
     }
-    if spec.starts_with("redis://") || spec.starts_with("redis+cluster://") {
-        bail!(
-            "--store {spec}: Redis is not available in this build yet; use a directory or `memory`"
-        );
+    if let Some(target) = RedisTarget::parse(spec) {
+        let store = RedisStore::connect(&target, &RedisStoreConfig::default())
+            .await
+            .with_context(|| format!("cannot connect to the Redis store at {spec}"))?;
+        return Ok(AnyStore::Redis(store));
     }
     let store = EmbeddedStore::open(Path::new(spec), clock, EmbeddedStoreConfig::default())
         .with_context(|| format!("cannot open the store in {spec}"))?;
@@ -261,12 +308,14 @@ async fn start_admin(
     args: &ServeArgs,
     service: &Arc<Service<Arc<AnyStore>>>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
-    let data_dir = (args.options.store != "memory").then(|| PathBuf::from(&args.options.store));
+    let data_dir = is_directory(&args.options.store).then(|| PathBuf::from(&args.options.store));
     let token = match (&args.admin_token, &data_dir) {
         (Some(token), _) => token.clone(),
         (None, Some(_)) => generate_token()?,
         (None, None) => {
-            tracing::info!("admin API off: --store memory and no --admin-token");
+            tracing::info!(
+                "admin API off: no data directory to write a token to, and no --admin-token"
+            );
             return Ok(None);
         }
     };

@@ -159,6 +159,15 @@ impl RedisStore {
         self
     }
 
+    /// A number that changes whenever any gateway changes a record: a gateway polls it and
+    /// reloads keys and overrides when it moves.
+    pub async fn records_version(&self) -> Result<u64, StoreError> {
+        let mut command = redis::cmd("GET");
+        command.arg(RECORDS_VERSION);
+        let version: Option<u64> = self.query(&command).await?;
+        Ok(version.unwrap_or(0))
+    }
+
     /// Whether the counters are in a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
         matches!(self.connection, Connection::Cluster(_))
@@ -448,13 +457,16 @@ fn counter_key(transition: &Transition<'_>) -> Vec<u8> {
     key
 }
 
-/// Record tables live in one hash each.
+/// Record tables live in one hash each, beside a version that every change increments; one
+/// hash tag keeps them in one slot, so a change and its version move together.
 fn record_key(table: RecordTable) -> &'static str {
     match table {
-        RecordTable::Keys => "sluice:v1:r:keys",
-        RecordTable::Overrides => "sluice:v1:r:overrides",
+        RecordTable::Keys => "sluice:v1:r:{records}:keys",
+        RecordTable::Overrides => "sluice:v1:r:{records}:overrides",
     }
 }
+
+const RECORDS_VERSION: &str = "sluice:v1:r:{records}:version";
 
 /// Costs above the largest capacity are all denied alike; clamping keeps them below 2^53 in the
 /// script as the engine keeps them inside its products.
@@ -553,15 +565,18 @@ impl RecordStore for RedisStore {
         id: &[u8],
         value: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        let mut command = match value {
-            Some(_) => redis::cmd("HSET"),
-            None => redis::cmd("HDEL"),
+        let mut pipeline = redis::pipe();
+        pipeline.atomic();
+        match value {
+            Some(value) => pipeline.hset(record_key(table), id, value),
+            None => pipeline.hdel(record_key(table), id),
         };
-        command.arg(record_key(table)).arg(id);
-        if let Some(value) = value {
-            command.arg(value);
-        }
-        self.query::<Value>(&command).await.map(drop)
+        pipeline.incr(RECORDS_VERSION, 1);
+        let result: Result<Value, RedisError> = match self.connection.clone() {
+            Connection::Single(mut connection) => pipeline.query_async(&mut connection).await,
+            Connection::Cluster(mut connection) => pipeline.query_async(&mut connection).await,
+        };
+        result.map(drop).map_err(unavailable)
     }
 
     async fn records(&self, table: RecordTable) -> Result<Vec<Record>, StoreError> {
