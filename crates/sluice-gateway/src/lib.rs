@@ -204,6 +204,13 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let path = uri.path();
         let mut response = match (&method, path) {
             (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
+            // Degraded stays 200: every gateway shares the store, so taking them all out of
+            // rotation would stop the routes that fail open too.
+            (_, "/readyz") if self.service.is_degraded() => plain(
+                StatusCode::OK,
+                "degraded: the counter store is not answering; routes fail open or closed as \
+                 their policy says\n",
+            ),
             (_, "/readyz") => plain(StatusCode::OK, "ready\n"),
             (&Method::POST, "/v1/check" | "/v1/check/batch")
                 if self.config.decision_api || self.config.upstream.is_none() =>

@@ -13,7 +13,7 @@ use crate::error::{PolicyError, PolicyErrors};
 use crate::route::RoutePattern;
 use crate::syntax::{
     AlgorithmName, Authentication, IdentitySource, LimitSpec, PolicyFile, QuotaCounts, QuotaPeriod,
-    QuotaSpec, RequestRules, Service,
+    QuotaSpec, RequestRules, Service, StoreFailure,
 };
 use crate::text::Rate;
 
@@ -127,6 +127,8 @@ pub struct Route {
     pub request: RequestRules,
     /// Whether an API key is needed.
     pub authenticate: bool,
+    /// What the route does while the counter store cannot answer.
+    pub on_store_failure: StoreFailure,
     /// What it does.
     pub description: Option<String>,
 }
@@ -554,6 +556,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
             quotas: spec.quotas.iter().map(|q| q.value.clone()).collect(),
             request: spec.request.clone(),
             authenticate: spec.authenticate,
+            on_store_failure: spec.on_store_failure,
             description: spec.description.clone(),
         });
     }

@@ -23,7 +23,7 @@ pub use route::RoutePattern;
 pub use syntax::{
     AlgorithmName, Authentication, ClientIp, FieldRule, FieldType, IdentitySource, InactiveBlocks,
     KeyAttribute, KeySource, Ordered, QuotaCounts, QuotaPeriod, RequestRules, Service, SizeText,
-    UrlRule,
+    StoreFailure, UrlRule,
 };
 pub use text::{Rate, parse_duration, parse_rate, parse_size};
 

@@ -529,8 +529,22 @@ pub(crate) struct RouteSpec {
     /// Whether the route needs an API key (when the policy authenticates).
     #[serde(default = "yes")]
     pub authenticate: bool,
+    /// What the route does while the counter store cannot answer.
+    #[serde(default)]
+    pub on_store_failure: StoreFailure,
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// What a route does while the counter store (Redis) cannot answer.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreFailure {
+    /// Refuse with 503 `store_unavailable`: nothing passes uncounted.
+    #[default]
+    Closed,
+    /// Admit without counting: availability over the limits.
+    Open,
 }
 
 fn yes() -> bool {

@@ -72,7 +72,7 @@ const HEAD: &str = "service:\n  name: Test\nidentities:\n  user: { from: body, f
 #[test]
 fn an_unknown_key_is_named_with_its_location() {
     let text = format!("{HEAD}routes:\n  - match: GET /a\n    limitz: []\n");
-    expect![[r#"policy.yaml:7:5: unknown field `limitz`, expected one of match, unlimited, limits, quotas, request, authenticate, description"#]]
+    expect!["policy.yaml:7:5: unknown field `limitz`, expected one of match, unlimited, limits, quotas, request, authenticate, on_store_failure, description"]
         .assert_eq(&errors_of(&text));
 }
 

@@ -26,7 +26,7 @@ use sluice_core::{
 };
 use sluice_policy::{
     IdentitySource, InactiveBlocks, KeyAttribute, KeyRecord, KeySource, KeyStatus, LimitRule,
-    OverrideRule, Policy, QuotaCounts, QuotaRule, Route, Scope,
+    OverrideRule, Policy, QuotaCounts, QuotaRule, Route, Scope, StoreFailure,
 };
 use sluice_store::{CounterStore, RecordStore, StoreError};
 use smallvec::SmallVec;
@@ -204,6 +204,12 @@ impl<S: CounterStore> Service<S> {
     /// The counter store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// Whether the counter store is failing to answer (a Redis that is down): routes then do
+    /// what their `on_store_failure` says, and readiness reports it.
+    pub fn is_degraded(&self) -> bool {
+        self.store.is_degraded()
     }
 
     /// The route of `method path`, and whether its body must be read first.
@@ -525,7 +531,17 @@ impl<S: CounterStore> Service<S> {
             return Ok(Admission::default());
         }
 
-        let decision = self.apply(&transitions).await?;
+        let decision = match self.apply(&transitions).await {
+            Ok(decision) => decision,
+            Err(refused) => {
+                self.meters.store_failed(route.on_store_failure);
+                if route.on_store_failure == StoreFailure::Open {
+                    // Availability over the limits, as the route asks: admitted uncounted.
+                    return Ok(Admission::default());
+                }
+                return Err(refused);
+            }
+        };
         let headers = self.headers(&counted, &decision, None);
 
         // A blocked identity is refused whatever its limits said; what it just took is given

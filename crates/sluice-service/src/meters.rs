@@ -5,7 +5,7 @@
 
 use metrics::{Counter, Histogram};
 use sluice_contract::ErrorCode;
-use sluice_policy::Policy;
+use sluice_policy::{Policy, StoreFailure};
 
 /// Handles registered once, so the admitted path records without building labels.
 pub(crate) struct Meters {
@@ -31,6 +31,16 @@ impl Meters {
                 .collect(),
             store_seconds: metrics::histogram!("sluice_store_apply_seconds"),
         }
+    }
+
+    /// Counts a request the store could not decide, by what its route did about it
+    /// (`sluice_store_failures_total{mode="open"|"closed"}`).
+    pub(crate) fn store_failed(&self, mode: StoreFailure) {
+        let mode = match mode {
+            StoreFailure::Open => "open",
+            StoreFailure::Closed => "closed",
+        };
+        metrics::counter!("sluice_store_failures_total", "mode" => mode).increment(1);
     }
 
     /// Counts one decision on `route` (the index of the policy's route, if it matched one).

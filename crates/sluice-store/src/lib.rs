@@ -31,6 +31,12 @@ pub trait CounterStore: Send + Sync {
         &self,
         transitions: &[Transition<'_>],
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send;
+
+    /// Whether the store is failing to answer right now (a remote store that is down or slow):
+    /// what readiness and metrics report. Local stores never are.
+    fn is_degraded(&self) -> bool {
+        false
+    }
 }
 
 impl<S: CounterStore + ?Sized> CounterStore for std::sync::Arc<S> {
@@ -39,6 +45,10 @@ impl<S: CounterStore + ?Sized> CounterStore for std::sync::Arc<S> {
         transitions: &[Transition<'_>],
     ) -> impl Future<Output = Result<Decision, StoreError>> + Send {
         (**self).apply(transitions)
+    }
+
+    fn is_degraded(&self) -> bool {
+        (**self).is_degraded()
     }
 }
 
@@ -120,6 +130,13 @@ impl CounterStore for AnyStore {
             AnyStore::Memory(store) => store.apply_now(transitions),
             AnyStore::Embedded(store) => store.apply(transitions).await,
             AnyStore::Redis(store) => store.apply(transitions).await,
+        }
+    }
+
+    fn is_degraded(&self) -> bool {
+        match self {
+            AnyStore::Memory(_) | AnyStore::Embedded(_) => false,
+            AnyStore::Redis(store) => store.is_degraded(),
         }
     }
 }

@@ -336,6 +336,14 @@ async fn start_admin(
     if let Some(metrics) = crate::metrics::handle() {
         let store = Arc::clone(service.store());
         admin = admin.with_metrics(move || {
+            // 1 while the counter store (Redis) is not answering.
+            metrics::gauge!("sluice_store_degraded").set(
+                if sluice_store::CounterStore::is_degraded(&*store) {
+                    1.0
+                } else {
+                    0.0
+                },
+            );
             if let AnyStore::Embedded(embedded) = &*store {
                 // The group commit at work: writes carried per fsync'd commit.
                 let stats = embedded.commit_stats();

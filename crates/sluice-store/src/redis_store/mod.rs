@@ -14,7 +14,7 @@
 //! [`RedisStore::apply`]).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -69,9 +69,49 @@ pub struct RedisStoreConfig {
 impl Default for RedisStoreConfig {
     fn default() -> RedisStoreConfig {
         RedisStoreConfig {
-            response_timeout: Duration::from_millis(500),
-            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_millis(250),
+            connection_timeout: Duration::from_secs(1),
         }
+    }
+}
+
+/// A circuit breaker: after `TRIP_AFTER` failures in a row, calls fail at once for
+/// `COOL_DOWN`, so a Redis that is down or slow costs requests nothing while it recovers; the
+/// first calls after the cool-down try Redis again, and one success closes the breaker.
+#[derive(Debug, Default)]
+struct Breaker {
+    failures: AtomicU32,
+    /// Local ns until which calls fail at once.
+    open_until: AtomicU64,
+}
+
+const TRIP_AFTER: u32 = 3;
+const COOL_DOWN: Duration = Duration::from_millis(500);
+
+impl Breaker {
+    fn admits(&self, now: Timestamp) -> bool {
+        now.as_nanos() >= self.open_until.load(Ordering::Relaxed)
+    }
+
+    fn succeeded(&self) {
+        if self.failures.load(Ordering::Relaxed) != 0 {
+            self.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn failed(&self, now: Timestamp) {
+        let failures = self
+            .failures
+            .fetch_add(1, Ordering::Relaxed)
+            .saturating_add(1);
+        if failures >= TRIP_AFTER {
+            let until = now.saturating_add(COOL_DOWN).as_nanos();
+            self.open_until.store(until, Ordering::Relaxed);
+        }
+    }
+
+    fn is_failing(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -85,6 +125,7 @@ pub struct RedisStore {
     local: SystemClock,
     /// The server's clock minus the local one, in ns, as of the last reply.
     offset: AtomicI64,
+    breaker: Breaker,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -144,6 +185,7 @@ impl RedisStore {
             clock: None,
             local: SystemClock::new(),
             offset: AtomicI64::new(0),
+            breaker: Breaker::default(),
         };
         // Loads the script (on every primary of a cluster) and proves the server answers.
         let mut load = redis::cmd("SCRIPT");
@@ -182,11 +224,31 @@ impl RedisStore {
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+        let now = self.local.now();
+        if !self.breaker.admits(now) {
+            return Err(StoreError::Unavailable(
+                "Redis failed repeatedly; waiting before trying again".to_owned(),
+            ));
+        }
         let result = match self.connection.clone() {
             Connection::Single(mut connection) => invocation.invoke_async(&mut connection).await,
             Connection::Cluster(mut connection) => invocation.invoke_async(&mut connection).await,
         };
-        result.map_err(unavailable)
+        match result {
+            Ok(value) => {
+                self.breaker.succeeded();
+                Ok(value)
+            }
+            Err(error) => {
+                self.breaker.failed(self.local.now());
+                Err(unavailable(error))
+            }
+        }
+    }
+
+    /// Whether the last calls to Redis failed (it is down, unreachable or too slow).
+    pub fn is_degraded(&self) -> bool {
+        self.breaker.is_failing()
     }
 
     /// The instant a call will probably be decided at: the test clock's, or the local clock
@@ -555,6 +617,10 @@ fn unavailable(error: RedisError) -> StoreError {
 impl crate::CounterStore for RedisStore {
     async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, StoreError> {
         RedisStore::apply(self, transitions).await
+    }
+
+    fn is_degraded(&self) -> bool {
+        RedisStore::is_degraded(self)
     }
 }
 

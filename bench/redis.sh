@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Decisions per second through Redis, on loopback, in one run: the decision API on the memory
+# store (the ceiling without Redis), the decision API on a real redis-server, and
+# redis-benchmark sending the very script sluice runs per decision (EVALSHA of decide.lua for a
+# token bucket, 10,000 keys) — what Redis itself can do with it. wrk: 2 threads, 64
+# connections, 10,000 users, as in the figures issue 6 quotes for Limitador (14,900/s on Redis).
+#
+#   bash bench/redis.sh                # 3 rounds of 10 s per target
+#   ROUNDS=5 DURATION=20s bash bench/redis.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+BASE_PORT=${BASE_PORT:-19100}
+REDIS_PORT=$BASE_PORT
+MEMORY=127.0.0.1:$((BASE_PORT + 1))
+REDIS=127.0.0.1:$((BASE_PORT + 2))
+
+missing=()
+command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing ${missing[*]}" >&2
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo build --release -q -p sluice
+BIN=target/release/sluice
+WORK=$(mktemp -d)
+pids=()
+cleanup() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --dir "$WORK" --logfile "$WORK/redis.log" & pids+=($!)
+export RUST_LOG=warn
+"$BIN" serve --policy bench/policy.yaml --store memory --listen "$MEMORY" & pids+=($!)
+wait_for() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on $1" >&2
+  exit 1
+}
+wait_for "127.0.0.1:$REDIS_PORT"
+"$BIN" serve --policy bench/policy.yaml --store "redis://127.0.0.1:$REDIS_PORT" --listen "$REDIS" & pids+=($!)
+for address in "$MEMORY" "$REDIS"; do wait_for "$address"; done
+
+SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat crates/sluice-store/src/redis_store/decide.lua)")
+
+declare -A RPS
+run_wrk() {
+  local name=$1 url=$2 out
+  wrk -t2 -c64 -d2s -s bench/check.lua "$url" >/dev/null
+  out=$(wrk -t2 -c64 -d"$DURATION" -s bench/check.lua "$url")
+  if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers" >&2; echo "$out" >&2; fi
+  RPS[$name]+="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') "
+}
+run_redis_benchmark() {
+  # The arguments sluice sends for bench/policy.yaml's per-user token bucket.
+  local out
+  out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -n 400000 -r 10000 -q \
+    EVALSHA "$SHA" 1 "sluice:v1:c:{user=__rand_int__}bench" "" a g a 1 1000000 0 60000 0 60000000000 0 1000000 0)
+  RPS["redis-benchmark EVALSHA"]+="$(echo "$out" | awk -F'[: ]+' '/requests per second/ {for (i = 1; i <= NF; i++) if ($i == "requests") {printf "%.0f", $(i - 1); exit}}') "
+}
+
+median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+for round in $(seq 1 "$ROUNDS"); do
+  echo "round $round of $ROUNDS" >&2
+  run_wrk "decision API, memory" "http://$MEMORY/v1/check"
+  run_wrk "decision API, Redis" "http://$REDIS/v1/check"
+  run_redis_benchmark
+done
+for name in "${!RPS[@]}"; do
+  echo "$name: per round: ${RPS[$name]}" >&2
+  RPS[$name]=$(median "${RPS[$name]}")
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+echo
+echo "median of $ROUNDS rounds, $(nproc) cores shared by load, sluice and Redis"
+for name in "decision API, memory" "decision API, Redis" "redis-benchmark EVALSHA"; do
+  printf '| %-24s | %10s /s |\n' "$name" "${RPS[$name]}"
+done
+echo
+echo "Redis / memory store:             $(ratio "${RPS[decision API, Redis]}" "${RPS[decision API, memory]}")x"
+echo "Redis / redis-benchmark EVALSHA:  $(ratio "${RPS[decision API, Redis]}" "${RPS[redis-benchmark EVALSHA]}")x"
+echo "Redis / Limitador's 14,900/s (quoted in issue 6, same wrk settings): $(ratio "${RPS[decision API, Redis]}" 14900)x"

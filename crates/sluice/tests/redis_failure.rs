@@ -1,0 +1,203 @@
+//! When Redis goes away: the real server on a real `redis-server` that the test stops in the
+//! middle of a load and starts again. A route that fails open admits, one that fails closed
+//! answers 503 in the policy's envelope, no request waits longer than the store's timeout,
+//! readiness says degraded, and everything recovers on its own when Redis is back.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sluice_test_support::RedisServer;
+
+const POLICY: &str = r#"
+service:
+  name: Failure test
+identities:
+  user:
+    from: header
+    name: x-user
+routes:
+  - match: GET /open
+    on_store_failure: open
+    limits:
+      - rate: 1000000 per 1m
+        per: user
+  - match: GET /closed
+    limits:
+      - rate: 1000000 per 1m
+        per: user
+"#;
+
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A request to the gateway fails the test if it takes more than 2 s: a dead Redis must not
+/// pile requests up (the store's timeout is 250 ms, then its breaker answers at once).
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .expect("a client")
+}
+
+async fn start(policy: &Path, store: &str) -> (Server, SocketAddr) {
+    let listen = TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address");
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("serve")
+        .arg("--policy")
+        .arg(policy)
+        .args(["--store", store])
+        .args(["--listen", &listen.to_string()])
+        .args(["--threads", "1"])
+        .args(["--admin-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    let server = Server(child);
+    for _ in 0..500 {
+        if client()
+            .get(format!("http://{listen}/healthz"))
+            .send()
+            .await
+            .is_ok()
+        {
+            return (server, listen);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server did not come up on {listen}");
+}
+
+/// One decision-API check: (allowed, the status the gateway would answer).
+async fn check(client: &reqwest::Client, server: SocketAddr, path: &str) -> (bool, u64, String) {
+    let response = client
+        .post(format!("http://{server}/v1/check"))
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"method": "GET", "path": path, "headers": {"x-user": "u"}})
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("the gateway answers even when Redis does not");
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value =
+        serde_json::from_slice(&response.bytes().await.expect("a body")).expect("JSON");
+    (
+        answer["allowed"] == true,
+        answer["status"].as_u64().unwrap_or_default(),
+        answer["body"].to_string(),
+    )
+}
+
+async fn readiness(server: SocketAddr) -> String {
+    client()
+        .get(format!("http://{server}/readyz"))
+        .send()
+        .await
+        .expect("readiness answers")
+        .text()
+        .await
+        .expect("a body")
+}
+
+/// Polls `condition` every 50 ms, up to 200 times (10 s).
+async fn eventually<F, Fut>(what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{what} did not happen within 10 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("the policy is written");
+    let (_server, address) = start(&policy, &redis.url()).await;
+    let web = client();
+    assert!(check(&web, address, "/open").await.0);
+    assert!(check(&web, address, "/closed").await.0);
+    assert_eq!(readiness(address).await, "ready\n");
+
+    // A load runs throughout: 16 connections alternating between the routes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for connection in 0..16 {
+        let stop = Arc::clone(&stop);
+        load.push(tokio::spawn(async move {
+            let web = client();
+            let path = if connection % 2 == 0 {
+                "/open"
+            } else {
+                "/closed"
+            };
+            let mut answers = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let (allowed, status, _) = check(&web, address, path).await;
+                assert!(
+                    allowed || (path == "/closed" && status == 503),
+                    "{path}: allowed {allowed}, status {status}"
+                );
+                answers += 1;
+            }
+            answers
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    redis.stop();
+    eventually("the closed route answering 503", || async {
+        check(&web, address, "/closed").await.1 == 503
+    })
+    .await;
+    let (allowed, status, body) = check(&web, address, "/closed").await;
+    assert!(!allowed);
+    assert_eq!(status, 503);
+    assert!(body.contains("message"), "the policy's envelope: {body}");
+    assert!(
+        check(&web, address, "/open").await.0,
+        "the open route admits"
+    );
+    assert!(readiness(address).await.starts_with("degraded"));
+
+    redis.restart();
+    eventually("the closed route admitting again", || async {
+        check(&web, address, "/closed").await.0
+    })
+    .await;
+    eventually("readiness back to ready", || async {
+        readiness(address).await == "ready\n"
+    })
+    .await;
+
+    stop.store(true, Ordering::Relaxed);
+    let mut answers = 0;
+    for task in load {
+        answers += task.await.expect("the load's task finished");
+    }
+    assert!(answers > 100, "the load kept being answered: {answers}");
+}
