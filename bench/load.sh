@@ -21,25 +21,9 @@ DECISION=127.0.0.1:$((BASE_PORT + 1))
 PROXY=127.0.0.1:$((BASE_PORT + 2))
 NGINX=127.0.0.1:$((BASE_PORT + 3))
 
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing+=(nginx-light)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+source bench/common.sh
+need wrk:wrk nginx:nginx-light
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
-
-cargo build --release -q -p sluice
-BIN=target/release/sluice
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 export RUST_LOG=warn  # no access log, as nginx below (access_log off)
 "$BIN" echo --listen "$ECHO" & pids+=($!)
@@ -71,14 +55,6 @@ http {
 CONF
 "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!)
 
-wait_for() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  exit 1
-}
 for address in "$ECHO" "$DECISION" "$PROXY" "$NGINX"; do wait_for "$address"; done
 
 # Converts wrk's latency (e.g. 812.00us, 1.20ms, 1.01s) to milliseconds.
@@ -105,7 +81,6 @@ run() {
   P99[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
 }
 
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
@@ -121,7 +96,6 @@ for name in "${!RPS[@]}"; do
   P99[$name]=$(median "${P99[$name]}")
 done
 
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers, median of $ROUNDS rounds"
 printf '| %-16s | %10s | %8s | %8s |\n' target "requests/s" "p50 ms" "p99 ms"

@@ -18,19 +18,8 @@ MEMORY=127.0.0.1:$((BASE_PORT + 1))
 EMBEDDED=127.0.0.1:$((BASE_PORT + 2))
 ADMIN=127.0.0.1:$((BASE_PORT + 3))
 
-command -v wrk >/dev/null 2>&1 || {
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
-}
-cargo build --release -q -p sluice
-BIN=target/release/sluice
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/common.sh
+need wrk:wrk
 
 export RUST_LOG=warn
 "$BIN" echo --listen "$ECHO" & pids+=($!)
@@ -39,14 +28,6 @@ export RUST_LOG=warn
 "$BIN" serve --policy bench/quota-policy.yaml --store "$WORK/data" --listen "$EMBEDDED" \
   --admin-listen "$ADMIN" --admin-token bench --upstream "http://$ECHO" & pids+=($!)
 
-wait_for() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  exit 1
-}
 for address in "$ECHO" "$MEMORY" "$EMBEDDED"; do wait_for "$address"; done
 
 declare -A RPS
@@ -57,7 +38,6 @@ run() {
   if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers:" >&2; echo "$out" >&2; fi
   RPS[$name]+="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') "
 }
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2

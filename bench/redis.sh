@@ -17,36 +17,12 @@ REDIS_PORT=$BASE_PORT
 MEMORY=127.0.0.1:$((BASE_PORT + 1))
 REDIS=127.0.0.1:$((BASE_PORT + 2))
 
-missing=()
-command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "installing ${missing[*]}" >&2
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
-
-cargo build --release -q -p sluice
-BIN=target/release/sluice
-WORK=$(mktemp -d)
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source bench/common.sh
+need wrk:wrk redis-server:redis-server redis-benchmark:redis-tools
 
 redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --dir "$WORK" --logfile "$WORK/redis.log" & pids+=($!)
 export RUST_LOG=warn
 "$BIN" serve --policy bench/policy.yaml --store memory --listen "$MEMORY" & pids+=($!)
-wait_for() {
-  for _ in $(seq 1 100); do
-    (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "nothing listens on $1" >&2
-  exit 1
-}
 wait_for "127.0.0.1:$REDIS_PORT"
 "$BIN" serve --policy bench/policy.yaml --store "redis://127.0.0.1:$REDIS_PORT" --listen "$REDIS" & pids+=($!)
 for address in "$MEMORY" "$REDIS"; do wait_for "$address"; done
@@ -69,7 +45,6 @@ run_redis_benchmark() {
   RPS["redis-benchmark EVALSHA"]+="$(echo "$out" | awk -F'[: ]+' '/requests per second/ {for (i = 1; i <= NF; i++) if ($i == "requests") {printf "%.0f", $(i - 1); exit}}') "
 }
 
-median() { tr ' ' '\n' <<<"$1" | grep -v '^$' | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   run_wrk "decision API, memory" "http://$MEMORY/v1/check"
@@ -80,7 +55,6 @@ for name in "${!RPS[@]}"; do
   echo "$name: per round: ${RPS[$name]}" >&2
   RPS[$name]=$(median "${RPS[$name]}")
 done
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 echo
 echo "median of $ROUNDS rounds, $(nproc) cores shared by load, sluice and Redis"
 for name in "decision API, memory" "decision API, Redis" "redis-benchmark EVALSHA"; do

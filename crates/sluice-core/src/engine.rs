@@ -168,8 +168,9 @@ fn live(state: CounterState, now: Timestamp) -> CounterState {
 }
 
 /// Clamps a cost so that products with spans stay inside `u128`; anything above the maximum
-/// capacity is denied the same way whatever its size.
-fn clamp_cost(cost: u64) -> u64 {
+/// capacity is denied the same way whatever its size. A backend that runs the algorithms
+/// elsewhere (the Redis script) clamps costs alike.
+pub fn clamp_cost(cost: u64) -> u64 {
     cost.min(MAX_CAPACITY.saturating_add(1))
 }
 

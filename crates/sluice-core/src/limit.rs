@@ -176,7 +176,7 @@ impl Limit {
     /// Redis script): how far `cost` units move the bucket, and how far ahead of now it may run.
     pub fn bucket_terms(&self, cost: u64) -> BucketTerms {
         let cells = &self.cells;
-        let weight = cells.weight(cost.min(MAX_CAPACITY.saturating_add(1)));
+        let weight = cells.weight(crate::engine::clamp_cost(cost));
         BucketTerms {
             weight: (weight.whole, weight.part),
             tolerance: (cells.tolerance.whole, cells.tolerance.part),

@@ -2,81 +2,36 @@
 //! rotated and revoked from the command line while the server holds the store; usage, overrides
 //! and metrics over HTTP behind the admin token; and no key secret in the server's logs.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-
-struct Server {
-    child: Child,
-    listen: SocketAddr,
-    admin: SocketAddr,
-    log: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address")
-}
+use support::Server;
 
 fn policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pixelpatrol/policy.yaml")
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("a client")
+    support::client(Duration::from_secs(10))
 }
 
-async fn start(data: &Path, upstream: SocketAddr) -> Server {
-    let (listen, admin) = (free_port(), free_port());
-    let log = data.with_extension("log");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .arg("--policy")
-        .arg(policy())
-        .arg("--store")
-        .arg(data)
-        .args(["--listen", &listen.to_string()])
-        .args(["--admin-listen", &admin.to_string()])
-        .args(["--upstream", &format!("http://{upstream}")])
-        .args(["--threads", "1"])
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("a log file"))
-        .spawn()
-        .expect("the binary runs");
-    let server = Server {
-        child,
-        listen,
-        admin,
-        log,
-    };
-    for _ in 0..500 {
-        if client()
-            .get(format!("http://{admin}/openapi.json"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return server;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server did not come up");
+async fn start(data: &Path, log: &Path, upstream: SocketAddr) -> Server {
+    let (policy, upstream) = (policy(), format!("http://{upstream}"));
+    let args = [
+        OsStr::new("--policy"),
+        policy.as_os_str(),
+        OsStr::new("--store"),
+        data.as_os_str(),
+        OsStr::new("--upstream"),
+        OsStr::new(&upstream),
+    ];
+    Server::start(args, Some(log)).await
 }
 
 /// `sluice keys ARGS…` against the store `data`; its standard output.
@@ -145,7 +100,8 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
         .expect("a port");
     let upstream = echo.local_addr().expect("an address");
     tokio::spawn(sluice_gateway::serve_echo(echo, std::future::pending()));
-    let server = start(&data, upstream).await;
+    let log = data.with_extension("log");
+    let server = start(&data, &log, upstream).await;
     let token = serde_json::from_slice::<Value>(
         &std::fs::read(data.join("admin.json")).expect("the admin file"),
     )
@@ -276,7 +232,6 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     assert_eq!(status, 200);
     assert_eq!(openapi["openapi"], "3.1.0");
 
-    let log = server.log.clone();
     drop(server);
     let log = std::fs::read_to_string(log).expect("the log");
     assert!(log.contains("POST"), "the log has request lines:\n{log}");

@@ -6,15 +6,18 @@
 //! reads the quota back: it must be at least the 2xx the clients received and at most the
 //! requests they sent. Then the restarted server counts on from there.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_core::{Clock, CounterKey, Op, SystemClock, Transition};
 use sluice_store::{CounterStore, EmbeddedStore, EmbeddedStoreConfig};
+use support::Server;
 
 const POLICY: &str = r#"
 service:
@@ -37,59 +40,23 @@ routes:
 
 const CLIENTS: usize = 32;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("a free port");
-    listener.local_addr().expect("an address")
+fn client() -> reqwest::Client {
+    support::client(Duration::from_secs(10))
 }
 
 async fn start(policy: &Path, store: &Path, upstream: SocketAddr) -> (Server, SocketAddr) {
-    let listen = free_port();
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .arg("--policy")
-        .arg(policy)
-        .arg("--store")
-        .arg(store)
-        .args(["--listen", &listen.to_string()])
-        .args(["--upstream", &format!("http://{upstream}")])
-        .args(["--threads", "2"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary runs");
-    let server = Server(child);
-    let client = client();
-    for _ in 0..500 {
-        if client
-            .get(format!("http://{listen}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return (server, listen);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server did not come up on {listen}");
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("a client")
+    let upstream = format!("http://{upstream}");
+    let args = [
+        OsStr::new("--policy"),
+        policy.as_os_str(),
+        OsStr::new("--store"),
+        store.as_os_str(),
+        OsStr::new("--upstream"),
+        OsStr::new(&upstream),
+    ];
+    let server = Server::start(args, None).await;
+    let listen = server.listen;
+    (server, listen)
 }
 
 /// What the store holds for the crash team's quota, read with the server stopped.
@@ -121,7 +88,7 @@ async fn counted_requests_survive_kill_9() {
     let upstream = echo.local_addr().expect("an address");
     tokio::spawn(sluice_gateway::serve_echo(echo, std::future::pending()));
 
-    let (mut server, listen) = start(&policy_path, &data, upstream).await;
+    let (server, listen) = start(&policy_path, &data, upstream).await;
     let sent = Arc::new(AtomicU64::new(0));
     let succeeded = Arc::new(AtomicU64::new(0));
     let clients: Vec<_> = (0..CLIENTS)
@@ -154,8 +121,7 @@ async fn counted_requests_survive_kill_9() {
     while succeeded.load(Ordering::SeqCst) < 2_000 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    server.0.kill().expect("SIGKILL is delivered");
-    server.0.wait().expect("the server is reaped");
+    drop(server); // SIGKILL, and reaped
     for client in clients {
         client.await.expect("a client task ends");
     }
@@ -176,7 +142,7 @@ async fn counted_requests_survive_kill_9() {
     );
 
     // The restarted server counts on from what was stored.
-    let (mut server, listen) = start(&policy_path, &data, upstream).await;
+    let (server, listen) = start(&policy_path, &data, upstream).await;
     let response = client()
         .post(format!("http://{listen}/count"))
         .header("x-team", "crash")
@@ -185,7 +151,6 @@ async fn counted_requests_survive_kill_9() {
         .await
         .expect("the restarted server answers");
     assert!(response.status().is_success());
-    server.0.kill().expect("SIGKILL is delivered");
-    server.0.wait().expect("the server is reaped");
+    drop(server);
     assert_eq!(stored_usage(&policy, &data).await, stored + 1);
 }

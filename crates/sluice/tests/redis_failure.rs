@@ -3,14 +3,16 @@
 //! answers 503 in the policy's envelope, no request waits longer than the store's timeout,
 //! readiness says degraded, and everything recovers on its own when Redis is back.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::ffi::OsStr;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use sluice_test_support::RedisServer;
+use support::Server;
 
 const POLICY: &str = r#"
 service:
@@ -31,56 +33,10 @@ routes:
         per: user
 "#;
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A request to the gateway fails the test if it takes more than 2 s: a dead Redis must not
 /// pile requests up (the store's timeout is 250 ms, then its breaker answers at once).
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(2))
-        .build()
-        .expect("a client")
-}
-
-async fn start(policy: &Path, store: &str) -> (Server, SocketAddr) {
-    let listen = TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("an address");
-    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("serve")
-        .arg("--policy")
-        .arg(policy)
-        .args(["--store", store])
-        .args(["--listen", &listen.to_string()])
-        .args(["--threads", "1"])
-        .args(["--admin-listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("the binary runs");
-    let server = Server(child);
-    for _ in 0..500 {
-        if client()
-            .get(format!("http://{listen}/healthz"))
-            .send()
-            .await
-            .is_ok()
-        {
-            return (server, listen);
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    panic!("the server did not come up on {listen}");
+    support::client(Duration::from_secs(2))
 }
 
 /// One decision-API check: (allowed, the status the gateway would answer).
@@ -137,7 +93,15 @@ async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("the policy is written");
-    let (_server, address) = start(&policy, &redis.url()).await;
+    let url = redis.url();
+    let args = [
+        OsStr::new("--policy"),
+        policy.as_os_str(),
+        OsStr::new("--store"),
+        OsStr::new(&url),
+    ];
+    let server = Server::start(args, None).await;
+    let address = server.listen;
     let web = client();
     assert!(check(&web, address, "/open").await.0);
     assert!(check(&web, address, "/closed").await.0);
@@ -145,9 +109,10 @@ async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
 
     // A load runs throughout: 16 connections alternating between the routes.
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicU64::new(0));
     let mut load = Vec::new();
     for connection in 0..16 {
-        let stop = Arc::clone(&stop);
+        let (stop, answered) = (Arc::clone(&stop), Arc::clone(&answered));
         load.push(tokio::spawn(async move {
             let web = client();
             let path = if connection % 2 == 0 {
@@ -163,11 +128,15 @@ async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
                     "{path}: allowed {allowed}, status {status}"
                 );
                 answers += 1;
+                answered.fetch_add(1, Ordering::Relaxed);
             }
             answers
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the load running", || async {
+        answered.load(Ordering::Relaxed) >= 100
+    })
+    .await;
 
     redis.stop();
     eventually("the closed route answering 503", || async {

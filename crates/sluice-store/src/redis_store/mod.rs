@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, Script, ScriptInvocation, Value};
+use redis::{RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use sluice_core::{
-    Algorithm, Clock, CounterState, Decision, MAX_CAPACITY, Op, Period, SystemClock, Timestamp,
-    Transition, decide,
+    Algorithm, Clock, CounterState, Decision, Op, Period, SystemClock, Timestamp, Transition,
+    clamp_cost, decide,
 };
 use smallvec::SmallVec;
 
@@ -145,6 +145,39 @@ enum Connection {
     Cluster(ClusterConnection),
 }
 
+/// Either connection, so that commands, scripts and pipelines are written once.
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Single(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Single(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+            Connection::Cluster(connection) => {
+                connection.req_packed_commands(pipeline, offset, count)
+            }
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Single(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
 /// How often a call is sent again when the server's instant fell outside the windows sent.
 const STALE_RETRIES: usize = 3;
 const SCRIPT: &str = include_str!("decide.lua");
@@ -216,11 +249,10 @@ impl RedisStore {
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
-        let result = match self.connection.clone() {
-            Connection::Single(mut connection) => command.query_async(&mut connection).await,
-            Connection::Cluster(mut connection) => command.query_async(&mut connection).await,
-        };
-        result.map_err(unavailable)
+        command
+            .query_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)
     }
 
     async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
@@ -230,11 +262,7 @@ impl RedisStore {
                 "Redis failed repeatedly; waiting before trying again".to_owned(),
             ));
         }
-        let result = match self.connection.clone() {
-            Connection::Single(mut connection) => invocation.invoke_async(&mut connection).await,
-            Connection::Cluster(mut connection) => invocation.invoke_async(&mut connection).await,
-        };
-        match result {
+        match invocation.invoke_async(&mut self.connection.clone()).await {
             Ok(value) => {
                 self.breaker.succeeded();
                 Ok(value)
@@ -281,33 +309,14 @@ impl RedisStore {
                 return Err(StoreError::DuplicateKey(transition.key.clone()));
             }
         }
-        let groups = self.groups(transitions);
-        let mut states = vec![CounterState::EMPTY; transitions.len()];
-        let mut now = self.clock.as_ref().map(|clock| clock.now());
-        let mut allowed = true;
-        let mut taken: Vec<usize> = Vec::new();
-        for group in &groups {
-            let part: SmallVec<[Transition<'_>; 4]> = group
-                .iter()
-                .filter_map(|&index| transitions.get(index).cloned())
-                .collect();
-            let reply = self.call(&part, now, allowed).await?;
-            now = Some(reply.now);
-            for (&index, state) in group.iter().zip(reply.states) {
-                if let Some(slot) = states.get_mut(index) {
-                    *slot = state;
-                }
+        let now = self.clock.as_ref().map(|clock| clock.now());
+        let (now, mut states, allowed) = match self.steps(transitions) {
+            None => {
+                let reply = self.call(transitions, now, true).await?;
+                (reply.now, reply.states, reply.admitted)
             }
-            if allowed && !reply.admitted {
-                allowed = false;
-            } else if allowed {
-                taken.extend(group.iter().copied());
-            }
-        }
-        let now = now.unwrap_or_else(|| self.estimate());
-        if !allowed && !taken.is_empty() {
-            self.give_back(transitions, &taken, now).await?;
-        }
+            Some(steps) => self.apply_in_steps(transitions, &steps, now).await?,
+        };
         let decision = decide(now, transitions, &mut states);
         if decision.allowed() != allowed {
             tracing::error!(
@@ -322,41 +331,66 @@ impl RedisStore {
         Ok(decision)
     }
 
-    /// The transitions' indices, grouped so that each group is one atomic script call: all of
-    /// them on one server, one group per scope on a cluster.
-    fn groups(&self, transitions: &[Transition<'_>]) -> Vec<SmallVec<[usize; 4]>> {
-        let all = || (0..transitions.len()).collect::<SmallVec<[usize; 4]>>();
+    /// The transitions' indices grouped by scope, when one script call cannot take them all:
+    /// `None` on one server, or on a cluster when they share a scope (and so a slot).
+    fn steps(&self, transitions: &[Transition<'_>]) -> Option<Vec<SmallVec<[usize; 4]>>> {
         if !self.is_cluster() {
-            return vec![all()];
+            return None;
         }
-        let mut groups: Vec<SmallVec<[usize; 4]>> = Vec::new();
+        let mut steps: Vec<SmallVec<[usize; 4]>> = Vec::new();
         for (index, transition) in transitions.iter().enumerate() {
             let scope = transition.key.scope();
-            let found = groups.iter_mut().find(|group| {
-                group
-                    .first()
+            let found = steps.iter_mut().find(|step| {
+                step.first()
                     .and_then(|&first| transitions.get(first))
                     .is_some_and(|first| first.key.scope() == scope)
             });
             match found {
-                Some(group) => group.push(index),
-                None => groups.push(SmallVec::from_elem(index, 1)),
+                Some(step) => step.push(index),
+                None => steps.push(SmallVec::from_elem(index, 1)),
             }
         }
-        groups
+        (steps.len() > 1).then_some(steps)
     }
 
-    /// Gives back what an admitted step of a request that was denied in a later step took.
-    /// Limits that count rejected requests keep the attempt, as they would have on one server.
-    async fn give_back(
+    /// A cluster request spanning scopes, one script call per scope (see [`RedisStore::apply`]):
+    /// the instant, every counter's state before, and whether every step admitted.
+    async fn apply_in_steps(
         &self,
         transitions: &[Transition<'_>],
-        taken: &[usize],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+        steps: &[SmallVec<[usize; 4]>],
+        mut now: Option<Timestamp>,
+    ) -> Result<(Timestamp, Vec<CounterState>, bool), StoreError> {
+        let mut states = vec![CounterState::EMPTY; transitions.len()];
+        let mut allowed = true;
+        let mut taken: Vec<Transition<'_>> = Vec::new();
+        for step in steps {
+            let part = part(transitions, step);
+            let reply = self.call(&part, now, allowed).await?;
+            now = Some(reply.now);
+            for (&index, state) in step.iter().zip(reply.states) {
+                if let Some(slot) = states.get_mut(index) {
+                    *slot = state;
+                }
+            }
+            if allowed && reply.admitted {
+                taken.extend(part);
+            } else {
+                allowed = false;
+            }
+        }
+        let now = now.unwrap_or_else(|| self.estimate());
+        if !allowed {
+            self.give_back(&taken, now).await?;
+        }
+        Ok((now, states, allowed))
+    }
+
+    /// Gives back what the admitted steps of a request that a later step denied took. Limits
+    /// that count rejected requests keep the attempt, as they would have on one server.
+    async fn give_back(&self, taken: &[Transition<'_>], now: Timestamp) -> Result<(), StoreError> {
         let releases: Vec<Transition<'_>> = taken
             .iter()
-            .filter_map(|&index| transitions.get(index))
             .filter_map(|transition| match transition.op {
                 Op::Acquire { cost } if cost > 0 && !transition.limit.counts_rejected() => {
                     Some(Transition {
@@ -371,19 +405,19 @@ impl RedisStore {
                 _ => None,
             })
             .collect();
-        let mut by_scope: Vec<Vec<Transition<'_>>> = Vec::new();
-        for release in releases {
-            match by_scope.iter_mut().find(|group| {
-                group
-                    .first()
-                    .is_some_and(|t| t.key.scope() == release.key.scope())
-            }) {
-                Some(group) => group.push(release),
-                None => by_scope.push(vec![release]),
-            }
+        if releases.is_empty() {
+            return Ok(());
         }
-        for group in by_scope {
-            self.call(&group, Some(now), true).await?;
+        // Releases always succeed, so each step stands alone.
+        match self.steps(&releases) {
+            None => {
+                self.call(&releases, Some(now), true).await?;
+            }
+            Some(steps) => {
+                for step in &steps {
+                    self.call(&part(&releases, step), Some(now), true).await?;
+                }
+            }
         }
         Ok(())
     }
@@ -426,6 +460,13 @@ impl RedisStore {
             "the Redis server's clock kept moving outside the windows sent".to_owned(),
         ))
     }
+}
+
+/// The transitions of one step, by index.
+fn part<'a>(transitions: &[Transition<'a>], step: &[usize]) -> SmallVec<[Transition<'a>; 4]> {
+    step.iter()
+        .filter_map(|&index| transitions.get(index).cloned())
+        .collect()
 }
 
 /// What one script call said.
@@ -530,12 +571,6 @@ fn record_key(table: RecordTable) -> &'static str {
 
 const RECORDS_VERSION: &str = "sluice:v1:r:{records}:version";
 
-/// Costs above the largest capacity are all denied alike; clamping keeps them below 2^53 in the
-/// script as the engine keeps them inside its products.
-fn clamp(cost: u64) -> u64 {
-    cost.min(MAX_CAPACITY.saturating_add(1))
-}
-
 /// The script's 11 values for one transition, with windows computed around `estimate`.
 fn push_args(
     invocation: &mut ScriptInvocation<'_>,
@@ -544,8 +579,9 @@ fn push_args(
 ) {
     let limit = transition.limit;
     let (op, cost, acquired_at) = match transition.op {
-        Op::Acquire { cost } => ("a", clamp(cost), estimate),
-        Op::Release { cost, acquired_at } => ("r", clamp(cost), acquired_at),
+        // Clamped as the engine clamps them, which also keeps them below 2^53 in the script.
+        Op::Acquire { cost } => ("a", clamp_cost(cost), estimate),
+        Op::Release { cost, acquired_at } => ("r", clamp_cost(cost), acquired_at),
         Op::Reset => ("x", 0, estimate),
     };
     let algorithm = match limit.algorithm() {
@@ -638,11 +674,11 @@ impl RecordStore for RedisStore {
             None => pipeline.hdel(record_key(table), id),
         };
         pipeline.incr(RECORDS_VERSION, 1);
-        let result: Result<Value, RedisError> = match self.connection.clone() {
-            Connection::Single(mut connection) => pipeline.query_async(&mut connection).await,
-            Connection::Cluster(mut connection) => pipeline.query_async(&mut connection).await,
-        };
-        result.map(drop).map_err(unavailable)
+        pipeline
+            .query_async::<Value>(&mut self.connection.clone())
+            .await
+            .map(drop)
+            .map_err(unavailable)
     }
 
     async fn records(&self, table: RecordTable) -> Result<Vec<Record>, StoreError> {

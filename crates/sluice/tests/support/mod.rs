@@ -1,0 +1,90 @@
+//! What the binary's test files share: `sluice serve` run as a real process on free loopback
+//! ports, killed when dropped, and an HTTP client for it.
+
+use std::ffi::OsStr;
+use std::net::{SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A running `sluice serve`.
+pub(crate) struct Server {
+    child: Child,
+    /// The gateway's address.
+    pub(crate) listen: SocketAddr,
+    /// The admin API's address.
+    #[allow(dead_code, reason = "only the admin tests talk to it")]
+    pub(crate) admin: SocketAddr,
+}
+
+impl Server {
+    /// `sluice serve ARGS… --listen … --admin-listen … --threads 1`, both on free loopback
+    /// ports, once it answers `/healthz`. With `log`, the server logs at debug level into that
+    /// file; otherwise it logs warnings, to nowhere.
+    pub(crate) async fn start<I, A>(args: I, log: Option<&Path>) -> Server
+    where
+        I: IntoIterator<Item = A>,
+        A: AsRef<OsStr>,
+    {
+        let (listen, admin) = (free_port(), free_port());
+        let stderr = match log {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("a log file")),
+            None => Stdio::null(),
+        };
+        let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("serve")
+            .args(args)
+            .args(["--listen", &listen.to_string()])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--threads", "1"])
+            .env("RUST_LOG", if log.is_some() { "debug" } else { "warn" })
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("the binary runs");
+        let server = Server {
+            child,
+            listen,
+            admin,
+        };
+        let probe = client(Duration::from_secs(10));
+        for _ in 0..500 {
+            if probe
+                .get(format!("http://{listen}/healthz"))
+                .send()
+                .await
+                .is_ok()
+            {
+                return server;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server did not come up on {listen}");
+    }
+}
+
+/// Dropping the server kills it at once (SIGKILL), as a crash would, and reaps it.
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port.
+pub(crate) fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("an address")
+}
+
+/// A client that fails a request taking longer than `timeout`.
+pub(crate) fn client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(1)
+        .timeout(timeout)
+        .build()
+        .expect("a client")
+}
