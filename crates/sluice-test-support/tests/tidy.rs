@@ -52,21 +52,13 @@ fn every_source_file_starts_by_saying_why_it_exists() {
     );
 }
 
-#[test]
-fn the_decision_core_depends_on_no_runtime_serde_or_http_crate() {
+/// The packages `package` depends on when built normally (no dev- or build-dependencies).
+fn normal_dependencies(package: &str) -> Vec<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let output = Command::new(cargo)
         .current_dir(workspace_root())
         .args([
-            "tree",
-            "-p",
-            "sluice-core",
-            "-e",
-            "normal",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
+            "tree", "-p", package, "-e", "normal", "--prefix", "none", "--format", "{p}",
         ])
         .output()
         .expect("cargo tree runs");
@@ -76,13 +68,37 @@ fn the_decision_core_depends_on_no_runtime_serde_or_http_crate() {
         String::from_utf8_lossy(&output.stderr)
     );
     let tree = String::from_utf8(output.stdout).expect("utf-8");
-    let names: Vec<&str> = tree
-        .lines()
+    tree.lines()
         .filter_map(|line| line.split_whitespace().next())
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn the_client_sdk_knows_the_wire_contract_and_not_the_server() {
+    let names = normal_dependencies("sluice-client");
+    assert!(
+        names.iter().any(|name| name == "sluice-contract"),
+        "cargo tree output looks wrong: {names:?}"
+    );
+    let server: Vec<&String> = names
+        .iter()
+        .filter(|name| {
+            name.starts_with("sluice-") && *name != "sluice-contract" && *name != "sluice-client"
+        })
         .collect();
     assert!(
-        names.contains(&"jiff"),
-        "cargo tree output looks wrong: {tree}"
+        server.is_empty(),
+        "sluice-client must not depend on {server:?}"
+    );
+}
+
+#[test]
+fn the_decision_core_depends_on_no_runtime_serde_or_http_crate() {
+    let names = normal_dependencies("sluice-core");
+    assert!(
+        names.iter().any(|name| name == "jiff"),
+        "cargo tree output looks wrong: {names:?}"
     );
     let forbidden = [
         "tokio",
@@ -103,7 +119,7 @@ fn the_decision_core_depends_on_no_runtime_serde_or_http_crate() {
     ];
     let found: Vec<&&str> = forbidden
         .iter()
-        .filter(|name| names.contains(name))
+        .filter(|name| names.iter().any(|found| found == *name))
         .collect();
     assert!(found.is_empty(), "sluice-core must not depend on {found:?}");
 }
@@ -121,6 +137,8 @@ fn the_wall_clock_is_read_only_in_the_clock_module() {
     ];
     let allowed = |path: &str| {
         path == "crates/sluice-core/src/clock.rs"
+            // The client SDK knows only the wire contract, so it has its own door for time.
+            || path == "crates/sluice-client/src/clock.rs"
             // Benchmarks measure elapsed time; they decide nothing with it.
             || path.contains("/benches/")
     };

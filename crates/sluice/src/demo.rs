@@ -77,6 +77,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             "Your turn: the same upload with another userId is admitted once every 2 minutes."
         );
         println!("Policy: examples/streampixel/policy.yaml; keys: examples/streampixel/keys.yaml.");
+        println!();
+        println!("A client that retries as the API's page says, each attempt shown:");
+        println!(
+            "$ sluice call POST http://{address}/projects/upload-file --json '{UPLOAD}' --deadline 10s"
+        );
     }
     println!("Press Ctrl-C to stop.");
     serving.await.context("the gateway task failed")??;

@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)] // a command line prints; the libraries never do
 
 mod admin_client;
+mod call_cmd;
 mod demo;
 mod keys_cmd;
 mod metrics;
@@ -47,6 +48,9 @@ enum Command {
     /// API key helpers.
     #[command(subcommand)]
     Keys(keys_cmd::KeysCommand),
+    /// One call through the client SDK, each attempt shown: the status, the rate-limit
+    /// headers, and the wait chosen before the next and why. Exits 1 when the call fails.
+    Call(call_cmd::CallArgs),
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -58,6 +62,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Docs(args) => policy_cmd::docs(&args),
         Command::Keys(command) => keys_cmd::run(command),
         Command::Echo(args) => serve_with_runtime(cli.log_json, echo(args)),
+        Command::Call(args) => call(cli.log_json, args),
     }
 }
 
@@ -81,8 +86,30 @@ fn serve_with_runtime(
     log_json: bool,
     command: impl std::future::Future<Output = anyhow::Result<()>>,
 ) -> anyhow::Result<ExitCode> {
+    init_logging(log_json, "info");
+    // Signals, timers and the demo's echo upstream need little; the gateway runs its own
+    // thread per core (`Gateway::serve_threads`).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(command)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `sluice call`: it prints its own account of each attempt, so only warnings (a failed call
+/// logged whole, secrets redacted) reach stderr unless RUST_LOG asks for more.
+fn call(log_json: bool, args: call_cmd::CallArgs) -> anyhow::Result<ExitCode> {
+    init_logging(log_json, "warn");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(call_cmd::run(args))
+}
+
+/// Logs to stderr at RUST_LOG's level, or `default`.
+fn init_logging(log_json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -91,11 +118,4 @@ fn serve_with_runtime(
     } else {
         builder.init();
     }
-    // Signals, timers and the demo's echo upstream need little; the gateway runs its own
-    // thread per core (`Gateway::serve_threads`).
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(command)?;
-    Ok(ExitCode::SUCCESS)
 }
