@@ -689,28 +689,32 @@ impl Sending {
     }
 }
 
-/// The wait a refusal names: `Retry-After` (or the body's `retry_after`), else, on a 429, the
-/// reset of the exhausted rate-limit window.
+/// The wait a refusal names: `Retry-After` (or the body's `retry_after`), and on a 429 the
+/// reset of an exhausted rate-limit window too, whichever is longer — a retry before either
+/// would only be refused again.
 fn server_wait(status: StatusCode, error: &ApiError, info: &RateLimitInfo) -> Option<ServerWait> {
-    if let Some(wait) = info.retry_after {
-        return Some(ServerWait {
+    let asked = match (info.retry_after, error.retry_after) {
+        (Some(wait), _) => Some(ServerWait {
             wait,
             source: "Retry-After",
-        });
-    }
-    if let Some(wait) = error.retry_after {
-        return Some(ServerWait {
+        }),
+        (None, Some(wait)) => Some(ServerWait {
             wait,
             source: "retry_after in the body",
-        });
-    }
-    if status == StatusCode::TOO_MANY_REQUESTS {
-        return info.exhausted_for.map(|wait| ServerWait {
+        }),
+        (None, None) => None,
+    };
+    let reset = info
+        .exhausted_for
+        .filter(|_| status == StatusCode::TOO_MANY_REQUESTS)
+        .map(|wait| ServerWait {
             wait,
             source: "the rate-limit reset",
         });
+    match (asked, reset) {
+        (Some(asked), Some(reset)) if reset.wait > asked.wait => Some(reset),
+        (asked, reset) => asked.or(reset),
     }
-    None
 }
 
 /// Pacing's key: the origin and path (the query is not part of a route).

@@ -313,6 +313,21 @@ async fn pacing_waits_for_the_reset_instead_of_drawing_a_429() {
     let call = other
         .post(&url)
         .header("authorization", FREE)
+        .json(&json!({"body": "hello"}))
+        .deadline(Duration::from_secs(10));
+    let error = bench
+        .time
+        .run_one(call.send())
+        .await
+        .expect_err("too long a wait");
+    assert!(
+        matches!(error, Error::Paced { wait, .. } if wait == Duration::from_secs(45)),
+        "{error}"
+    );
+    assert_eq!(bench.seen("/submit-media"), 2, "nothing was sent");
+    let call = other
+        .post(&url)
+        .header("authorization", FREE)
         .json(&json!({"body": "hello"}));
     let response = bench.time.run_one(call.send()).await.expect("admitted");
     assert_eq!(statuses(&response.attempts), ["200 OK"], "no 429 drawn");
