@@ -349,6 +349,29 @@ enum Answer {
     Failed(reqwest::Error),
 }
 
+/// How an attempt that did not succeed ended.
+enum Failed {
+    Answer(Box<ApiError>),
+    Transport(reqwest::Error),
+}
+
+impl Failed {
+    fn into_error(self, reason: GiveUp, attempts: Vec<Attempt>) -> Error {
+        match self {
+            Failed::Answer(error) => Error::Status {
+                error,
+                reason,
+                attempts,
+            },
+            Failed::Transport(source) => Error::Transport {
+                source,
+                reason,
+                attempts,
+            },
+        }
+    }
+}
+
 /// The server's wait and where it was read.
 struct ServerWait {
     wait: Duration,
@@ -376,7 +399,18 @@ impl Sending {
             };
             let answer = self.attempt(deadline).await;
             let now = timer.elapsed();
-            match answer {
+            let mut attempt = Attempt {
+                number,
+                paced,
+                outcome: Outcome::Answered(StatusCode::OK),
+                headers: Vec::new(),
+                rate_limit: RateLimitInfo::default(),
+                request_id: None,
+                message: None,
+                next: Next::Done,
+            };
+            // The last failure, kept for the error if this attempt is the last.
+            let failed = match answer {
                 Answer::Status {
                     status,
                     headers,
@@ -388,19 +422,13 @@ impl Sending {
                         client.settings.reset_unit,
                     );
                     self.remember(&info, now);
-                    let mut attempt = Attempt {
-                        number,
-                        paced,
-                        outcome: Outcome::Answered(status),
-                        headers: rate_limit_headers(&headers),
-                        rate_limit: info.clone(),
-                        request_id: headers
-                            .get("x-request-id")
-                            .and_then(|value| value.to_str().ok())
-                            .map(str::to_owned),
-                        message: None,
-                        next: Next::Done,
-                    };
+                    attempt.outcome = Outcome::Answered(status);
+                    attempt.headers = rate_limit_headers(&headers);
+                    attempt.rate_limit = info.clone();
+                    attempt.request_id = headers
+                        .get("x-request-id")
+                        .and_then(|value| value.to_str().ok())
+                        .map(str::to_owned);
                     if status.as_u16() < 400 {
                         self.report(&attempt);
                         attempts.push(attempt);
@@ -429,22 +457,8 @@ impl Sending {
                         self.pace_endpoint(now.saturating_add(server.wait), now);
                     }
                     attempt.next = self.next(number, retryable, server, &mut previous, deadline);
-                    self.report(&attempt);
                     self.log_answer(&attempt, &headers, &error);
-                    let give_up = match attempt.next {
-                        Next::GiveUp(reason) => Some(reason),
-                        _ => None,
-                    };
-                    let wait = previous;
-                    attempts.push(attempt);
-                    if let Some(reason) = give_up {
-                        return Err(Error::Status {
-                            error: Box::new(error),
-                            reason,
-                            attempts,
-                        });
-                    }
-                    timer.sleep(wait).await;
+                    Failed::Answer(Box::new(error))
                 }
                 Answer::Failed(failure) => {
                     // A refused connection carried no request; anything later may have.
@@ -453,33 +467,20 @@ impl Sending {
                     } else {
                         Err(GiveUp::NotIdempotent)
                     };
-                    let attempt = Attempt {
-                        number,
-                        paced,
-                        outcome: Outcome::Failed(describe(&failure)),
-                        headers: Vec::new(),
-                        rate_limit: RateLimitInfo::default(),
-                        request_id: None,
-                        message: None,
-                        next: self.next(number, retryable, None, &mut previous, deadline),
-                    };
-                    self.report(&attempt);
+                    attempt.outcome = Outcome::Failed(describe(&failure));
+                    attempt.next = self.next(number, retryable, None, &mut previous, deadline);
                     self.log_failure(&attempt);
-                    let give_up = match attempt.next {
-                        Next::GiveUp(reason) => Some(reason),
-                        _ => None,
-                    };
-                    let wait = previous;
-                    attempts.push(attempt);
-                    if let Some(reason) = give_up {
-                        return Err(Error::Transport {
-                            source: failure,
-                            reason,
-                            attempts,
-                        });
-                    }
-                    timer.sleep(wait).await;
+                    Failed::Transport(failure)
                 }
+            };
+            self.report(&attempt);
+            let next = attempt.next.clone();
+            attempts.push(attempt);
+            match next {
+                Next::Retry { wait, .. } => timer.sleep(wait).await,
+                Next::GiveUp(reason) => return Err(failed.into_error(reason, attempts)),
+                // `next` never says done after a failure; were it to, the call is over.
+                Next::Done => return Err(failed.into_error(GiveUp::Attempts, attempts)),
             }
         }
     }

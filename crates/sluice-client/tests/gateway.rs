@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
@@ -13,6 +12,7 @@ use serde_json::{Value, json};
 use sluice_client::{
     Client, Error, GiveUp, Jitter, Next, Outcome, REDACTED, Response, RetryBudget, RetryPolicy,
 };
+use sluice_test_support::CapturedLogs;
 use support::{ALICE, Bench, FREE, START, secs};
 
 fn upload(user: &str) -> Value {
@@ -70,21 +70,13 @@ async fn a_429_is_retried_exactly_when_retry_after_says_and_then_succeeds() {
     let url = bench.url("/projects/upload-file");
     let first = {
         let call = client.post(&url).json(&upload("alice"));
-        bench
-            .time
-            .run_one(call.send())
-            .await
-            .expect("the first upload")
+        bench.send(call).await.expect("the first upload")
     };
     assert_eq!(first.status, StatusCode::OK);
 
     let second = {
         let call = client.post(&url).json(&upload("alice"));
-        bench
-            .time
-            .run_one(call.send())
-            .await
-            .expect("admitted on the retry")
+        bench.send(call).await.expect("admitted on the retry")
     };
     assert_eq!(second.status, StatusCode::OK);
     assert_eq!(
@@ -130,7 +122,7 @@ async fn no_retry_comes_before_retry_after_whatever_the_jitter() {
         let url = bench.url("/projects/upload-file");
         for expected in [vec!["200 OK"], vec!["429 Too Many Requests", "200 OK"]] {
             let call = client.post(&url).json(&upload(&user));
-            let response = bench.time.run_one(call.send()).await.expect("admitted");
+            let response = bench.send(call).await.expect("admitted");
             assert_eq!(statuses(&response.attempts), expected);
         }
         let waited = *bench.time.slept().last().expect("a wait");
@@ -150,7 +142,7 @@ async fn a_400_and_a_401_are_never_retried_and_say_why() {
     let mut missing = upload("alice");
     missing.as_object_mut().expect("object").remove("projectId");
     let call = client.post(&url).json(&missing);
-    let error = bench.time.run_one(call.send()).await.expect_err("a 400");
+    let error = bench.send(call).await.expect_err("a 400");
     assert_eq!(error.status(), Some(StatusCode::BAD_REQUEST));
     assert_eq!(error.message(), Some("Missing required field: projectId"));
     assert_eq!(error.reason(), Some(GiveUp::NotRetryable));
@@ -160,7 +152,7 @@ async fn a_400_and_a_401_are_never_retried_and_say_why() {
     let mut wrong_key = upload("alice");
     wrong_key["apiKey"] = "sp_live_nobody".into();
     let call = client.post(&url).json(&wrong_key);
-    let error = bench.time.run_one(call.send()).await.expect_err("a 401");
+    let error = bench.send(call).await.expect_err("a 401");
     assert_eq!(error.status(), Some(StatusCode::UNAUTHORIZED));
     assert_eq!(error.message(), Some("Unauthorized: Invalid API Key"));
     assert_eq!(error.attempts().len(), 1);
@@ -180,19 +172,10 @@ async fn the_moderation_limit_is_a_typed_403_that_is_not_retried() {
             .post(&url)
             .header("authorization", FREE)
             .json(&json!({"body": "hello"}))
-            .send()
     };
-    let first = bench
-        .time
-        .run_one(submit())
-        .await
-        .expect("the one moderation");
+    let first = bench.send(submit()).await.expect("the one moderation");
     assert_eq!(first.status, StatusCode::OK);
-    let error = bench
-        .time
-        .run_one(submit())
-        .await
-        .expect_err("over the quota");
+    let error = bench.send(submit()).await.expect_err("over the quota");
     assert_eq!(error.status(), Some(StatusCode::FORBIDDEN));
     assert_eq!(error.kind(), Some("moderation_limit"));
     assert_eq!(
@@ -212,21 +195,13 @@ async fn a_wait_past_the_deadline_returns_at_once_with_the_servers_wait() {
         .expect("a client");
     let url = bench.url("/projects/upload-file");
     let call = client.post(&url).json(&upload("alice"));
-    bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect("the first upload");
+    bench.send(call).await.expect("the first upload");
 
     let call = client
         .post(&url)
         .json(&upload("alice"))
         .deadline(Duration::from_secs(30));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("too long a wait");
+    let error = bench.send(call).await.expect_err("too long a wait");
     assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
     let Some(GiveUp::Deadline { wait }) = error.reason() else {
         panic!("not a deadline: {error}");
@@ -260,11 +235,7 @@ async fn retries_stop_when_the_shared_budget_is_spent() {
         .post(&url)
         .header("idempotency-key", "k1")
         .json(&upload("alice"));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("always down");
+    let error = bench.send(call).await.expect_err("always down");
     assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(error.reason(), Some(GiveUp::Budget));
     assert_eq!(
@@ -277,11 +248,7 @@ async fn retries_stop_when_the_shared_budget_is_spent() {
         .post(&url)
         .header("idempotency-key", "k2")
         .json(&upload("alice"));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("still down");
+    let error = bench.send(call).await.expect_err("still down");
     assert_eq!(error.reason(), Some(GiveUp::Budget));
     assert_eq!(
         error.attempts().len(),
@@ -305,7 +272,7 @@ async fn pacing_waits_for_the_reset_instead_of_drawing_a_429() {
             .post(&url)
             .header("authorization", FREE)
             .json(&json!({"body": "hello"}));
-        let response = bench.time.run_one(call.send()).await.expect("admitted");
+        let response = bench.send(call).await.expect("admitted");
         assert_eq!(response.attempts[0].paced, Duration::ZERO);
     }
     // The second answer said X-RateLimit-Remaining: 0 until the next minute.
@@ -315,11 +282,7 @@ async fn pacing_waits_for_the_reset_instead_of_drawing_a_429() {
         .header("authorization", FREE)
         .json(&json!({"body": "hello"}))
         .deadline(Duration::from_secs(10));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("too long a wait");
+    let error = bench.send(call).await.expect_err("too long a wait");
     assert!(
         matches!(error, Error::Paced { wait, .. } if wait == Duration::from_secs(45)),
         "{error}"
@@ -329,7 +292,7 @@ async fn pacing_waits_for_the_reset_instead_of_drawing_a_429() {
         .post(&url)
         .header("authorization", FREE)
         .json(&json!({"body": "hello"}));
-    let response = bench.time.run_one(call.send()).await.expect("admitted");
+    let response = bench.send(call).await.expect("admitted");
     assert_eq!(statuses(&response.attempts), ["200 OK"], "no 429 drawn");
     assert_eq!(response.attempts[0].paced, Duration::from_secs(45));
     assert_eq!(bench.time.since_start(), Duration::from_secs(60));
@@ -346,11 +309,7 @@ async fn a_5xx_is_retried_only_when_the_call_is_idempotent() {
         .post(&url)
         .header("idempotency-key", "build-42")
         .json(&upload("alice"));
-    let response = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect("third time lucky");
+    let response = bench.send(call).await.expect("third time lucky");
     assert_eq!(
         statuses(&response.attempts),
         [
@@ -367,11 +326,7 @@ async fn a_5xx_is_retried_only_when_the_call_is_idempotent() {
 
     let url = bench.url("/flaky/2/bare");
     let call = client.post(&url).json(&upload("alice"));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("not repeated");
+    let error = bench.send(call).await.expect_err("not repeated");
     assert_eq!(error.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
     assert_eq!(error.message(), Some("Internal server error"));
     assert_eq!(error.reason(), Some(GiveUp::NotIdempotent));
@@ -390,11 +345,7 @@ async fn a_timeout_is_retried_only_when_the_call_is_idempotent() {
         },
     );
     let call = client.post(&bench.url("/hang/post")).json(&upload("alice"));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("a timeout");
+    let error = bench.send(call).await.expect_err("a timeout");
     assert!(matches!(error, Error::Transport { .. }), "{error}");
     assert_eq!(error.reason(), Some(GiveUp::NotIdempotent));
     assert!(
@@ -407,11 +358,7 @@ async fn a_timeout_is_retried_only_when_the_call_is_idempotent() {
         .post(&bench.url("/hang/marked"))
         .json(&upload("alice"))
         .idempotent(true);
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("two timeouts");
+    let error = bench.send(call).await.expect_err("two timeouts");
     assert_eq!(error.reason(), Some(GiveUp::Attempts));
     assert_eq!(error.attempts().len(), 2);
 }
@@ -432,11 +379,7 @@ async fn a_refused_connection_is_retried_even_for_a_post() {
     let call = client
         .post(&format!("http://{address}/projects/upload-file"))
         .json(&upload("alice"));
-    let error = bench
-        .time
-        .run_one(call.send())
-        .await
-        .expect_err("nobody there");
+    let error = bench.send(call).await.expect_err("nobody there");
     assert_eq!(error.reason(), Some(GiveUp::Attempts));
     assert_eq!(
         waits(error.attempts()),
@@ -452,30 +395,9 @@ async fn a_refused_connection_is_retried_even_for_a_post() {
     );
 }
 
-/// A `tracing` writer into a shared buffer.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("lock").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test]
 async fn api_keys_never_reach_the_logs() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = CapturedLogs::start();
 
     let bench = Bench::start("streampixel", |text| text).await;
     let client = client(&bench, RetryPolicy::streampixel());
@@ -504,7 +426,7 @@ async fn api_keys_never_reach_the_logs() {
         .json(&upload("bob"));
     call.send().await.expect_err("bob's second upload");
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("UTF-8");
+    let logs = captured.text();
     assert!(!logs.contains(ALICE), "a key leaked:\n{logs}");
     assert!(logs.contains("call failed"), "{logs}");
     assert!(

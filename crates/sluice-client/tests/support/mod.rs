@@ -17,7 +17,7 @@ use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use sluice_client::{Sleep, Timer};
+use sluice_client::{Call, Sleep, Timer};
 use sluice_core::{Clock, ManualClock, Timestamp};
 use sluice_gateway::{Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_service::{KeyRing, Service};
@@ -77,6 +77,11 @@ impl Bench {
             seen,
             stop: Some(stop),
         }
+    }
+
+    /// Sends `call` in virtual time.
+    pub async fn send(&self, call: Call) -> Result<sluice_client::Response, sluice_client::Error> {
+        self.time.run_one(call.send()).await
     }
 
     /// The URL of `path` on the gateway.

@@ -199,28 +199,8 @@ async fn health_endpoints_answer_and_unknown_routes_are_404_in_the_envelope() {
 
 #[tokio::test]
 async fn the_log_line_carries_the_request_id_and_never_the_api_key() {
-    use std::io::Write;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().expect("lock").extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_writer(move || writer.clone())
-        .with_max_level(tracing::Level::DEBUG)
-        .with_ansi(false)
-        .finish();
     // The test runtime has one thread, which runs the gateway's tasks too.
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
 
     let bench = Bench::start("streampixel").await;
     let reply = bench
@@ -241,7 +221,7 @@ async fn the_log_line_carries_the_request_id_and_never_the_api_key() {
     assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     bench.stop().await;
 
-    let logs = String::from_utf8(captured.0.lock().expect("lock").clone()).expect("utf-8");
+    let logs = captured.text();
     let line = logs
         .lines()
         .find(|line| line.contains("trace-me-42"))
