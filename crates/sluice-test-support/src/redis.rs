@@ -139,6 +139,13 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Kills the server at once (SIGKILL) and starts it again on the same port and directory:
+    /// a process crash, then recovery from whatever it had written.
+    pub fn crash_and_restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
     /// Sends one command (inline form) and returns the raw reply: for tests to look behind the
     /// store's back.
     pub fn command(&self, args: &[&str]) -> String {
