@@ -188,6 +188,31 @@ impl Limit {
     pub fn counts_rejected(&self) -> bool {
         self.count_rejected
     }
+
+    /// This limit's share for one of `parts` instances counting apart: capacity (and burst)
+    /// divided by `parts`, rounded down, so that the parts together never admit more than the
+    /// whole. `None` when a share would be zero: the limit is too small to divide.
+    pub fn divided(&self, parts: u64) -> Option<Limit> {
+        let capacity = self.capacity.checked_div(parts.max(1))?;
+        if capacity == 0 {
+            return None;
+        }
+        let algorithm = match self.algorithm {
+            Algorithm::TokenBucket { burst } => {
+                let burst = burst.checked_div(parts.max(1))?;
+                if burst == 0 {
+                    return None;
+                }
+                Algorithm::TokenBucket { burst }
+            }
+            other => other,
+        };
+        let limit = Limit::new(algorithm, capacity, self.period.clone()).ok()?;
+        Some(Limit {
+            count_rejected: self.count_rejected,
+            ..limit
+        })
+    }
 }
 
 /// A token bucket's steps as (whole ns, fraction in 1/`denominator` ns) pairs: see

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use sluice_core::{
-    CounterKey, CounterState, Decision, Limit, LimitError, MAX_CAPACITY, MonthlyCycle, Op, Period,
-    Retry, Timestamp, Transition, decide,
+    Algorithm, CounterKey, CounterState, Decision, Limit, LimitError, MAX_CAPACITY, MonthlyCycle,
+    Op, Period, Retry, Timestamp, Transition, decide,
 };
 
 const SECOND: Duration = Duration::from_secs(1);
@@ -371,4 +371,26 @@ fn a_clock_that_steps_back_never_readmits_what_was_counted() {
         };
         assert!(wait > 5 * SECOND, "{limit:?} waits only {wait:?}");
     }
+}
+
+#[test]
+fn a_limit_divides_into_shares_that_never_add_up_to_more() {
+    let minute = Period::Span(60_000_000_000);
+    let fixed = Limit::fixed_window(10, minute.clone()).expect("a limit");
+    let share = fixed.divided(3).expect("divisible");
+    assert_eq!(share.capacity(), 3);
+    assert_eq!(share.algorithm(), Algorithm::FixedWindow);
+    assert_eq!(share.period(), &minute);
+    assert_eq!(fixed.divided(0).expect("one part").capacity(), 10);
+    assert_eq!(fixed.divided(11), None, "too small to divide");
+
+    let bucket = Limit::token_bucket(10, Duration::from_secs(60), 4)
+        .expect("a limit")
+        .counting_rejected()
+        .expect("countable");
+    let share = bucket.divided(3).expect("divisible");
+    assert_eq!(share.capacity(), 3);
+    assert_eq!(share.algorithm(), Algorithm::TokenBucket { burst: 1 });
+    assert!(share.counts_rejected());
+    assert_eq!(bucket.divided(5), None, "a burst of 4 has no share for 5");
 }

@@ -545,6 +545,11 @@ pub enum StoreFailure {
     Closed,
     /// Admit without counting: availability over the limits.
     Open,
+    /// Count on this instance alone, each limit divided by the number of live instances (as
+    /// they last announced themselves through the store), so that the fleet together stays
+    /// within the limits. A limit smaller than the number of instances cannot be divided; the
+    /// request is then refused as `closed` would.
+    Local,
 }
 
 fn yes() -> bool {

@@ -28,7 +28,7 @@ use sluice_policy::{
     IdentitySource, InactiveBlocks, KeyAttribute, KeyRecord, KeySource, KeyStatus, LimitRule,
     OverrideRule, Policy, QuotaCounts, QuotaRule, Route, Scope, StoreFailure,
 };
-use sluice_store::{CounterStore, RecordStore, StoreError};
+use sluice_store::{CounterStore, MemoryStore, RecordStore, StoreError};
 use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
@@ -118,6 +118,8 @@ pub struct Service<S> {
     meters: meters::Meters,
     penalties: Vec<Penalty>,
     probe: Option<Arc<dyn ResourceProbe>>,
+    /// Counters for routes that fall back to local counting while the store is down.
+    local: MemoryStore,
     /// Some identity is read from the body, so every route reads it.
     identity_in_body: bool,
     /// The API key is read from the body, so authenticated routes read it.
@@ -160,6 +162,7 @@ impl<S: CounterStore> Service<S> {
             file_keys: keys.records().cloned().collect(),
             keys: RwLock::new(Arc::new(keys)),
             clock: Arc::new(SystemClock::new()),
+            local: MemoryStore::new(Arc::new(SystemClock::new())),
             runtime_overrides: RwLock::default(),
             meters,
             penalties,
@@ -179,6 +182,7 @@ impl<S: CounterStore> Service<S> {
     /// This service, ending rotated keys' grace periods by `clock` (the system clock by
     /// default).
     pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Service<S> {
+        self.local = MemoryStore::new(Arc::clone(&clock));
         self.clock = clock;
         self
     }
@@ -273,7 +277,12 @@ impl<S: CounterStore> Service<S> {
                 },
             })
             .collect();
-        if !settle.is_empty() {
+        if settle.is_empty() {
+            return;
+        }
+        if admission.local {
+            let _ = self.local.apply_now(&settle);
+        } else {
             // A failed release leaves a count the upstream did not earn; it expires with its
             // window, which is the most a store outage can cost.
             let _ = self.store.apply(&settle).await;
@@ -531,15 +540,19 @@ impl<S: CounterStore> Service<S> {
             return Ok(Admission::default());
         }
 
-        let decision = match self.apply(&transitions).await {
-            Ok(decision) => decision,
+        let (decision, local) = match self.apply(&transitions).await {
+            Ok(decision) => (decision, false),
             Err(refused) => {
                 self.meters.store_failed(route.on_store_failure);
-                if route.on_store_failure == StoreFailure::Open {
+                match route.on_store_failure {
                     // Availability over the limits, as the route asks: admitted uncounted.
-                    return Ok(Admission::default());
+                    StoreFailure::Open => return Ok(Admission::default()),
+                    StoreFailure::Closed => return Err(refused),
+                    StoreFailure::Local => match self.decide_locally(&counted, &transitions) {
+                        Some(decision) => (decision, true),
+                        None => return Err(refused),
+                    },
                 }
-                return Err(refused);
             }
         };
         let headers = self.headers(&counted, &decision, None);
@@ -553,7 +566,8 @@ impl<S: CounterStore> Service<S> {
             return Err(self.blocked(&counted, &decision, wait));
         }
         if let Some(index) = decision.denied_by() {
-            if let Some(wait) = self.strike(context).await? {
+            // Penalties live in the shared store; counting apart, they wait for it.
+            if !local && let Some(wait) = self.strike(context).await? {
                 return Err(self.blocked(&counted, &decision, wait));
             }
             let status = decision.limits().get(index);
@@ -625,7 +639,36 @@ impl<S: CounterStore> Service<S> {
             headers,
             settle,
             acquired_at: decision.now(),
+            local,
         })
+    }
+
+    /// The request counted on this instance alone, each limit divided by the live instances
+    /// (penalties, which need the shared counts, left out); `None` when a limit is too small
+    /// to divide.
+    fn decide_locally(
+        &self,
+        counted: &[Counted<'_>],
+        transitions: &[Transition<'_>],
+    ) -> Option<Decision> {
+        let parts = self.store.live_instances();
+        let shares: SmallVec<[Limit; 4]> = counted
+            .iter()
+            .zip(transitions)
+            .filter(|(item, _)| !matches!(item, Counted::Block(_)))
+            .map(|(_, transition)| transition.limit.divided(parts))
+            .collect::<Option<_>>()?;
+        // Penalties come last in `counted`, so what remains keeps its indices.
+        let local: SmallVec<[Transition<'_>; 4]> = transitions
+            .iter()
+            .zip(&shares)
+            .map(|(transition, share)| Transition {
+                key: transition.key.clone(),
+                limit: share,
+                op: transition.op,
+            })
+            .collect();
+        self.local.apply_now(&local).ok()
     }
 
     async fn apply(&self, transitions: &[Transition<'_>]) -> Result<Decision, Refused> {

@@ -39,6 +39,7 @@ impl Meters {
         let mode = match mode {
             StoreFailure::Open => "open",
             StoreFailure::Closed => "closed",
+            StoreFailure::Local => "local",
         };
         metrics::counter!("sluice_store_failures_total", "mode" => mode).increment(1);
     }

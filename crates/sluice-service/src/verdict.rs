@@ -25,6 +25,8 @@ pub struct Admission {
     pub headers: HeaderList,
     pub(crate) settle: Vec<Settle>,
     pub(crate) acquired_at: Timestamp,
+    /// Counted on this instance's local counters (the store was down), and settled there.
+    pub(crate) local: bool,
 }
 
 /// One count to give back when the request is done.

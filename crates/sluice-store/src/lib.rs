@@ -37,6 +37,13 @@ pub trait CounterStore: Send + Sync {
     fn is_degraded(&self) -> bool {
         false
     }
+
+    /// How many gateways share these counters, as they last announced themselves: what a
+    /// route that falls back to local counters divides its limits by. 1 for a store of one
+    /// process.
+    fn live_instances(&self) -> u64 {
+        1
+    }
 }
 
 impl<S: CounterStore + ?Sized> CounterStore for std::sync::Arc<S> {
@@ -49,6 +56,10 @@ impl<S: CounterStore + ?Sized> CounterStore for std::sync::Arc<S> {
 
     fn is_degraded(&self) -> bool {
         (**self).is_degraded()
+    }
+
+    fn live_instances(&self) -> u64 {
+        (**self).live_instances()
     }
 }
 
@@ -137,6 +148,13 @@ impl CounterStore for AnyStore {
         match self {
             AnyStore::Memory(_) | AnyStore::Embedded(_) => false,
             AnyStore::Redis(store) => store.is_degraded(),
+        }
+    }
+
+    fn live_instances(&self) -> u64 {
+        match self {
+            AnyStore::Memory(_) | AnyStore::Embedded(_) => 1,
+            AnyStore::Redis(store) => store.live_instances(),
         }
     }
 }

@@ -195,11 +195,18 @@ impl GatewayOptions {
     }
 }
 
-/// How often a gateway on Redis looks whether another changed the shared keys or overrides.
+/// How often a gateway on Redis looks whether another changed the shared keys or overrides,
+/// and announces itself.
 const RECORDS_POLL: Duration = Duration::from_secs(1);
 
-/// Reloads keys and overrides whenever any gateway sharing the Redis store changes them.
+/// How long an announcement keeps a gateway counted among the live ones: three missed polls.
+const INSTANCE_LEASE: Duration = Duration::from_secs(3);
+
+/// Reloads keys and overrides whenever any gateway sharing the Redis store changes them, and
+/// announces this gateway as live, so that routes falling back to local counters know how many
+/// gateways share each limit.
 fn watch_records(service: std::sync::Weak<Service<Arc<AnyStore>>>) {
+    let id = generate_token().unwrap_or_else(|_| std::process::id().to_string());
     tokio::spawn(async move {
         let mut seen = None;
         let mut tick = tokio::time::interval(RECORDS_POLL);
@@ -211,6 +218,9 @@ fn watch_records(service: std::sync::Weak<Service<Arc<AnyStore>>>) {
             let AnyStore::Redis(redis) = &**service.store() else {
                 break;
             };
+            if let Err(error) = redis.announce(&id, INSTANCE_LEASE).await {
+                tracing::debug!(%error, "cannot announce this gateway");
+            }
             match redis.records_version().await {
                 Ok(version) if seen != Some(version) => {
                     if seen.is_some()
@@ -344,6 +354,9 @@ async fn start_admin(
                     0.0
                 },
             );
+            // Gateways sharing the counters, as they last announced themselves.
+            metrics::gauge!("sluice_store_instances")
+                .set(sluice_store::CounterStore::live_instances(&*store) as f64);
             if let AnyStore::Embedded(embedded) = &*store {
                 // The group commit at work: writes carried per fsync'd commit.
                 let stats = embedded.commit_stats();

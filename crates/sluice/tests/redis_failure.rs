@@ -1,7 +1,8 @@
 //! When Redis goes away: the real server on a real `redis-server` that the test stops in the
 //! middle of a load and starts again. A route that fails open admits, one that fails closed
-//! answers 503 in the policy's envelope, no request waits longer than the store's timeout,
-//! readiness says degraded, and everything recovers on its own when Redis is back.
+//! answers 503 in the policy's envelope, one that falls back to local counters divides its
+//! limit among the live gateways, no request waits longer than the store's timeout, readiness
+//! says degraded, and everything recovers on its own when Redis is back.
 
 mod support;
 
@@ -30,6 +31,12 @@ routes:
   - match: GET /closed
     limits:
       - rate: 1000000 per 1m
+        per: user
+  - match: GET /local
+    on_store_failure: local
+    limits:
+      - rate: 10 per 1y
+        algorithm: fixed_window
         per: user
 "#;
 
@@ -169,4 +176,88 @@ async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
         answers += task.await.expect("the load's task finished");
     }
     assert!(answers > 100, "the load kept being answered: {answers}");
+}
+
+/// What the admin API's metrics say `name` is.
+async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text = client()
+        .get(format!("http://{}/metrics", server.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
+}
+
+const TOKEN: &str = "failure-test-admin-token";
+
+/// Two gateways announce themselves through Redis; when it goes away, a route that falls back
+/// to local counters gives each gateway half of its limit, so the two together admit exactly
+/// the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_counters_divide_the_limit_among_the_live_gateways() {
+    let mut redis = RedisServer::start();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("the policy is written");
+    let url = redis.url();
+    let args = [
+        OsStr::new("--policy"),
+        policy.as_os_str(),
+        OsStr::new("--store"),
+        OsStr::new(&url),
+        OsStr::new("--admin-token"),
+        OsStr::new(TOKEN),
+    ];
+    let servers = [
+        Server::start(args, None).await,
+        Server::start(args, None).await,
+    ];
+    for server in &servers {
+        eventually("both gateways counted as live", || async {
+            metric(server, "sluice_store_instances").await == Some(2.0)
+        })
+        .await;
+    }
+    let web = client();
+    assert!(
+        check(&web, servers[0].listen, "/local").await.0,
+        "shared counting"
+    );
+
+    redis.stop();
+    eventually("the store failing", || async {
+        check(&web, servers[0].listen, "/closed").await.1 == 503
+    })
+    .await;
+    for server in &servers {
+        let mut admitted = 0;
+        for _ in 0..8 {
+            let (allowed, status, _) = check(&web, server.listen, "/local").await;
+            assert!(
+                allowed || status == 429,
+                "a local denial is a 429: {status}"
+            );
+            admitted += usize::from(allowed);
+        }
+        assert_eq!(admitted, 5, "10 per year, shared by 2 gateways");
+    }
+
+    redis.restart();
+    eventually("shared counting again", || async {
+        check(&web, servers[1].listen, "/closed").await.0
+    })
+    .await;
+    let mut admitted = 0;
+    for _ in 0..12 {
+        admitted += usize::from(check(&web, servers[1].listen, "/local").await.0);
+    }
+    assert_eq!(
+        admitted, 10,
+        "the restarted Redis (no persistence) starts from zero"
+    );
 }

@@ -119,6 +119,7 @@ impl Breaker {
 pub struct RedisStore {
     connection: Connection,
     script: Script,
+    announce: Script,
     /// Tests decide at this clock's instants; otherwise the server's clock decides.
     clock: Option<Arc<dyn Clock>>,
     /// The local clock, for estimating the server's instant (window bounds sent with a call).
@@ -126,6 +127,8 @@ pub struct RedisStore {
     /// The server's clock minus the local one, in ns, as of the last reply.
     offset: AtomicI64,
     breaker: Breaker,
+    /// Gateways that announced themselves within their lease, as of the last announcement.
+    instances: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -182,6 +185,22 @@ impl ConnectionLike for Connection {
 const STALE_RETRIES: usize = 3;
 const SCRIPT: &str = include_str!("decide.lua");
 
+/// The sorted set of live gateways: member the gateway's id, score the end of its lease in the
+/// server's Unix ms. One slot, in a cluster too.
+const INSTANCES: &str = "sluice:v1:i:{instances}";
+
+/// Renews one gateway's lease, drops expired ones, counts the rest; the set itself expires
+/// when every gateway has gone.
+const ANNOUNCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('PEXPIRE', KEYS[1], lease)
+return redis.call('ZCARD', KEYS[1])
+";
+
 impl RedisStore {
     /// Connects to `target`; fails when no server answers within the connection timeout.
     pub async fn connect(
@@ -215,10 +234,12 @@ impl RedisStore {
         let store = RedisStore {
             connection,
             script: Script::new(SCRIPT),
+            announce: Script::new(ANNOUNCE),
             clock: None,
             local: SystemClock::new(),
             offset: AtomicI64::new(0),
             breaker: Breaker::default(),
+            instances: AtomicU64::new(1),
         };
         // Loads the script (on every primary of a cluster) and proves the server answers.
         let mut load = redis::cmd("SCRIPT");
@@ -241,6 +262,28 @@ impl RedisStore {
         command.arg(RECORDS_VERSION);
         let version: Option<u64> = self.query(&command).await?;
         Ok(version.unwrap_or(0))
+    }
+
+    /// Announces gateway `id` as live for `lease`, forgets those whose lease ran out (by the
+    /// server's clock), and returns how many are live. A gateway calls it more often than
+    /// `lease`; the count is kept for [`RedisStore::live_instances`], and stays as it was while
+    /// Redis is down.
+    pub async fn announce(&self, id: &str, lease: Duration) -> Result<u64, StoreError> {
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut invocation = self.announce.key(INSTANCES);
+        invocation.arg(id).arg(lease_ms);
+        let live: u64 = invocation
+            .invoke_async(&mut self.connection.clone())
+            .await
+            .map_err(unavailable)?;
+        let live = live.max(1);
+        self.instances.store(live, Ordering::Relaxed);
+        Ok(live)
+    }
+
+    /// How many gateways were live at the last announcement (1 before any).
+    pub fn live_instances(&self) -> u64 {
+        self.instances.load(Ordering::Relaxed)
     }
 
     /// Whether the counters are in a Redis Cluster.
