@@ -232,16 +232,16 @@ end
 -- Each algorithm returns {admits, admitted, rejected}; nil when the windows sent do not hold
 -- now. A next state of false leaves the stored value as it is.
 
-local function fixed_window(op, cost, capacity, rejected, state, now, arg)
-  local start0, end0, end1 = time(arg(2)), time(arg(3)), time(arg(5))
+local function fixed_window(op, cost, capacity, rejected, state, now, b)
+  local start0, end0, end1 = time(ARGV[b + 2]), time(ARGV[b + 3]), time(ARGV[b + 5])
   if cmp(now, start0) < 0 or cmp(now, end1) >= 0 then
     return nil
   end
   local index, window_end
   if cmp(now, end0) < 0 then
-    index, window_end = tonumber(arg(1)), end0
+    index, window_end = tonumber(ARGV[b + 1]), end0
   else
-    index, window_end = tonumber(arg(4)), end1
+    index, window_end = tonumber(ARGV[b + 4]), end1
   end
   local count = 0
   if state[1] > index then
@@ -256,14 +256,14 @@ local function fixed_window(op, cost, capacity, rejected, state, now, arg)
     return {total <= capacity, next, rejected and next}
   end
   local next = {state[1], state[2], state[3], state[4]}
-  if count > 0 and tonumber(arg(6)) == index then
+  if count > 0 and tonumber(ARGV[b + 6]) == index then
     next[2] = math.max(count - cost, 0)
   end
   return {true, next, false}
 end
 
-local function sliding_window(op, cost, capacity, rejected, state, now, arg)
-  local index, start, span = tonumber(arg(1)), time(arg(2)), time(arg(3))
+local function sliding_window(op, cost, capacity, rejected, state, now, b)
+  local index, start, span = tonumber(ARGV[b + 1]), time(ARGV[b + 2]), time(ARGV[b + 3])
   local start1 = add(start, span)
   if cmp(now, start) < 0 or cmp(now, add(start1, span)) >= 0 then
     return nil
@@ -303,7 +303,7 @@ local function sliding_window(op, cost, capacity, rejected, state, now, arg)
     local next = {index, current, previous, expires}
     return {admits, next, rejected and next}
   end
-  local acquired = tonumber(arg(4))
+  local acquired = tonumber(ARGV[b + 4])
   if acquired == index then
     current = math.max(current - cost, 0)
   elseif acquired + 1 == index then
@@ -312,12 +312,12 @@ local function sliding_window(op, cost, capacity, rejected, state, now, arg)
   return {true, {index, current, previous, expires}, false}
 end
 
-local function token_bucket(op, rejected, state, now, arg)
-  local den = tonumber(arg(5))
-  local weight = time(arg(1))
-  weight = {weight[1], weight[2], tonumber(arg(2))}
-  local tolerance = time(arg(3))
-  tolerance = {tolerance[1], tolerance[2], tonumber(arg(4))}
+local function token_bucket(op, rejected, state, now, b)
+  local den = tonumber(ARGV[b + 5])
+  local weight = time(ARGV[b + 1])
+  weight = {weight[1], weight[2], tonumber(ARGV[b + 2])}
+  local tolerance = time(ARGV[b + 3])
+  tolerance = {tolerance[1], tolerance[2], tonumber(ARGV[b + 4])}
   local tat = {state[2][1], state[2][2], math.min(state[3], den - 1)}
   local at = {now[1], now[2], 0}
   local function bucket(f)
@@ -334,20 +334,20 @@ local function token_bucket(op, rejected, state, now, arg)
   return {true, bucket(fmax(fsub(tat, weight, den), at)), false}
 end
 
-local function concurrency(op, cost, capacity, state, now, arg)
+local function concurrency(op, cost, capacity, state, now, b)
   if op == 'a' then
     local in_flight = state[2] + cost
-    return {in_flight <= capacity, {0, in_flight, 0, add(now, time(arg(1)))}, false}
+    return {in_flight <= capacity, {0, in_flight, 0, add(now, time(ARGV[b + 1]))}, false}
   end
   local in_flight = math.max(state[2] - cost, 0)
   local expires = in_flight == 0 and now or state[4]
   return {true, {state[1], in_flight, state[3], expires}, false}
 end
 
-local function evaluate(raw, now, arg)
-  local algorithm, op = arg(-4), arg(-3)
-  local cost, capacity = tonumber(arg(-2)), tonumber(arg(-1))
-  local rejected = arg(0) == '1'
+local function evaluate(raw, now, b)
+  local algorithm, op = ARGV[b - 4], ARGV[b - 3]
+  local cost, capacity = tonumber(ARGV[b - 2]), tonumber(ARGV[b - 1])
+  local rejected = ARGV[b] == '1'
   local bucket = algorithm == 'g'
   if capacity == 0 then
     -- Nothing is ever admitted and nothing is ever counted.
@@ -358,13 +358,13 @@ local function evaluate(raw, now, arg)
   end
   local state = live(parse(raw, bucket), now, bucket)
   if algorithm == 'f' then
-    return fixed_window(op, cost, capacity, rejected, state, now, arg)
+    return fixed_window(op, cost, capacity, rejected, state, now, b)
   elseif algorithm == 's' then
-    return sliding_window(op, cost, capacity, rejected, state, now, arg)
+    return sliding_window(op, cost, capacity, rejected, state, now, b)
   elseif bucket then
-    return token_bucket(op, rejected, state, now, arg)
+    return token_bucket(op, rejected, state, now, b)
   end
-  return concurrency(op, cost, capacity, state, now, arg)
+  return concurrency(op, cost, capacity, state, now, b)
 end
 
 local function store(key, state, now)
@@ -397,13 +397,10 @@ end
 local allowed = ARGV[2] == 'a'
 local outcomes, before = {}, {}
 for i = 1, #KEYS do
-  local base = 2 + (i - 1) * 11 + 5
-  local function arg(k)
-    return ARGV[base + k]
-  end
   local raw = redis.call('GET', KEYS[i])
   before[i] = raw or ''
-  local outcome = evaluate(raw, now, arg)
+  -- ARGV[b - 4 .. b + 6] are this key's 11 values.
+  local outcome = evaluate(raw, now, 2 + (i - 1) * 11 + 5)
   if not outcome then
     return {-1, time_text(now)}
   end
