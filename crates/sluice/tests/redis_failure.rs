@@ -94,9 +94,9 @@ where
     panic!("{what} did not happen within 10 s");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
-    let mut redis = RedisServer::start();
+/// `count` gateways enforcing [`POLICY`] on `redis`, with the admin API on [`TOKEN`]; the
+/// directory holding the policy lives as long as they do.
+async fn gateways(redis: &RedisServer, count: usize) -> (tempfile::TempDir, Vec<Server>) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("the policy is written");
@@ -106,9 +106,21 @@ async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
         policy.as_os_str(),
         OsStr::new("--store"),
         OsStr::new(&url),
+        OsStr::new("--admin-token"),
+        OsStr::new(TOKEN),
     ];
-    let server = Server::start(args, None).await;
-    let address = server.listen;
+    let mut servers = Vec::new();
+    for _ in 0..count {
+        servers.push(Server::start(args, None).await);
+    }
+    (dir, servers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_fail_open_or_closed_while_redis_is_down_and_recover() {
+    let mut redis = RedisServer::start();
+    let (_dir, servers) = gateways(&redis, 1).await;
+    let address = servers[0].listen;
     let web = client();
     assert!(check(&web, address, "/open").await.0);
     assert!(check(&web, address, "/closed").await.0);
@@ -201,22 +213,7 @@ const TOKEN: &str = "failure-test-admin-token";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn local_counters_divide_the_limit_among_the_live_gateways() {
     let mut redis = RedisServer::start();
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("the policy is written");
-    let url = redis.url();
-    let args = [
-        OsStr::new("--policy"),
-        policy.as_os_str(),
-        OsStr::new("--store"),
-        OsStr::new(&url),
-        OsStr::new("--admin-token"),
-        OsStr::new(TOKEN),
-    ];
-    let servers = [
-        Server::start(args, None).await,
-        Server::start(args, None).await,
-    ];
+    let (_dir, servers) = gateways(&redis, 2).await;
     for server in &servers {
         eventually("both gateways counted as live", || async {
             metric(server, "sluice_store_instances").await == Some(2.0)

@@ -13,7 +13,7 @@ pub(crate) struct Server {
     /// The gateway's address.
     pub(crate) listen: SocketAddr,
     /// The admin API's address.
-    #[allow(dead_code, reason = "only the admin tests talk to it")]
+    #[allow(dead_code, reason = "not every test binary talks to it")]
     pub(crate) admin: SocketAddr,
 }
 
