@@ -445,6 +445,17 @@ async fn api_keys_never_reach_the_logs() {
 /// A call, boxed for [`support::VirtualTime::run`].
 type Task = std::pin::Pin<Box<dyn Future<Output = Result<Response, Error>> + Send>>;
 
+/// One Pixel Patrol submission by `client`, boxed for the herd.
+fn submit(client: &Client, url: &str) -> Task {
+    Box::pin(
+        client
+            .post(url)
+            .header("authorization", FREE)
+            .json(&json!({"body": "x"}))
+            .send(),
+    )
+}
+
 /// What one jitter mode does to a herd: each client's wait after the shared 429.
 async fn herd(jitter: Jitter) -> Vec<Duration> {
     const CLIENTS: usize = 100;
@@ -457,16 +468,7 @@ async fn herd(jitter: Jitter) -> Vec<Duration> {
         .timer(Arc::new(bench.time.clone()))
         .build()
         .expect("a client");
-    let calls: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let call = exhaust
-                .post(&url)
-                .header("authorization", FREE)
-                .json(&json!({"body": "x"}))
-                .send();
-            Box::pin(call) as Task
-        })
-        .collect();
+    let calls: Vec<Task> = (0..CLIENTS).map(|_| submit(&exhaust, &url)).collect();
     for response in bench.time.run(calls).await {
         assert_eq!(response.expect("within the limit").status, StatusCode::OK);
     }
@@ -475,7 +477,7 @@ async fn herd(jitter: Jitter) -> Vec<Duration> {
         jitter,
         ..RetryPolicy::default()
     };
-    let calls: Vec<_> = (0..CLIENTS)
+    let calls: Vec<Task> = (0..CLIENTS)
         .map(|n| {
             let client = Client::builder()
                 .policy(policy)
@@ -483,12 +485,7 @@ async fn herd(jitter: Jitter) -> Vec<Duration> {
                 .seed(n as u64)
                 .build()
                 .expect("a client");
-            let call = client
-                .post(&url)
-                .header("authorization", FREE)
-                .json(&json!({"body": "x"}))
-                .send();
-            Box::pin(call) as Task
+            submit(&client, &url)
         })
         .collect();
     let mut retries = Vec::new();

@@ -281,6 +281,8 @@ impl<S: CounterStore> Service<S> {
             return;
         }
         if admission.local {
+            // Settled under the whole limit, not the share: only concurrency slots and
+            // fixed-window quotas settle, and their release depends on the period alone.
             let _ = self.local.apply_now(&settle);
         } else {
             // A failed release leaves a count the upstream did not earn; it expires with its

@@ -701,6 +701,10 @@ impl crate::CounterStore for RedisStore {
     fn is_degraded(&self) -> bool {
         RedisStore::is_degraded(self)
     }
+
+    fn live_instances(&self) -> u64 {
+        RedisStore::live_instances(self)
+    }
 }
 
 impl RecordStore for RedisStore {
