@@ -28,6 +28,94 @@
 -- Reply: {1 admitted | 0 denied | -1 the windows sent do not hold the instant, instant,
 --         each key's stored value before the request ('' when none)}
 
+-- The common case first, before the general machinery below is built: one token bucket
+-- acquiring, counting only what it admits, at instants and steps far below the arithmetic's
+-- saturation. Lua 5.1 builds every function and table of a script's body on every call, and
+-- that costs more than this whole path, so the path uses none: the same steps as
+-- token_bucket below, on plain numbers. base = max(tat, now), next = base + weight; admitted
+-- when next <= now + tolerance.
+if #KEYS == 1 and ARGV[3] == 'g' and ARGV[4] == 'a' and ARGV[7] == '0' and ARGV[2] == 'a'
+    and ARGV[6] ~= '0' then
+  local s, ns
+  local text = ARGV[1]
+  if text == '' then
+    local t = redis.call('TIME')
+    s, ns = tonumber(t[1]), tonumber(t[2]) * 1000
+  elseif #text > 9 then
+    s, ns = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    s, ns = 0, tonumber(text)
+  end
+  local den = tonumber(ARGV[12])
+  local ws, wns, wp = 0, 0, tonumber(ARGV[9])
+  text = ARGV[8]
+  if #text > 9 then
+    ws, wns = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    wns = tonumber(text)
+  end
+  local ts, tns, tp = 0, 0, tonumber(ARGV[11])
+  text = ARGV[10]
+  if #text > 9 then
+    ts, tns = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
+  else
+    tns = tonumber(text)
+  end
+  local raw = redis.call('GET', KEYS[1])
+  local bs, bns, bp = 0, 0, 0
+  -- Seconds above zero keep the texts as time_text writes them (no leading zeros).
+  local fits = s > 0 and s < 4e9 and ws < 4e9 and ts < 4e9 and tp < den
+    and (ws > 0 or wns > 0 or wp > 0)
+  if raw then
+    -- 'window tat part expires_at'; a value that does not read this way takes the long path.
+    local w, v, a, e = string.match(raw, '^(%d+) (%d+) (%d+) (%d+)$')
+    fits = fits and w and #v > 9 and #e > 9
+    if fits then
+      local es, ens = tonumber(string.sub(e, 1, -10)), tonumber(string.sub(e, -9))
+      if es > s or (es == s and ens > ns) then
+        bs, bns = tonumber(string.sub(v, 1, -10)), tonumber(string.sub(v, -9))
+        bp = math.min(tonumber(a), den - 1)
+        fits = bs < 4e9
+      end
+    end
+  end
+  if fits then
+    if bs < s or (bs == s and bns < ns) then
+      bs, bns, bp = s, ns, 0
+    end
+    local xs, xns, xp = bs + ws, bns + wns, bp + wp
+    if xp >= den then
+      xp = xp - den
+      xns = xns + 1
+    end
+    if xns >= 1000000000 then
+      xs = xs + 1
+      xns = xns - 1000000000
+    end
+    local cs, cns = s + ts, ns + tns
+    if cns >= 1000000000 then
+      cs = cs + 1
+      cns = cns - 1000000000
+    end
+    local admits = xs < cs or (xs == cs and (xns < cns or (xns == cns and xp <= tp)))
+    if admits then
+      -- Expires at next rounded up to the nanosecond, after now since weight > 0.
+      local es, ens = xs, xns
+      if xp > 0 then
+        ens = ens + 1
+        if ens >= 1000000000 then
+          es = es + 1
+          ens = ens - 1000000000
+        end
+      end
+      local ms = (es - s) * 1000 + math.ceil((ens - ns) / 1000000)
+      redis.call('SET', KEYS[1], string.format('0 %d%09d %d %d%09d', xs, xns, xp, es, ens),
+        'PX', string.format('%d', ms))
+    end
+    return {admits and 1 or 0, string.format('%d%09d', s, ns), raw or ''}
+  end
+end
+
 local B = 1000000000
 local L = 10000000
 local MAX = {18446744073, 709551615}
@@ -394,55 +482,6 @@ if ARGV[1] == '' then
 else
   now = time(ARGV[1])
 end
--- The common case without the general machinery: one token bucket acquiring, counting only
--- what it admits, at instants and steps far below the arithmetic's saturation. The same steps
--- as token_bucket, on plain numbers: base = max(tat, now), next = base + weight, admitted
--- when next <= now + tolerance.
-if #KEYS == 1 and ARGV[3] == 'g' and ARGV[4] == 'a' and ARGV[7] == '0' and ARGV[2] == 'a'
-    and ARGV[6] ~= '0' then
-  local s, ns = now[1], now[2]
-  local den = tonumber(ARGV[12])
-  local weight, tolerance = time(ARGV[8]), time(ARGV[10])
-  local ws, wns, wp = weight[1], weight[2], tonumber(ARGV[9])
-  local ts, tns, tp = tolerance[1], tolerance[2], tonumber(ARGV[11])
-  local raw = redis.call('GET', KEYS[1])
-  local bs, bns, bp = 0, 0, 0
-  if raw then
-    local state = parse(raw, true)
-    if cmp(state[4], now) > 0 then
-      bs, bns, bp = state[2][1], state[2][2], math.min(state[3], den - 1)
-    end
-  end
-  if bs < 4e9 and s < 4e9 and ws < 4e9 and ts < 4e9 and tp < den then
-    if bs < s or (bs == s and bns < ns) then
-      bs, bns, bp = s, ns, 0
-    end
-    local xs, xns, xp = bs + ws, bns + wns, bp + wp
-    if xp >= den then
-      xp = xp - den
-      xns = xns + 1
-    end
-    if xns >= B then
-      xs = xs + 1
-      xns = xns - B
-    end
-    local cs, cns = s + ts, ns + tns
-    if cns >= B then
-      cs = cs + 1
-      cns = cns - B
-    end
-    local admits = xs < cs or (xs == cs and (xns < cns or (xns == cns and xp <= tp)))
-    if admits then
-      local expires = {xs, xns}
-      if xp > 0 then
-        expires = add(expires, {0, 1})
-      end
-      store(KEYS[1], {0, {xs, xns}, xp, expires}, now)
-    end
-    return {admits and 1 or 0, time_text(now), raw or ''}
-  end
-end
-
 local allowed = ARGV[2] == 'a'
 local outcomes, before = {}, {}
 for i = 1, #KEYS do
