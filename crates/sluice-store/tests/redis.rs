@@ -234,3 +234,67 @@ async fn connecting_to_nothing_fails_clearly() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+/// The gateway connects the store on its main runtime and serves from one runtime per core:
+/// each runtime calls Redis over its own connection, so the store keeps deciding exactly after
+/// the runtime that connected it has gone, and for runtimes started later.
+#[test]
+fn a_store_serves_runtimes_other_than_the_one_that_connected_it() {
+    let redis = RedisServer::start();
+    runtimes_share_the_store(&redis.url());
+}
+
+#[test]
+fn a_cluster_store_serves_runtimes_other_than_the_one_that_connected_it() {
+    let redis = RedisCluster::start();
+    runtimes_share_the_store(&redis.url());
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime")
+}
+
+fn runtimes_share_the_store(url: &str) {
+    let connecting = runtime();
+    let store = Arc::new(connecting.block_on(connect(url)));
+    drop(connecting);
+    let limit = Limit::fixed_window(60, Period::Span(3_600_000_000_000)).expect("a valid limit");
+    let admitted = |store: &RedisStore, calls: usize| -> usize {
+        runtime().block_on(async {
+            let mut admitted = 0;
+            for _ in 0..calls {
+                let request = [acquire("site:1", "hourly", &limit)];
+                if store
+                    .apply(&request)
+                    .await
+                    .expect("Redis answers")
+                    .allowed()
+                {
+                    admitted += 1;
+                }
+            }
+            admitted
+        })
+    };
+    let total: usize = std::thread::scope(|threads| {
+        let serving: Vec<_> = (0..2)
+            .map(|_| threads.spawn(|| admitted(&store, 25)))
+            .collect();
+        serving
+            .into_iter()
+            .map(|thread| thread.join().expect("a serving thread"))
+            .sum()
+    });
+    assert_eq!(
+        total, 50,
+        "every call of the first two runtimes is admitted"
+    );
+    assert_eq!(
+        admitted(&store, 20),
+        10,
+        "a runtime started after them finds their counts"
+    );
+}

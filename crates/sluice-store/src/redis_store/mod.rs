@@ -13,12 +13,12 @@
 //! one instant: a scope that denies withdraws what the earlier scopes took (see
 //! [`RedisStore::apply`]).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
-use redis::cluster::ClusterClientBuilder;
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use sluice_core::{
@@ -26,6 +26,8 @@ use sluice_core::{
     clamp_cost, decide,
 };
 use smallvec::SmallVec;
+use tokio::runtime::{Handle, Id as RuntimeId};
+use tokio::sync::OnceCell;
 
 use crate::{Record, RecordStore, RecordTable, StoreError};
 
@@ -115,9 +117,10 @@ impl Breaker {
     }
 }
 
-/// Counters (and records) in Redis or a Redis Cluster, over one multiplexed connection.
+/// Counters (and records) in Redis or a Redis Cluster, over one multiplexed connection per
+/// runtime that calls it (see [`Connections`]).
 pub struct RedisStore {
-    connection: Connection,
+    connections: Connections,
     script: Script,
     announce: Script,
     /// Tests decide at this clock's instants; otherwise the server's clock decides.
@@ -136,7 +139,7 @@ impl std::fmt::Debug for RedisStore {
         f.debug_struct("RedisStore")
             .field(
                 "cluster",
-                &matches!(self.connection, Connection::Cluster(_)),
+                &matches!(*self.connections.opener, Opener::Cluster(_)),
             )
             .finish_non_exhaustive()
     }
@@ -181,6 +184,95 @@ impl ConnectionLike for Connection {
     }
 }
 
+/// How a connection is opened.
+enum Opener {
+    Single(redis::Client, ConnectionManagerConfig),
+    Cluster(ClusterClient),
+}
+
+impl Opener {
+    async fn open(&self) -> Result<Connection, StoreError> {
+        match self {
+            Opener::Single(client, config) => Ok(Connection::Single(
+                ConnectionManager::new_with_config(client.clone(), config.clone())
+                    .await
+                    .map_err(unavailable)?,
+            )),
+            Opener::Cluster(client) => Ok(Connection::Cluster(
+                client.get_async_connection().await.map_err(unavailable)?,
+            )),
+        }
+    }
+}
+
+/// A runtime's connection, once opened.
+type Opened = (RuntimeId, Arc<OnceCell<Connection>>);
+
+/// One multiplexed connection per tokio runtime that calls the store.
+///
+/// A connection's task runs on the runtime that opened it. The gateway serves from one
+/// runtime per core; through a connection opened elsewhere, every call would wake that other
+/// thread to write the command and again to hand back the reply. So each runtime opens its own
+/// on its first call (concurrent first calls share the opening), its calls are written
+/// together in one write, and it forgets its connection when it shuts down.
+struct Connections {
+    opener: Box<Opener>,
+    open: Arc<Mutex<Vec<Opened>>>,
+}
+
+impl Connections {
+    /// The calling runtime's connection, opened on its first call.
+    async fn get(&self) -> Result<Connection, StoreError> {
+        let runtime = Handle::current();
+        let id = runtime.id();
+        let (cell, first) = {
+            let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+            match open.iter().find(|(owner, _)| *owner == id) {
+                Some((_, cell)) => match cell.get() {
+                    Some(connection) => return Ok(connection.clone()),
+                    None => (Arc::clone(cell), false),
+                },
+                None => {
+                    let cell = Arc::new(OnceCell::new());
+                    open.push((id, Arc::clone(&cell)));
+                    (cell, true)
+                }
+            }
+        };
+        if first {
+            // The first call on this runtime. A runtime drops its tasks when it shuts down,
+            // and this one's guard then forgets the connection, whose own task has gone too:
+            // a later runtime given the same id opens a fresh one. (Spawned outside the lock:
+            // on a runtime already shutting down the guard is dropped at once.)
+            let guard = Forget {
+                open: Arc::downgrade(&self.open),
+                cell: Arc::downgrade(&cell),
+            };
+            drop(runtime.spawn(async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+            }));
+        }
+        cell.get_or_try_init(|| self.opener.open()).await.cloned()
+    }
+}
+
+/// Forgets one runtime's connection when dropped.
+struct Forget {
+    open: Weak<Mutex<Vec<Opened>>>,
+    cell: Weak<OnceCell<Connection>>,
+}
+
+impl Drop for Forget {
+    fn drop(&mut self) {
+        if let Some(open) = self.open.upgrade() {
+            open.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(_, cell)| !std::ptr::eq(Arc::as_ptr(cell), self.cell.as_ptr()));
+        }
+    }
+}
+
 /// How often a call is sent again when the server's instant fell outside the windows sent.
 const STALE_RETRIES: usize = 3;
 const SCRIPT: &str = include_str!("decide.lua");
@@ -207,7 +299,7 @@ impl RedisStore {
         target: &RedisTarget,
         config: &RedisStoreConfig,
     ) -> Result<RedisStore, StoreError> {
-        let connection = match target {
+        let opener = match target {
             RedisTarget::Single(url) => {
                 let client = redis::Client::open(url.as_str()).map_err(unavailable)?;
                 let manager = ConnectionManagerConfig::new()
@@ -215,24 +307,22 @@ impl RedisStore {
                     .set_connection_timeout(Some(config.connection_timeout))
                     .set_number_of_retries(2)
                     .set_max_delay(Duration::from_millis(500));
-                Connection::Single(
-                    ConnectionManager::new_with_config(client, manager)
-                        .await
-                        .map_err(unavailable)?,
-                )
+                Opener::Single(client, manager)
             }
-            RedisTarget::Cluster(nodes) => {
-                let client = ClusterClientBuilder::new(nodes.clone())
+            RedisTarget::Cluster(nodes) => Opener::Cluster(
+                ClusterClientBuilder::new(nodes.clone())
                     .response_timeout(config.response_timeout)
                     .connection_timeout(config.connection_timeout)
                     .retries(3)
                     .build()
-                    .map_err(unavailable)?;
-                Connection::Cluster(client.get_async_connection().await.map_err(unavailable)?)
-            }
+                    .map_err(unavailable)?,
+            ),
         };
         let store = RedisStore {
-            connection,
+            connections: Connections {
+                opener: Box::new(opener),
+                open: Arc::default(),
+            },
             script: Script::new(SCRIPT),
             announce: Script::new(ANNOUNCE),
             clock: None,
@@ -241,7 +331,8 @@ impl RedisStore {
             breaker: Breaker::default(),
             instances: AtomicU64::new(1),
         };
-        // Loads the script (on every primary of a cluster) and proves the server answers.
+        // Opens this runtime's connection, loads the script (on every primary of a cluster)
+        // and proves the server answers.
         let mut load = redis::cmd("SCRIPT");
         load.arg("LOAD").arg(SCRIPT);
         store.query::<Value>(&load).await?;
@@ -273,7 +364,7 @@ impl RedisStore {
         let mut invocation = self.announce.key(INSTANCES);
         invocation.arg(id).arg(lease_ms);
         let live: u64 = invocation
-            .invoke_async(&mut self.connection.clone())
+            .invoke_async(&mut self.connections.get().await?)
             .await
             .map_err(unavailable)?;
         let live = live.max(1);
@@ -288,12 +379,12 @@ impl RedisStore {
 
     /// Whether the counters are in a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.connection, Connection::Cluster(_))
+        matches!(*self.connections.opener, Opener::Cluster(_))
     }
 
     async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, StoreError> {
         command
-            .query_async(&mut self.connection.clone())
+            .query_async(&mut self.connections.get().await?)
             .await
             .map_err(unavailable)
     }
@@ -305,14 +396,21 @@ impl RedisStore {
                 "Redis failed repeatedly; waiting before trying again".to_owned(),
             ));
         }
-        match invocation.invoke_async(&mut self.connection.clone()).await {
+        let result = match self.connections.get().await {
+            Ok(mut connection) => invocation
+                .invoke_async(&mut connection)
+                .await
+                .map_err(unavailable),
+            Err(error) => Err(error),
+        };
+        match result {
             Ok(value) => {
                 self.breaker.succeeded();
                 Ok(value)
             }
             Err(error) => {
                 self.breaker.failed(self.local.now());
-                Err(unavailable(error))
+                Err(error)
             }
         }
     }
@@ -722,7 +820,7 @@ impl RecordStore for RedisStore {
         };
         pipeline.incr(RECORDS_VERSION, 1);
         pipeline
-            .query_async::<Value>(&mut self.connection.clone())
+            .query_async::<Value>(&mut self.connections.get().await?)
             .await
             .map(drop)
             .map_err(unavailable)
