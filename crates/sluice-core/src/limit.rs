@@ -81,6 +81,10 @@ pub struct Limit {
     period: Period,
     /// Invariant: never true for `Concurrency`.
     count_rejected: bool,
+    /// Units a gateway takes from a shared store at once and spends locally; 0 counts every
+    /// request in the store. Invariant: 0, or 2..=capacity (and ..=burst) on a fixed window or
+    /// a token bucket that does not count rejected requests.
+    block: u64,
     /// The token bucket's constants, computed once (unused by other algorithms).
     cells: Cells,
 }
@@ -137,6 +141,7 @@ impl Limit {
             cells: Cells::new(capacity, span, burst),
             period,
             count_rejected: false,
+            block: 0,
         })
     }
 
@@ -147,10 +152,64 @@ impl Limit {
         if self.algorithm == Algorithm::Concurrency {
             return Err(LimitError::CountRejectedConcurrency);
         }
+        if self.block > 0 {
+            return Err(LimitError::Block(self.block));
+        }
         Ok(Limit {
             count_rejected: true,
             ..self
         })
+    }
+
+    /// This limit, approximated for a very hot key: a gateway sharing its counters through a
+    /// store (Redis) takes `block` units at once and spends them locally, calling the store
+    /// about once per block instead of once per request.
+    ///
+    /// What it costs in exactness, fleet-wide: on a fixed window a block is spent only within
+    /// the window it was taken in, so no window ever admits more than the capacity; on a token
+    /// bucket a block is spent within the time the bucket takes to earn one block per gateway
+    /// ([`Limit::block_lifetime`]), so any interval admits at most `block × gateways` more than
+    /// the exact limit would. Units a gateway took but did not spend in time are lost, and a
+    /// gateway refused a block refuses locally until one could be taken: the fleet may refuse
+    /// up to `block − 1` units per gateway that the exact limit would have admitted.
+    ///
+    /// For fixed windows and token buckets that do not count rejected requests, with `block`
+    /// between 2 and the capacity (and the burst).
+    pub fn in_blocks(self, block: u64) -> Result<Limit, LimitError> {
+        let most = match self.algorithm {
+            Algorithm::FixedWindow => self.capacity,
+            Algorithm::TokenBucket { burst } => self.capacity.min(burst),
+            Algorithm::SlidingWindow | Algorithm::Concurrency => 0,
+        };
+        if block < 2 || block > most || self.count_rejected {
+            return Err(LimitError::Block(block));
+        }
+        Ok(Limit { block, ..self })
+    }
+
+    /// Units taken at once from a shared store; 0 when every request is counted there.
+    pub fn block(&self) -> u64 {
+        self.block
+    }
+
+    /// Until when a block taken at `at`, with `gateways` sharing the limit, may be spent: the
+    /// end of the fixed window, or for a token bucket the time it takes to earn one block per
+    /// gateway (`block × gateways × span / capacity`, rounded down). `None` for a limit not
+    /// counted in blocks.
+    pub fn block_lifetime(&self, at: Timestamp, gateways: u64) -> Option<Timestamp> {
+        if self.block == 0 {
+            return None;
+        }
+        match self.algorithm {
+            Algorithm::FixedWindow => Some(self.period.window_at(at).end),
+            Algorithm::TokenBucket { .. } => {
+                let weight = self
+                    .cells
+                    .weight(self.block.saturating_mul(gateways.max(1)));
+                Some(at.saturating_add_nanos(weight.whole))
+            }
+            Algorithm::SlidingWindow | Algorithm::Concurrency => None,
+        }
     }
 
     /// How the limit counts.
@@ -250,6 +309,8 @@ pub enum LimitError {
     TimeZone(String),
     /// `counting_rejected` on a concurrency limit.
     CountRejectedConcurrency,
+    /// Blocks on a limit that cannot take them, or of a size outside 2..=capacity (and burst).
+    Block(u64),
 }
 
 impl fmt::Display for LimitError {
@@ -275,6 +336,11 @@ impl fmt::Display for LimitError {
             LimitError::CountRejectedConcurrency => {
                 write!(f, "a concurrency limit cannot count rejected requests")
             }
+            LimitError::Block(block) => write!(
+                f,
+                "a block of {block} needs a fixed window or a token bucket that does not count \
+                 rejected requests, and a block between 2 and its capacity (and burst)"
+            ),
         }
     }
 }

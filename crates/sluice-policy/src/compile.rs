@@ -360,7 +360,13 @@ impl Compiler<'_> {
     ) -> Option<LimitRule> {
         let per = self.scope(&spec.per);
         let rate = spec.rate.0;
-        let built = build_limit(spec.algorithm, rate, spec.burst, spec.count_rejected);
+        let built =
+            build_limit(spec.algorithm, rate, spec.burst, spec.count_rejected).and_then(|limit| {
+                match spec.block {
+                    Some(block) => limit.in_blocks(block),
+                    None => Ok(limit),
+                }
+            });
         let name = spec.name.clone().unwrap_or(default_name);
         match built {
             Ok(limit) => Some(LimitRule {
@@ -592,6 +598,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
                 burst: None,
                 cost: original.cost,
                 count_rejected: false,
+                block: None,
             };
             let counter_prefix = original
                 .counter

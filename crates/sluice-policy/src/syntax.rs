@@ -328,6 +328,10 @@ pub(crate) struct LimitSpec {
     /// Count denied requests too, so hammering keeps a client limited.
     #[serde(default)]
     pub count_rejected: bool,
+    /// Approximate, for a very hot key on a shared store: each gateway takes this many units
+    /// at once and spends them locally (see `Limit::in_blocks` for the bound).
+    #[serde(default)]
+    pub block: Option<u64>,
 }
 
 fn one() -> u64 {

@@ -169,3 +169,19 @@ fn a_keys_file_with_a_bad_hash_or_an_unknown_plan_is_answered_with_locations() {
         "the hash stays out of Debug"
     );
 }
+
+#[test]
+fn a_limit_counted_in_blocks_is_read_and_a_block_it_cannot_take_is_located() {
+    let hot = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 10000 per 1s\n        per: global\n        block: 100\n"
+    );
+    let policy = load("policy.yaml", &hot).unwrap_or_else(|errors| panic!("{errors}"));
+    let (route, _) = policy.route("GET", "/a").expect("a route");
+    assert_eq!(route.limits[0].limit.block(), 100);
+
+    let sliding = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 10 per 1s\n        per: global\n        algorithm: sliding_window\n        block: 5\n"
+    );
+    expect!["policy.yaml:9:14: invalid limit `limit-0`: a block of 5 needs a fixed window or a token bucket that does not count rejected requests, and a block between 2 and its capacity (and burst)"]
+        .assert_eq(&errors_of(&sliding));
+}

@@ -129,8 +129,8 @@ impl AnyStore {
         match self {
             AnyStore::Memory(store) => store.sweep(),
             AnyStore::Embedded(store) => store.sweep(),
-            // Redis expires keys itself.
-            AnyStore::Redis(_) => {}
+            // Redis expires keys itself; blocks taken from it run out here.
+            AnyStore::Redis(store) => store.sweep(),
         }
     }
 }

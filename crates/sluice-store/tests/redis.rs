@@ -298,3 +298,209 @@ fn runtimes_share_the_store(url: &str) {
         "a runtime started after them finds their counts"
     );
 }
+
+/// Three gateways on one Redis, in a manual clock, each with its own store.
+async fn fleet(redis: &RedisServer, clock: &Arc<sluice_core::ManualClock>) -> Vec<RedisStore> {
+    let mut stores = Vec::new();
+    for _ in 0..3 {
+        let clock: Arc<dyn Clock> = clock.clone();
+        stores.push(connect(&redis.url()).await.with_clock(clock));
+    }
+    // Twice, so that each has seen all three.
+    for _ in 0..2 {
+        for (index, store) in stores.iter().enumerate() {
+            store
+                .announce(&format!("gateway-{index}"), Duration::from_secs(60))
+                .await
+                .expect("Redis answers");
+        }
+    }
+    for store in &stores {
+        assert_eq!(store.live_instances(), 3);
+    }
+    stores
+}
+
+/// Calls to the decide script since the last `CONFIG RESETSTAT`.
+async fn script_calls(url: &str) -> u64 {
+    let mut connection = raw(url).await;
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut connection)
+        .await
+        .expect("INFO");
+    let calls = |command: &str| -> u64 {
+        stats
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|calls| calls.parse().ok())
+            .unwrap_or(0)
+    };
+    calls("evalsha") + calls("eval")
+}
+
+async fn reset_stats(url: &str) {
+    let mut connection = raw(url).await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query_async(&mut connection)
+        .await
+        .expect("CONFIG RESETSTAT");
+}
+
+/// Every gateway asks once per `step` for `steps` steps, when `asks(step, gateway)`; the
+/// instants admitted, in order.
+async fn hammer(
+    stores: &[RedisStore],
+    clock: &sluice_core::ManualClock,
+    limit: &Limit,
+    name: &str,
+    step: Duration,
+    steps: usize,
+    asks: impl Fn(usize, usize) -> bool,
+) -> Vec<u64> {
+    let mut admitted = Vec::new();
+    for at in 0..steps {
+        for (gateway, store) in stores.iter().enumerate() {
+            if !asks(at, gateway) {
+                continue;
+            }
+            let request = [acquire("global", name, limit)];
+            let decision = store.apply(&request).await.expect("Redis answers");
+            if decision.allowed() {
+                admitted.push(clock.now().as_nanos());
+            }
+        }
+        clock.advance(step);
+    }
+    admitted
+}
+
+/// The most admitted in any interval beyond what `burst + interval / emission` allows: 0 for
+/// an exact token bucket.
+fn excess(admitted: &[u64], burst: u64, emission: u64) -> u64 {
+    let mut worst = 0;
+    for (i, first) in admitted.iter().enumerate() {
+        for (j, last) in admitted.iter().enumerate().skip(i) {
+            let count = (j - i + 1) as u64;
+            let allowed = burst + (last - first) / emission;
+            worst = worst.max(count.saturating_sub(allowed));
+        }
+    }
+    worst
+}
+
+/// A token bucket counted in blocks, three gateways asking far more than it allows: in no
+/// interval does the fleet admit more than block × gateways beyond the exact limit (the bound
+/// `Limit::in_blocks` states), it admits most of what the exact limit does, and Redis sees
+/// a small fraction of the calls. The same limit counted exactly, in the same run, is the
+/// baseline. One gateway asks rarely and then in a burst, spending a block taken a second
+/// earlier on top of what the others took since: the over-admission the bound is about.
+#[tokio::test]
+async fn blocks_of_a_token_bucket_stay_within_their_bound() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(sluice_core::ManualClock::new(
+        sluice_core::Timestamp::from_secs(1_795_342_500),
+    ));
+    let stores = fleet(&redis, &clock).await;
+    // 100 per 10 s: one every 100 ms, 5 at once.
+    let exact = Limit::token_bucket(100, Duration::from_secs(10), 5).expect("a valid limit");
+    let blocks = exact.clone().in_blocks(5).expect("a valid block");
+    let step = Duration::from_millis(10);
+    let emission = 100_000_000;
+
+    // Gateway 0 asks at the start of every 1.5 s, then 4 times a second later.
+    let asks = |at: usize, gateway: usize| gateway > 0 || matches!(at % 150, 0 | 100..=103);
+    reset_stats(&redis.url()).await;
+    let baseline = hammer(&stores, &clock, &exact, "exact", step, 2_000, asks).await;
+    let exact_calls = script_calls(&redis.url()).await;
+    reset_stats(&redis.url()).await;
+    let approximate = hammer(&stores, &clock, &blocks, "blocks", step, 2_000, asks).await;
+    let block_calls = script_calls(&redis.url()).await;
+    let requests = (0..2_000)
+        .flat_map(|at| (0..3).map(move |gateway| (at, gateway)))
+        .filter(|&(at, gateway)| asks(at, gateway))
+        .count() as u64;
+
+    assert_eq!(
+        excess(&baseline, 5, emission),
+        0,
+        "the exact limit is exact"
+    );
+    let over = excess(&approximate, 5, emission);
+    // Gateway 0's late spending shows: the bound is what holds it, not the traffic's shape.
+    assert!(over > 0, "the late block never showed");
+    assert!(over <= 5 * 3, "blocks admitted {over} beyond the limit");
+    assert!(
+        approximate.len() * 10 >= baseline.len() * 8,
+        "blocks admitted {} where the exact limit admitted {}",
+        approximate.len(),
+        baseline.len()
+    );
+    assert_eq!(
+        exact_calls, requests,
+        "the exact limit calls Redis per request"
+    );
+    assert!(
+        block_calls * 10 <= exact_calls,
+        "blocks called Redis {block_calls} times for {requests} requests"
+    );
+    eprintln!(
+        "exact: {} admitted, {exact_calls} calls; blocks: {} admitted, {block_calls} calls, \
+         at most {over} beyond the limit in any interval",
+        baseline.len(),
+        approximate.len()
+    );
+}
+
+/// A fixed window counted in blocks never admits more than its capacity in a window (a block
+/// is spent only in the window it was taken in), and loses at most block − 1 per gateway.
+#[tokio::test]
+async fn blocks_of_a_fixed_window_never_exceed_it() {
+    let redis = RedisServer::start();
+    let clock = Arc::new(sluice_core::ManualClock::new(
+        sluice_core::Timestamp::from_secs(1_795_342_500),
+    ));
+    let stores = fleet(&redis, &clock).await;
+    let limit = Limit::fixed_window(50, Period::Span(60_000_000_000))
+        .and_then(|limit| limit.in_blocks(10))
+        .expect("a valid limit");
+    reset_stats(&redis.url()).await;
+    // 3 gateways × 4 per second for 3 minutes: 720 asked per window of 50.
+    let admitted = hammer(
+        &stores,
+        &clock,
+        &limit,
+        "window",
+        Duration::from_millis(250),
+        720,
+        |_, _| true,
+    )
+    .await;
+    let calls = script_calls(&redis.url()).await;
+    eprintln!(
+        "{} admitted of 2,160 asked in 3 windows of 50, {calls} calls to Redis",
+        admitted.len()
+    );
+    let start = 1_795_342_500_000_000_000_u64;
+    for window in 0..4 {
+        let from = (start / 60_000_000_000 + window) * 60_000_000_000;
+        let in_window = admitted
+            .iter()
+            .filter(|&&at| at >= from && at < from + 60_000_000_000)
+            .count();
+        assert!(in_window <= 50, "window {window} admitted {in_window}");
+        let whole = from >= start && from + 60_000_000_000 <= start + 180_000_000_000;
+        if whole {
+            assert!(
+                in_window >= 50 - 3 * 9,
+                "window {window} admitted only {in_window}"
+            );
+        }
+    }
+    assert!(
+        calls * 10 <= 2_160,
+        "Redis saw {calls} calls for 2,160 requests"
+    );
+}

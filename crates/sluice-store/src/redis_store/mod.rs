@@ -13,6 +13,7 @@
 //! one instant: a scope that denies withdraws what the earlier scopes took (see
 //! [`RedisStore::apply`]).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -22,8 +23,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::{RedisError, RedisFuture, Script, ScriptInvocation, Value};
 use sluice_core::{
-    Algorithm, Clock, CounterState, Decision, Op, Period, SystemClock, Timestamp, Transition,
-    clamp_cost, decide,
+    Algorithm, Clock, CounterState, Decision, Op, Period, Retry, SystemClock, Timestamp,
+    Transition, clamp_cost, decide,
 };
 use smallvec::SmallVec;
 use tokio::runtime::{Handle, Id as RuntimeId};
@@ -118,7 +119,7 @@ impl Breaker {
 }
 
 /// Counters (and records) in Redis or a Redis Cluster, over one multiplexed connection per
-/// runtime that calls it (see [`Connections`]).
+/// runtime that calls it.
 pub struct RedisStore {
     connections: Connections,
     script: Script,
@@ -132,6 +133,59 @@ pub struct RedisStore {
     breaker: Breaker,
     /// Gateways that announced themselves within their lease, as of the last announcement.
     instances: AtomicU64,
+    /// Blocks taken for limits counted in blocks ([`sluice_core::Limit::in_blocks`]), by
+    /// counter key.
+    blocks: Mutex<HashMap<Vec<u8>, Held>>,
+}
+
+/// What this gateway holds for one counter of a limit counted in blocks.
+#[derive(Clone, Copy, Debug)]
+enum Held {
+    /// `left` units taken from Redis and not yet spent, spendable until `until` (the server's
+    /// instant); `state` is the counter in Redis just after the take.
+    Block {
+        left: u64,
+        state: CounterState,
+        until: Timestamp,
+    },
+    /// Redis refused a block when the counter was `state`: until `until`, when the block
+    /// could be taken, requests are refused here against that state.
+    Refused {
+        state: CounterState,
+        until: Timestamp,
+    },
+}
+
+impl Held {
+    fn until(&self) -> Timestamp {
+        match self {
+            Held::Block { until, .. } | Held::Refused { until, .. } => *until,
+        }
+    }
+}
+
+/// What one counter of a request decided in blocks does.
+#[derive(Clone, Copy)]
+enum Plan {
+    /// Spends from the block taken when the counter was this.
+    Spend(CounterState),
+    /// Refused, as the last take was against this state.
+    Refused(CounterState),
+    /// Takes a block from Redis.
+    Take,
+}
+
+/// Whether a transition is decided in blocks: an acquisition that fits its limit's block.
+fn in_blocks(transition: &Transition<'_>) -> bool {
+    let block = transition.limit.block();
+    block > 0 && matches!(transition.op, Op::Acquire { cost } if cost >= 1 && cost <= block)
+}
+
+fn cost_of(transition: &Transition<'_>) -> u64 {
+    match transition.op {
+        Op::Acquire { cost } => cost,
+        _ => 0,
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -330,6 +384,7 @@ impl RedisStore {
             offset: AtomicI64::new(0),
             breaker: Breaker::default(),
             instances: AtomicU64::new(1),
+            blocks: Mutex::default(),
         };
         // Opens this runtime's connection, loads the script (on every primary of a cluster)
         // and proves the server answers.
@@ -450,15 +505,38 @@ impl RedisStore {
                 return Err(StoreError::DuplicateKey(transition.key.clone()));
             }
         }
+        if transitions.iter().all(in_blocks) {
+            return self.apply_in_blocks(transitions).await;
+        }
+        let (now, mut states, allowed) = self.exchange(transitions).await?;
+        Self::explain(now, transitions, &mut states, allowed)
+    }
+
+    /// Applies transitions in Redis: the instant, every counter's state before, and whether
+    /// the request was admitted.
+    async fn exchange(
+        &self,
+        transitions: &[Transition<'_>],
+    ) -> Result<(Timestamp, Vec<CounterState>, bool), StoreError> {
         let now = self.clock.as_ref().map(|clock| clock.now());
-        let (now, mut states, allowed) = match self.steps(transitions) {
+        Ok(match self.steps(transitions) {
             None => {
                 let reply = self.call(transitions, now, true).await?;
                 (reply.now, reply.states, reply.admitted)
             }
             Some(steps) => self.apply_in_steps(transitions, &steps, now).await?,
-        };
-        let decision = decide(now, transitions, &mut states);
+        })
+    }
+
+    /// The engine's decision over the states Redis read (left as the request left them),
+    /// which must agree with what Redis did.
+    fn explain(
+        now: Timestamp,
+        transitions: &[Transition<'_>],
+        states: &mut [CounterState],
+        allowed: bool,
+    ) -> Result<Decision, StoreError> {
+        let decision = decide(now, transitions, states);
         if decision.allowed() != allowed {
             tracing::error!(
                 allowed,
@@ -470,6 +548,176 @@ impl RedisStore {
             ));
         }
         Ok(decision)
+    }
+
+    /// A request whose every counter is counted in blocks ([`sluice_core::Limit::in_blocks`]):
+    /// spent from this gateway's blocks when each has enough left, refused here while a
+    /// refused take stands, and otherwise one script call takes a block for each counter
+    /// without one (the request's cost included) while the others spend locally.
+    async fn apply_in_blocks(
+        &self,
+        transitions: &[Transition<'_>],
+    ) -> Result<Decision, StoreError> {
+        let now = self.estimate();
+        let keys: SmallVec<[Vec<u8>; 4]> = transitions.iter().map(counter_key).collect();
+        let plan: SmallVec<[Plan; 4]> = {
+            let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+            let plan: SmallVec<[Plan; 4]> = transitions
+                .iter()
+                .zip(&keys)
+                .map(|(transition, key)| match blocks.get(key) {
+                    Some(Held::Block { left, state, until })
+                        if now < *until && *left >= cost_of(transition) =>
+                    {
+                        Plan::Spend(*state)
+                    }
+                    Some(Held::Refused { state, until }) if now < *until => Plan::Refused(*state),
+                    _ => Plan::Take,
+                })
+                .collect();
+            if !plan.iter().any(|step| matches!(step, Plan::Refused(_))) {
+                // Reserved now, so that concurrent requests never spend a unit twice; given
+                // back if the request is refused.
+                for ((transition, key), step) in transitions.iter().zip(&keys).zip(&plan) {
+                    if let (Plan::Spend(_), Some(Held::Block { left, .. })) =
+                        (step, blocks.get_mut(key))
+                    {
+                        *left -= cost_of(transition);
+                    }
+                }
+            }
+            plan
+        };
+        // Every counter spends locally, or one refusal refuses the request: no call.
+        if plan.iter().any(|step| matches!(step, Plan::Refused(_)))
+            || !plan.iter().any(|step| matches!(step, Plan::Take))
+        {
+            return Ok(Self::in_blocks_decision(now, transitions, &plan, &[]));
+        }
+        let takes: SmallVec<[Transition<'_>; 4]> = transitions
+            .iter()
+            .zip(&plan)
+            .filter(|(_, step)| matches!(step, Plan::Take))
+            .map(|(transition, _)| Transition {
+                key: transition.key.clone(),
+                limit: transition.limit,
+                op: Op::Acquire {
+                    cost: transition.limit.block(),
+                },
+            })
+            .collect();
+        let exchanged = self.exchange(&takes).await;
+        let (server_now, before, allowed) = match exchanged {
+            Ok(exchanged) => exchanged,
+            Err(error) => {
+                self.give_back_spent(transitions, &keys, &plan);
+                return Err(error);
+            }
+        };
+        let mut after = before.clone();
+        let taken = Self::explain(server_now, &takes, &mut after, allowed)?;
+        let gateways = self.live_instances();
+        {
+            let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+            let taken_keys = keys
+                .iter()
+                .zip(transitions)
+                .zip(&plan)
+                .filter(|(_, step)| matches!(step, Plan::Take));
+            for (index, ((key, transition), _)) in taken_keys.enumerate() {
+                let limit = transition.limit;
+                let lifetime = limit
+                    .block_lifetime(server_now, gateways)
+                    .unwrap_or(server_now);
+                let held = if allowed {
+                    Held::Block {
+                        left: limit.block() - cost_of(transition),
+                        state: after.get(index).copied().unwrap_or(CounterState::EMPTY),
+                        until: lifetime,
+                    }
+                } else {
+                    let status = taken.limits().get(index);
+                    if !status.is_some_and(|status| status.denied()) {
+                        continue;
+                    }
+                    let until = match status.and_then(|status| status.retry()) {
+                        Some(Retry::After(wait)) => server_now.saturating_add(wait),
+                        _ => lifetime,
+                    };
+                    Held::Refused {
+                        state: before.get(index).copied().unwrap_or(CounterState::EMPTY),
+                        until,
+                    }
+                };
+                blocks.insert(key.clone(), held);
+            }
+        }
+        if !allowed {
+            self.give_back_spent(transitions, &keys, &plan);
+        }
+        Ok(Self::in_blocks_decision(
+            server_now,
+            transitions,
+            &plan,
+            &before,
+        ))
+    }
+
+    /// The decision for a request decided in blocks, as the engine explains it: a take at the
+    /// state Redis read (`taken_before`, in order of the takes), a refusal as the refused take
+    /// against its state, a spend as a look (cost 0) at the counter just after its take.
+    fn in_blocks_decision(
+        now: Timestamp,
+        transitions: &[Transition<'_>],
+        plan: &[Plan],
+        taken_before: &[CounterState],
+    ) -> Decision {
+        let mut takes = taken_before.iter();
+        let mut states: SmallVec<[CounterState; 4]> = SmallVec::new();
+        let explained: SmallVec<[Transition<'_>; 4]> = transitions
+            .iter()
+            .zip(plan)
+            .map(|(transition, step)| {
+                let (state, cost) = match step {
+                    Plan::Spend(state) => (*state, 0),
+                    Plan::Refused(state) => (*state, transition.limit.block()),
+                    // No take when a refusal refused the request first: a look at nothing.
+                    Plan::Take => match takes.next() {
+                        Some(state) => (*state, transition.limit.block()),
+                        None => (CounterState::EMPTY, 0),
+                    },
+                };
+                states.push(state);
+                Transition {
+                    key: transition.key.clone(),
+                    limit: transition.limit,
+                    op: Op::Acquire { cost },
+                }
+            })
+            .collect();
+        decide(now, &explained, &mut states)
+    }
+
+    /// Gives the units a refused (or failed) request reserved back to their blocks.
+    fn give_back_spent(&self, transitions: &[Transition<'_>], keys: &[Vec<u8>], plan: &[Plan]) {
+        let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((transition, key), step) in transitions.iter().zip(keys).zip(plan) {
+            if let (Plan::Spend(reserved), Some(Held::Block { left, state, .. })) =
+                (step, blocks.get_mut(key))
+                && state == reserved
+            {
+                *left += cost_of(transition);
+            }
+        }
+    }
+
+    /// Forgets blocks and refusals that ran out; a server calls it on a timer.
+    pub fn sweep(&self) {
+        let now = self.estimate();
+        self.blocks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|_, held| held.until() > now);
     }
 
     /// The transitions' indices grouped by scope, when one script call cannot take them all:
