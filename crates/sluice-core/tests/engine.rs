@@ -394,3 +394,46 @@ fn a_limit_divides_into_shares_that_never_add_up_to_more() {
     assert!(share.counts_rejected());
     assert_eq!(bucket.divided(5), None, "a burst of 4 has no share for 5");
 }
+
+#[test]
+fn blocks_fit_only_limits_that_can_spend_them_and_last_as_long_as_the_bound_allows() {
+    let minute = Period::Span(60_000_000_000);
+    let fixed = Limit::fixed_window(50, minute.clone()).expect("a limit");
+    let in_blocks = fixed
+        .clone()
+        .in_blocks(10)
+        .expect("a fixed window takes blocks");
+    assert_eq!(in_blocks.block(), 10);
+    assert_eq!(fixed.block(), 0);
+    assert_eq!(fixed.block_lifetime(t0(), 3), None, "counted exactly");
+    // Until the end of the window: 10:16:00.
+    assert_eq!(
+        in_blocks.block_lifetime(t0(), 3),
+        Some(Timestamp::from_secs(1_795_342_560))
+    );
+
+    // 100 per 10 s: 100 ms per unit; a block of 5 for 3 gateways lasts 1.5 s.
+    let bucket = Limit::token_bucket(100, 10 * SECOND, 5).expect("a limit");
+    let in_blocks = bucket.clone().in_blocks(5).expect("a bucket takes blocks");
+    assert_eq!(
+        in_blocks.block_lifetime(t0(), 3),
+        Some(t0().saturating_add(Duration::from_millis(1_500)))
+    );
+    assert_eq!(
+        bucket.clone().in_blocks(6),
+        Err(LimitError::Block(6)),
+        "past the burst"
+    );
+    assert_eq!(bucket.clone().in_blocks(1), Err(LimitError::Block(1)));
+    assert_eq!(
+        in_blocks.counting_rejected(),
+        Err(LimitError::Block(5)),
+        "a counted denial has no block to come from"
+    );
+    let sliding = Limit::sliding_window(10, MINUTE).expect("a limit");
+    assert_eq!(sliding.in_blocks(2), Err(LimitError::Block(2)));
+    let concurrency = Limit::concurrency(10, MINUTE).expect("a limit");
+    assert_eq!(concurrency.in_blocks(2), Err(LimitError::Block(2)));
+    let counting = fixed.counting_rejected().expect("countable");
+    assert_eq!(counting.in_blocks(2), Err(LimitError::Block(2)));
+}
