@@ -504,3 +504,34 @@ async fn blocks_of_a_fixed_window_never_exceed_it() {
         "Redis saw {calls} calls for 2,160 requests"
     );
 }
+
+/// Concurrent first requests on a hot key each take a block: the gateway keeps every unit
+/// they took, so it admits the whole window's 50 rather than losing all but the last block.
+#[tokio::test]
+async fn concurrent_takes_add_up() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    let limit = Limit::fixed_window(50, Period::Span(3_600_000_000_000))
+        .and_then(|limit| limit.in_blocks(10))
+        .expect("a valid limit");
+    let ask = || async {
+        let request = [acquire("global", "hot", &limit)];
+        store
+            .apply(&request)
+            .await
+            .expect("Redis answers")
+            .allowed()
+    };
+    let first = tokio::join!(ask(), ask(), ask(), ask(), ask(), ask(), ask(), ask());
+    let first = [
+        first.0, first.1, first.2, first.3, first.4, first.5, first.6, first.7,
+    ];
+    let mut admitted = first.iter().filter(|&&allowed| allowed).count();
+    assert_eq!(admitted, 5, "five blocks of 10 fit in 50: {first:?}");
+    for _ in 0..60 {
+        if ask().await {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 50, "every unit taken is spent");
+}

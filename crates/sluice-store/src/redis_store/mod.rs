@@ -630,12 +630,32 @@ impl RedisStore {
                     .block_lifetime(server_now, gateways)
                     .unwrap_or(server_now);
                 let held = if allowed {
-                    Held::Block {
-                        left: limit.block() - cost_of(transition),
-                        state: after.get(index).copied().unwrap_or(CounterState::EMPTY),
-                        until: lifetime,
+                    let left = limit.block() - cost_of(transition);
+                    let state = after.get(index).copied().unwrap_or(CounterState::EMPTY);
+                    match blocks.get(key) {
+                        // Concurrent requests took blocks at once: their units add up, to be
+                        // spent by the earlier block's end, rather than one replacing another.
+                        Some(Held::Block {
+                            left: held, until, ..
+                        }) if *until > server_now => Held::Block {
+                            left: held.saturating_add(left),
+                            state,
+                            until: (*until).min(lifetime),
+                        },
+                        _ => Held::Block {
+                            left,
+                            state,
+                            until: lifetime,
+                        },
                     }
                 } else {
+                    if let Some(Held::Block { left, until, .. }) = blocks.get(key)
+                        && *left > 0
+                        && *until > server_now
+                    {
+                        // A concurrent take landed: spend that first.
+                        continue;
+                    }
                     let status = taken.limits().get(index);
                     if !status.is_some_and(|status| status.denied()) {
                         continue;
