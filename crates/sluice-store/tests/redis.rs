@@ -299,8 +299,15 @@ fn runtimes_share_the_store(url: &str) {
     );
 }
 
-/// Three gateways on one Redis, in a manual clock, each with its own store.
-async fn fleet(redis: &RedisServer, clock: &Arc<sluice_core::ManualClock>) -> Vec<RedisStore> {
+/// Where the fleet's manual clock starts, in seconds.
+const FLEET_START: u64 = 1_795_342_500;
+
+/// Three gateways on one Redis, each with its own store, sharing a manual clock set to
+/// [`FLEET_START`].
+async fn fleet(redis: &RedisServer) -> (Arc<sluice_core::ManualClock>, Vec<RedisStore>) {
+    let clock = Arc::new(sluice_core::ManualClock::new(
+        sluice_core::Timestamp::from_secs(FLEET_START),
+    ));
     let mut stores = Vec::new();
     for _ in 0..3 {
         let clock: Arc<dyn Clock> = clock.clone();
@@ -318,7 +325,7 @@ async fn fleet(redis: &RedisServer, clock: &Arc<sluice_core::ManualClock>) -> Ve
     for store in &stores {
         assert_eq!(store.live_instances(), 3);
     }
-    stores
+    (clock, stores)
 }
 
 /// Calls to the decide script since the last `CONFIG RESETSTAT`.
@@ -400,10 +407,7 @@ fn excess(admitted: &[u64], burst: u64, emission: u64) -> u64 {
 #[tokio::test]
 async fn blocks_of_a_token_bucket_stay_within_their_bound() {
     let redis = RedisServer::start();
-    let clock = Arc::new(sluice_core::ManualClock::new(
-        sluice_core::Timestamp::from_secs(1_795_342_500),
-    ));
-    let stores = fleet(&redis, &clock).await;
+    let (clock, stores) = fleet(&redis).await;
     // 100 per 10 s: one every 100 ms, 5 at once.
     let exact = Limit::token_bucket(100, Duration::from_secs(10), 5).expect("a valid limit");
     let blocks = exact.clone().in_blocks(5).expect("a valid block");
@@ -459,10 +463,7 @@ async fn blocks_of_a_token_bucket_stay_within_their_bound() {
 #[tokio::test]
 async fn blocks_of_a_fixed_window_never_exceed_it() {
     let redis = RedisServer::start();
-    let clock = Arc::new(sluice_core::ManualClock::new(
-        sluice_core::Timestamp::from_secs(1_795_342_500),
-    ));
-    let stores = fleet(&redis, &clock).await;
+    let (clock, stores) = fleet(&redis).await;
     let limit = Limit::fixed_window(50, Period::Span(60_000_000_000))
         .and_then(|limit| limit.in_blocks(10))
         .expect("a valid limit");
@@ -483,7 +484,7 @@ async fn blocks_of_a_fixed_window_never_exceed_it() {
         "{} admitted of 2,160 asked in 3 windows of 50, {calls} calls to Redis",
         admitted.len()
     );
-    let start = 1_795_342_500_000_000_000_u64;
+    let start = FLEET_START * 1_000_000_000;
     for window in 0..4 {
         let from = (start / 60_000_000_000 + window) * 60_000_000_000;
         let in_window = admitted
