@@ -117,26 +117,71 @@ pub fn decide(
 /// `decide` for a request touching one counter, the most common shape, without the bookkeeping
 /// that several counters need.
 fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Decision {
-    let outcome = evaluate(transition.limit, transition.op, *state, now);
+    let admitted = step(now, transition, state);
+    conclude(now, transition, state, admitted)
+}
+
+/// The first half of [`decide`] for a request touching one counter: moves the counter's state
+/// exactly as `decide` would, and says whether the request is admitted. A store runs this while
+/// it holds the counter and [`conclude`] after letting go, so the counter is held only for the
+/// arithmetic that changes it.
+pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> bool {
+    let limit = transition.limit;
+    if let (Algorithm::TokenBucket { .. }, Op::Acquire { cost }) =
+        (limit.algorithm(), transition.op)
+        && limit.capacity() > 0
+        && !limit.counts_rejected()
+    {
+        // The commonest step of all, straight: `token_bucket` without the denied future.
+        let cells = limit.cells();
+        let at = Frac::from_nanos(now.as_nanos());
+        let tat = if state.is_live(now) {
+            cells.frac(state.value, state.aux)
+        } else {
+            Frac::default()
+        };
+        let next = cells.add(tat.max(at), cells.weight(clamp_cost(cost)));
+        let admits = next.le(cells.add(at, cells.tolerance));
+        if admits {
+            *state = CounterState {
+                window: 0,
+                value: next.whole,
+                aux: next.part,
+                expires_at: Timestamp::from_nanos(next.ceil()),
+            };
+        }
+        return admits;
+    }
+    let outcome = evaluate(limit, transition.op, *state, now);
     if outcome.admits {
         *state = outcome.admitted;
     } else if let Some(rejected) = outcome.rejected {
         *state = rejected;
     }
-    let denied = !outcome.admits;
+    outcome.admits
+}
+
+/// The second half of [`decide`] for a request touching one counter: the decision, from the
+/// state [`step`] left and its answer. Reads nothing but its arguments.
+pub fn conclude(
+    now: Timestamp,
+    transition: &Transition<'_>,
+    state: &CounterState,
+    admitted: bool,
+) -> Decision {
     let status = report(
         transition.limit,
         transition.op,
         live(*state, now),
         now,
-        denied,
+        !admitted,
     );
     let mut limits = SmallVec::new();
     limits.push(status);
     Decision {
         now,
         limits,
-        denied_by: denied.then_some(0),
+        denied_by: (!admitted).then_some(0),
     }
 }
 

@@ -28,7 +28,7 @@ mod time;
 pub use calendar::{MonthlyCycle, Window};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, LimitStatus, Retry};
-pub use engine::{Op, Transition, clamp_cost, decide};
+pub use engine::{Op, Transition, clamp_cost, conclude, decide, step};
 pub use jiff::tz::TimeZone;
 pub use key::CounterKey;
 pub use limit::{

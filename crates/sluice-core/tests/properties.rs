@@ -252,6 +252,57 @@ proptest! {
         }
     }
 
+    /// A counter decides alone exactly as it does beside a counter that admits everything: the
+    /// one-counter path (which has a fast path of its own for token buckets) and the general
+    /// path give the same status, the same answer and the same next state, for any stored
+    /// state, cost and instant.
+    #[test]
+    fn one_counter_decides_alone_as_it_does_among_others(
+        algorithm in 0..4u8,
+        capacity in prop_oneof![Just(0u64), 1u64..=12, any::<u64>().prop_map(|c| c % (MAX_CAPACITY + 1))],
+        span in prop_oneof![Just(1_000_000_000u64), 1_000_000u64..=3_155_760_000_000_000_000],
+        burst in prop_oneof![1u64..=12, 1u64..=MAX_CAPACITY],
+        state in prop_oneof![
+            Just((0u64, 0u64, 0u64, 0u64)),
+            (0u64..4, START..START + 4_000_000_000, 0u64..12, START..START + 4_000_000_000),
+            (any::<u64>(), any::<u64>(), any::<u64>(), any::<u64>()),
+        ],
+        now in prop_oneof![START..START + 4_000_000_000, any::<u64>()],
+        cost in prop_oneof![0u64..=13, any::<u64>()],
+        counting in any::<bool>(),
+    ) {
+        let span_duration = Duration::from_nanos(span);
+        let limit = match algorithm {
+            0 => Limit::fixed_window(capacity, Period::Span(span)),
+            1 => Limit::sliding_window(capacity, span_duration),
+            2 => Limit::token_bucket(capacity, span_duration, burst),
+            _ => Limit::concurrency(capacity, span_duration),
+        }
+        .unwrap();
+        let limit = if counting && algorithm != 3 { limit.counting_rejected().unwrap() } else { limit };
+        let companion = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
+        let (window, value, aux, expires_at) = state;
+        let stored = CounterState { window, value, aux, expires_at: Timestamp::from_nanos(expires_at) };
+        let now = Timestamp::from_nanos(now);
+        let op = Op::Acquire { cost };
+        let one = Transition { key: CounterKey::new(b"user:1", b"a"), limit: &limit, op };
+        let mut alone = [stored];
+        let decision = decide(now, std::slice::from_ref(&one), &mut alone);
+        let beside = [
+            one.clone(),
+            Transition {
+                key: CounterKey::new(b"user:1", b"b"),
+                limit: &companion,
+                op: Op::Acquire { cost: 0 },
+            },
+        ];
+        let mut together = [stored, CounterState::EMPTY];
+        let general = decide(now, &beside, &mut together);
+        prop_assert_eq!(decision.limits()[0], general.limits()[0]);
+        prop_assert_eq!(decision.denied_by(), general.denied_by());
+        prop_assert_eq!(alone[0], together[0]);
+    }
+
     /// Whatever a store hands back and whatever a request asks, a decision is made.
     #[test]
     fn no_input_makes_a_decision_panic(

@@ -22,7 +22,9 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use siphasher::sip128::SipHasher13;
-use sluice_core::{Clock, CounterKey, CounterState, Decision, Timestamp, Transition, decide};
+use sluice_core::{
+    Clock, CounterKey, CounterState, Decision, Timestamp, Transition, conclude, decide, step,
+};
 use smallvec::SmallVec;
 
 use crate::error::StoreError;
@@ -172,7 +174,8 @@ impl MemoryStore {
         Ok(decision)
     }
 
-    /// The common case, one counter: one lock and one table probe for a counter that exists.
+    /// The common case, one counter: one lock and one table probe for a counter that exists, held
+    /// only while the state moves.
     #[inline]
     fn apply_one(
         &self,
@@ -181,17 +184,15 @@ impl MemoryStore {
         mut observe: impl FnMut(usize, &CounterState, &CounterState),
     ) -> Decision {
         let hash = self.hash(&transition.key);
-        let mut table = lock(&self.shards[self.shard_of(hash)].table);
-        table.update(hash, now, |state| {
-            let before = *state;
-            let decision = decide(
-                now,
-                std::slice::from_ref(transition),
-                std::slice::from_mut(state),
-            );
-            observe(0, &before, state);
-            decision
-        })
+        let (state, admitted) =
+            lock(&self.shards[self.shard_of(hash)].table).update(hash, now, |state| {
+                let before = *state;
+                let admitted = step(now, transition, state);
+                observe(0, &before, state);
+                (*state, admitted)
+            });
+        // The report is built after the shard is let go.
+        conclude(now, transition, &state, admitted)
     }
 
     /// Puts back a counter's state as a durable copy recorded it.
