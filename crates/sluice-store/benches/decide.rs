@@ -66,7 +66,9 @@ impl Sluice {
 
 impl Limiter for Sluice {
     fn one(&self, id: u64) -> bool {
-        let request = [self.transition(&id.to_le_bytes(), b"rl")];
+        // The per-user counter of `three`, as governor's `one` and `three` share `per_key`: both
+        // sides hold the same counters.
+        let request = [self.transition(&id.to_le_bytes(), b"user")];
         self.store.apply_now(&request).unwrap().allowed()
     }
 
