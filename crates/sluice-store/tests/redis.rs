@@ -536,3 +536,39 @@ async fn concurrent_takes_add_up() {
     }
     assert_eq!(admitted, 50, "every unit taken is spent");
 }
+
+/// An operator's reset of a counter counted in blocks takes effect on the gateway that made it
+/// at once: the refusal it held locally is dropped with the count, so the next request takes a
+/// fresh block instead of being refused until the old window's end.
+#[tokio::test]
+async fn a_reset_clears_what_the_gateway_holds() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    let limit = Limit::fixed_window(20, Period::Span(3_600_000_000_000))
+        .and_then(|limit| limit.in_blocks(10))
+        .expect("a valid limit");
+    let ask = |op| {
+        let store = &store;
+        let limit = &limit;
+        async move {
+            let request = [Transition {
+                key: CounterKey::new(b"user:7", b"hot"),
+                limit,
+                op,
+            }];
+            store.apply(&request).await.expect("Redis answers")
+        }
+    };
+    let mut admitted = 0;
+    for _ in 0..25 {
+        if ask(Op::Acquire { cost: 1 }).await.allowed() {
+            admitted += 1;
+        }
+    }
+    assert_eq!(admitted, 20, "the window's 20, then refused");
+    assert!(ask(Op::Reset).await.allowed(), "a reset always succeeds");
+    let after = ask(Op::Acquire { cost: 1 }).await;
+    assert!(after.allowed(), "refused after the reset: {after:?}");
+    // Reported as Redis counts it: from zero again, with this gateway's fresh block of 10.
+    assert_eq!(after.limits()[0].remaining(), 10, "counted from zero again");
+}

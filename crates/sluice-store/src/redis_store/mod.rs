@@ -509,7 +509,23 @@ impl RedisStore {
             return self.apply_in_blocks(transitions).await;
         }
         let (now, mut states, allowed) = self.exchange(transitions).await?;
+        self.forget_reset(transitions);
         Self::explain(now, transitions, &mut states, allowed)
+    }
+
+    /// Drops what this gateway holds for counters a request reset: their blocks were counted
+    /// in what the reset erased, and a refusal held against the old count would outlast it.
+    fn forget_reset(&self, transitions: &[Transition<'_>]) {
+        let reset = |transition: &&Transition<'_>| {
+            transition.op == Op::Reset && transition.limit.block() > 0
+        };
+        if !transitions.iter().any(|transition| reset(&transition)) {
+            return;
+        }
+        let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
+        for transition in transitions.iter().filter(reset) {
+            blocks.remove(&counter_key(transition));
+        }
     }
 
     /// Applies transitions in Redis: the instant, every counter's state before, and whether
