@@ -33,19 +33,35 @@ prop_compose! {
         burst in 1u64..=12,
         counting in any::<bool>(),
     ) -> Limit {
-        let span_duration = Duration::from_nanos(span);
-        let limit = match algorithm {
-            0 => Limit::fixed_window(capacity, Period::Span(span)),
-            1 => Limit::sliding_window(capacity, span_duration),
-            2 => Limit::token_bucket(capacity, span_duration, burst),
-            _ => Limit::concurrency(capacity, span_duration),
-        }
-        .unwrap();
-        if count_rejected && counting && algorithm != 3 {
-            limit.counting_rejected().unwrap()
-        } else {
-            limit
-        }
+        limit_of(algorithm, capacity, span, burst, count_rejected && counting)
+    }
+}
+
+/// A limit of algorithm `algorithm` (fixed window, sliding window, token bucket, concurrency),
+/// counting rejected requests if `counting` and the algorithm can.
+fn limit_of(algorithm: u8, capacity: u64, span: u64, burst: u64, counting: bool) -> Limit {
+    let span_duration = Duration::from_nanos(span);
+    let limit = match algorithm {
+        0 => Limit::fixed_window(capacity, Period::Span(span)),
+        1 => Limit::sliding_window(capacity, span_duration),
+        2 => Limit::token_bucket(capacity, span_duration, burst),
+        _ => Limit::concurrency(capacity, span_duration),
+    }
+    .unwrap();
+    if counting && algorithm != 3 {
+        limit.counting_rejected().unwrap()
+    } else {
+        limit
+    }
+}
+
+/// A stored state from its four numbers, as a store might hand back anything.
+fn stored((window, value, aux, expires_at): (u64, u64, u64, u64)) -> CounterState {
+    CounterState {
+        window,
+        value,
+        aux,
+        expires_at: Timestamp::from_nanos(expires_at),
     }
 }
 
@@ -271,18 +287,9 @@ proptest! {
         cost in prop_oneof![0u64..=13, any::<u64>()],
         counting in any::<bool>(),
     ) {
-        let span_duration = Duration::from_nanos(span);
-        let limit = match algorithm {
-            0 => Limit::fixed_window(capacity, Period::Span(span)),
-            1 => Limit::sliding_window(capacity, span_duration),
-            2 => Limit::token_bucket(capacity, span_duration, burst),
-            _ => Limit::concurrency(capacity, span_duration),
-        }
-        .unwrap();
-        let limit = if counting && algorithm != 3 { limit.counting_rejected().unwrap() } else { limit };
+        let limit = limit_of(algorithm, capacity, span, burst, counting);
         let companion = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
-        let (window, value, aux, expires_at) = state;
-        let stored = CounterState { window, value, aux, expires_at: Timestamp::from_nanos(expires_at) };
+        let stored = stored(state);
         let now = Timestamp::from_nanos(now);
         let op = Op::Acquire { cost };
         let one = Transition { key: CounterKey::new(b"user:1", b"a"), limit: &limit, op };
@@ -316,18 +323,9 @@ proptest! {
         acquired_at in any::<u64>(),
         counting in any::<bool>(),
     ) {
-        let span_duration = Duration::from_nanos(span);
-        let limit = match algorithm {
-            0 => Limit::fixed_window(capacity, Period::Span(span)),
-            1 => Limit::sliding_window(capacity, span_duration),
-            2 => Limit::token_bucket(capacity, span_duration, burst),
-            _ => Limit::concurrency(capacity, span_duration),
-        }
-        .unwrap();
-        let limit = if counting && algorithm != 3 { limit.counting_rejected().unwrap() } else { limit };
+        let limit = limit_of(algorithm, capacity, span, burst, counting);
         let limits = [limit];
-        let (window, value, aux, expires_at) = state;
-        let stored = CounterState { window, value, aux, expires_at: Timestamp::from_nanos(expires_at) };
+        let stored = stored(state);
         let now = Timestamp::from_nanos(now);
         for op in [Op::Acquire { cost }, Op::Acquire { cost: 1 }, Op::Release { cost, acquired_at: Timestamp::from_nanos(acquired_at) }] {
             let mut states = [stored];
