@@ -5,9 +5,10 @@
 //!   Storing the hash instead of the key bytes keeps an entry at 48 bytes whatever the key's
 //!   length (the memory budget is 128 bytes per live counter); the secret keeps clients from
 //!   forging two keys that share a counter, and 128 bits keep accidental collisions out of reach.
-//! - Shards are picked by the hash's top bits, the table slot by its low bits. A request locks
-//!   only the shards its counters live in, in ascending order (so two requests can never wait on
-//!   each other in a cycle), and holds them while the engine decides: all or nothing.
+//! - Shards are picked by middle bits of the hash's low half, the table slot by its low bits. A
+//!   request locks only the shards its counters live in, in ascending order (so two requests can
+//!   never wait on each other in a cycle), and holds them while the engine decides: all or
+//!   nothing.
 //! - Expired counters read as empty, and stay in place (free to reuse) until their shard's table
 //!   reaches twice the live count it had at its last drop; then the dead are dropped. So a flood
 //!   of one-shot keys cannot grow a table past twice its peak live size, sweeping costs O(1) per
@@ -235,8 +236,10 @@ impl MemoryStore {
     }
 
     fn shard_of(&self, hash: u128) -> usize {
-        // The top bits pick the shard; the table uses the low 64 bits.
-        hash.checked_shr(128 - self.shard_bits).unwrap_or(0) as usize
+        // Bits 32 and up of the low half pick the shard. The table takes its slots from that
+        // half's low bits and its tags from its top 7, so the three stay independent, and the
+        // lock and the probe wait only for the half of the hash that is computed first.
+        ((hash as u64) >> 32 & ((1 << self.shard_bits) - 1)) as usize
     }
 }
 
