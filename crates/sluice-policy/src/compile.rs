@@ -360,14 +360,18 @@ impl Compiler<'_> {
     ) -> Option<LimitRule> {
         let per = self.scope(&spec.per);
         let rate = spec.rate.0;
-        let built =
-            build_limit(spec.algorithm, rate, spec.burst, spec.count_rejected).and_then(|limit| {
-                match spec.block {
-                    Some(block) => limit.in_blocks(block),
-                    None => Ok(limit),
-                }
-            });
         let name = spec.name.clone().unwrap_or(default_name);
+        let built = build_limit(spec.algorithm, rate, spec.burst, spec.count_rejected);
+        let built = match (built, &spec.block) {
+            (Ok(limit), Some(block)) => match limit.in_blocks(block.value) {
+                Ok(limit) => Ok(limit),
+                Err(error) => {
+                    self.error(block, format!("invalid limit `{name}`: {error}"));
+                    return None;
+                }
+            },
+            (built, _) => built,
+        };
         match built {
             Ok(limit) => Some(LimitRule {
                 counter: format!("{counter_prefix}{name}"),

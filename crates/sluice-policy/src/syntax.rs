@@ -331,7 +331,7 @@ pub(crate) struct LimitSpec {
     /// Approximate, for a very hot key on a shared store: each gateway takes this many units
     /// at once and spends them locally (see `Limit::in_blocks` for the bound).
     #[serde(default)]
-    pub block: Option<u64>,
+    pub block: Option<Spanned<u64>>,
 }
 
 fn one() -> u64 {
