@@ -67,6 +67,17 @@ fn acquire<'a>(scope: &str, name: &str, limit: &'a Limit) -> Transition<'a> {
     }
 }
 
+/// How many of `calls` sends of `request`, one after another, the store admits.
+async fn admitted_of(store: &RedisStore, request: &[Transition<'_>], calls: usize) -> usize {
+    let mut admitted = 0;
+    for _ in 0..calls {
+        if store.apply(request).await.expect("Redis answers").allowed() {
+            admitted += 1;
+        }
+    }
+    admitted
+}
+
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
         .expect("a Redis URL")
@@ -262,23 +273,9 @@ fn runtimes_share_the_store(url: &str) {
     let store = Arc::new(connecting.block_on(connect(url)));
     drop(connecting);
     let limit = Limit::fixed_window(60, Period::Span(3_600_000_000_000)).expect("a valid limit");
-    let admitted = |store: &RedisStore, calls: usize| -> usize {
-        runtime().block_on(async {
-            let mut admitted = 0;
-            for _ in 0..calls {
-                let request = [acquire("site:1", "hourly", &limit)];
-                if store
-                    .apply(&request)
-                    .await
-                    .expect("Redis answers")
-                    .allowed()
-                {
-                    admitted += 1;
-                }
-            }
-            admitted
-        })
-    };
+    let request = [acquire("site:1", "hourly", &limit)];
+    let admitted =
+        |store: &RedisStore, calls: usize| runtime().block_on(admitted_of(store, &request, calls));
     let total: usize = std::thread::scope(|threads| {
         let serving: Vec<_> = (0..2)
             .map(|_| threads.spawn(|| admitted(&store, 25)))
@@ -515,26 +512,19 @@ async fn concurrent_takes_add_up() {
     let limit = Limit::fixed_window(50, Period::Span(3_600_000_000_000))
         .and_then(|limit| limit.in_blocks(10))
         .expect("a valid limit");
-    let ask = || async {
-        let request = [acquire("global", "hot", &limit)];
-        store
-            .apply(&request)
-            .await
-            .expect("Redis answers")
-            .allowed()
-    };
+    let request = [acquire("global", "hot", &limit)];
+    let ask = || admitted_of(&store, &request, 1);
     let first = tokio::join!(ask(), ask(), ask(), ask(), ask(), ask(), ask(), ask());
     let first = [
         first.0, first.1, first.2, first.3, first.4, first.5, first.6, first.7,
     ];
-    let mut admitted = first.iter().filter(|&&allowed| allowed).count();
+    let admitted = first.iter().sum::<usize>();
     assert_eq!(admitted, 5, "five blocks of 10 fit in 50: {first:?}");
-    for _ in 0..60 {
-        if ask().await {
-            admitted += 1;
-        }
-    }
-    assert_eq!(admitted, 50, "every unit taken is spent");
+    assert_eq!(
+        admitted + admitted_of(&store, &request, 60).await,
+        50,
+        "every unit taken is spent"
+    );
 }
 
 /// An operator's reset of a counter counted in blocks takes effect on the gateway that made it
@@ -547,27 +537,22 @@ async fn a_reset_clears_what_the_gateway_holds() {
     let limit = Limit::fixed_window(20, Period::Span(3_600_000_000_000))
         .and_then(|limit| limit.in_blocks(10))
         .expect("a valid limit");
-    let ask = |op| {
-        let store = &store;
-        let limit = &limit;
-        async move {
-            let request = [Transition {
-                key: CounterKey::new(b"user:7", b"hot"),
-                limit,
-                op,
-            }];
-            store.apply(&request).await.expect("Redis answers")
-        }
-    };
-    let mut admitted = 0;
-    for _ in 0..25 {
-        if ask(Op::Acquire { cost: 1 }).await.allowed() {
-            admitted += 1;
-        }
-    }
-    assert_eq!(admitted, 20, "the window's 20, then refused");
-    assert!(ask(Op::Reset).await.allowed(), "a reset always succeeds");
-    let after = ask(Op::Acquire { cost: 1 }).await;
+    let request = [acquire("user:7", "hot", &limit)];
+    assert_eq!(
+        admitted_of(&store, &request, 25).await,
+        20,
+        "the window's 20, then refused"
+    );
+    let reset = [Transition {
+        op: Op::Reset,
+        ..acquire("user:7", "hot", &limit)
+    }];
+    assert_eq!(
+        admitted_of(&store, &reset, 1).await,
+        1,
+        "a reset always succeeds"
+    );
+    let after = store.apply(&request).await.expect("Redis answers");
     assert!(after.allowed(), "refused after the reset: {after:?}");
     // Reported as Redis counts it: from zero again, with this gateway's fresh block of 10.
     assert_eq!(after.limits()[0].remaining(), 10, "counted from zero again");

@@ -516,14 +516,15 @@ impl RedisStore {
     /// Drops what this gateway holds for counters a request reset: their blocks were counted
     /// in what the reset erased, and a refusal held against the old count would outlast it.
     fn forget_reset(&self, transitions: &[Transition<'_>]) {
-        let reset = |transition: &&Transition<'_>| {
-            transition.op == Op::Reset && transition.limit.block() > 0
-        };
-        if !transitions.iter().any(|transition| reset(&transition)) {
+        let mut reset = transitions
+            .iter()
+            .filter(|transition| transition.op == Op::Reset && transition.limit.block() > 0)
+            .peekable();
+        if reset.peek().is_none() {
             return;
         }
         let mut blocks = self.blocks.lock().unwrap_or_else(PoisonError::into_inner);
-        for transition in transitions.iter().filter(reset) {
+        for transition in reset {
             blocks.remove(&counter_key(transition));
         }
     }
