@@ -41,7 +41,7 @@ run_redis_benchmark() {
   # The arguments sluice sends for bench/policy.yaml's per-user token bucket.
   local out
   out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -n 400000 -r 10000 -q \
-    EVALSHA "$SHA" 1 "sluice:v1:c:{user=__rand_int__}bench" "" a g a 1 1000000 0 60000 0 60000000000 0 1000000 0)
+    EVALSHA "$SHA" 1 "sluice:v1:c:{user=__rand_int__}bench" "" a 1 g a 1 1000000 0 60000 0 60000000000 0 1000000 0)
   RPS["redis-benchmark EVALSHA"]+="$(echo "$out" | awk -F'[: ]+' '/requests per second/ {for (i = 1; i <= NF; i++) if ($i == "requests") {printf "%.0f", $(i - 1); exit}}') "
 }
 

@@ -353,6 +353,83 @@ async fn reset_stats(url: &str) {
         .expect("CONFIG RESETSTAT");
 }
 
+/// Requests made at once on one runtime go to Redis in batches, one script call for many, and
+/// are decided exactly as calls of their own would be: a token bucket of 10 that two kinds of
+/// request share (one alone, one beside a fixed window) admits 10, each seeing a different
+/// count left; a fixed window of 7 guarding a second bucket admits 7 and the denied requests
+/// take nothing from that bucket; a fixed window of 5 alone admits 5.
+#[tokio::test]
+async fn concurrent_requests_are_batched_and_decided_exactly() {
+    let redis = RedisServer::start();
+    let clock: Arc<dyn Clock> = Arc::new(sluice_core::ManualClock::new(
+        sluice_core::Timestamp::from_secs(FLEET_START),
+    ));
+    let store = Arc::new(connect(&redis.url()).await.with_clock(clock));
+    let limits = Arc::new([
+        Limit::token_bucket(10, Duration::from_secs(60), 10).expect("a valid limit"),
+        Limit::fixed_window(7, Period::Span(3_600_000_000_000)).expect("a valid limit"),
+        Limit::fixed_window(5, Period::Span(3_600_000_000_000)).expect("a valid limit"),
+        Limit::fixed_window(1_000, Period::Span(3_600_000_000_000)).expect("a valid limit"),
+    ]);
+    reset_stats(&redis.url()).await;
+    const EACH: usize = 40;
+    let mut requests = tokio::task::JoinSet::new();
+    for index in 0..EACH * 4 {
+        let (store, limits) = (Arc::clone(&store), Arc::clone(&limits));
+        requests.spawn(async move {
+            let [bucket, seven, five, wide] = &*limits;
+            let kind = index % 4;
+            let request = match kind {
+                0 => vec![acquire("user:a", "bucket", bucket)],
+                1 => vec![
+                    acquire("user:a", "bucket", bucket),
+                    acquire("user:a", "wide", wide),
+                ],
+                2 => vec![
+                    acquire("user:b", "bucket", bucket),
+                    acquire("user:b", "seven", seven),
+                ],
+                _ => vec![acquire("user:c", "five", five)],
+            };
+            let decision = store.apply(&request).await.expect("Redis answers");
+            (kind, decision)
+        });
+    }
+    let mut admitted = [0; 4];
+    let mut shared_left = Vec::new();
+    while let Some(joined) = requests.join_next().await {
+        let (kind, decision) = joined.expect("the request completes");
+        if decision.allowed() {
+            admitted[kind] += 1;
+            if kind < 2 {
+                shared_left.push(decision.limits()[0].remaining());
+            }
+        }
+    }
+    assert_eq!(admitted[0] + admitted[1], 10, "{admitted:?}");
+    assert!(admitted[0] > 0 && admitted[1] > 0, "{admitted:?}");
+    shared_left.sort_unstable();
+    assert_eq!(shared_left, (0..10).collect::<Vec<u64>>());
+    assert_eq!(admitted[2], 7, "{admitted:?}");
+    assert_eq!(admitted[3], 5, "{admitted:?}");
+
+    let calls = script_calls(&redis.url()).await;
+    assert!(
+        calls * 4 <= (EACH * 4) as u64,
+        "{calls} script calls for {} requests",
+        EACH * 4
+    );
+    // The denied requests of the window of 7 took nothing from their bucket: 3 of its 10 left.
+    let left = store
+        .apply(&[Transition {
+            op: Op::Acquire { cost: 0 },
+            ..acquire("user:b", "bucket", &limits[0])
+        }])
+        .await
+        .expect("Redis answers");
+    assert_eq!(left.limits()[0].remaining(), 3);
+}
+
 /// Every gateway asks once per `step` for `steps` steps, when `asks(step, gateway)`; the
 /// instants admitted, in order.
 async fn hammer(

@@ -13,6 +13,8 @@
 //! one instant: a scope that denies withdraws what the earlier scopes took (see
 //! [`RedisStore::apply`]).
 
+mod batch;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -21,7 +23,7 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{RedisError, RedisFuture, Script, ScriptInvocation, Value};
+use redis::{RedisError, RedisFuture, Script, Value};
 use sluice_core::{
     Algorithm, Clock, CounterState, Decision, Op, Period, Retry, SystemClock, Timestamp,
     Transition, clamp_cost, decide,
@@ -30,6 +32,7 @@ use smallvec::SmallVec;
 use tokio::runtime::{Handle, Id as RuntimeId};
 use tokio::sync::OnceCell;
 
+use self::batch::{Batches, Call};
 use crate::{Record, RecordStore, RecordTable, StoreError};
 
 /// Where the counters are: one Redis server, or a Redis Cluster.
@@ -259,8 +262,15 @@ impl Opener {
     }
 }
 
+/// A runtime's connection, and on one server its batch queue (see [`batch`]).
+#[derive(Clone)]
+struct Local {
+    connection: Connection,
+    batches: Option<Batches>,
+}
+
 /// A runtime's connection, once opened.
-type Opened = (RuntimeId, Arc<OnceCell<Connection>>);
+type Opened = (RuntimeId, Arc<OnceCell<Local>>);
 
 /// One multiplexed connection per tokio runtime that calls the store.
 ///
@@ -268,7 +278,8 @@ type Opened = (RuntimeId, Arc<OnceCell<Connection>>);
 /// runtime per core; through a connection opened elsewhere, every call would wake that other
 /// thread to write the command and again to hand back the reply. So each runtime opens its own
 /// on its first call (concurrent first calls share the opening), its calls are written
-/// together in one write, and it forgets its connection when it shuts down.
+/// together in one write (and on one server, decided together in one script call), and it
+/// forgets its connection when it shuts down.
 struct Connections {
     opener: Box<Opener>,
     open: Arc<Mutex<Vec<Opened>>>,
@@ -277,6 +288,11 @@ struct Connections {
 impl Connections {
     /// The calling runtime's connection, opened on its first call.
     async fn get(&self) -> Result<Connection, StoreError> {
+        Ok(self.local().await?.connection)
+    }
+
+    /// The calling runtime's connection and batch queue, opened on its first call.
+    async fn local(&self) -> Result<Local, StoreError> {
         let runtime = Handle::current();
         let id = runtime.id();
         let (cell, first) = {
@@ -307,14 +323,24 @@ impl Connections {
                 std::future::pending::<()>().await;
             }));
         }
-        cell.get_or_try_init(|| self.opener.open()).await.cloned()
+        cell.get_or_try_init(|| async {
+            let connection = self.opener.open().await?;
+            let batches = matches!(connection, Connection::Single(_))
+                .then(|| Batches::start(connection.clone()));
+            Ok(Local {
+                connection,
+                batches,
+            })
+        })
+        .await
+        .cloned()
     }
 }
 
 /// Forgets one runtime's connection when dropped.
 struct Forget {
     open: Weak<Mutex<Vec<Opened>>>,
-    cell: Weak<OnceCell<Connection>>,
+    cell: Weak<OnceCell<Local>>,
 }
 
 impl Drop for Forget {
@@ -444,18 +470,24 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    async fn invoke(&self, invocation: &ScriptInvocation<'_>) -> Result<Value, StoreError> {
+    /// Sends one request's script call, with its runtime's batch on one server: the reply's
+    /// values.
+    async fn invoke(&self, call: Call) -> Result<Vec<Value>, StoreError> {
         let now = self.local.now();
         if !self.breaker.admits(now) {
             return Err(StoreError::Unavailable(
                 "Redis failed repeatedly; waiting before trying again".to_owned(),
             ));
         }
-        let result = match self.connections.get().await {
-            Ok(mut connection) => invocation
-                .invoke_async(&mut connection)
-                .await
-                .map_err(unavailable),
+        let result = match self.connections.local().await {
+            Ok(Local {
+                batches: Some(batches),
+                ..
+            }) => batches.call(call).await,
+            Ok(Local {
+                mut connection,
+                batches: None,
+            }) => call.invoke(&self.script, &mut connection).await,
             Err(error) => Err(error),
         };
         match result {
@@ -858,19 +890,19 @@ impl RedisStore {
     ) -> Result<Reply, StoreError> {
         let mut estimate = now.unwrap_or_else(|| self.estimate());
         for _ in 0..STALE_RETRIES {
-            let mut invocation = self.script.prepare_invoke();
-            invocation
-                .arg(
-                    now.map(|now| now.as_nanos().to_string())
-                        .unwrap_or_default(),
-                )
-                .arg(if apply { "a" } else { "d" });
+            let mut call = Call::default();
+            call.arg(
+                now.map(|now| now.as_nanos().to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(if apply { "a" } else { "d" })
+            .arg(transitions.len());
             for transition in transitions {
-                invocation.key(counter_key(transition));
-                push_args(&mut invocation, transition, estimate);
+                call.key(counter_key(transition));
+                push_args(&mut call, transition, estimate);
             }
-            let value = self.invoke(&invocation).await?;
-            let reply = Reply::parse(value, transitions.len())?;
+            let values = self.invoke(call).await?;
+            let reply = Reply::parse(values, transitions.len())?;
             if now.is_none() {
                 let local = self.local.now().as_nanos();
                 let offset = i128::from(reply.now.as_nanos()) - i128::from(local);
@@ -904,13 +936,11 @@ struct Reply {
 }
 
 impl Reply {
-    fn parse(value: Value, keys: usize) -> Result<Reply, StoreError> {
+    /// One request's part of the script's reply.
+    fn parse(values: Vec<Value>, keys: usize) -> Result<Reply, StoreError> {
         let malformed =
             || StoreError::Storage("the Redis script answered in an unknown shape".into());
-        let Value::Array(items) = value else {
-            return Err(malformed());
-        };
-        let mut items = items.into_iter();
+        let mut items = values.into_iter();
         let status = match items.next() {
             Some(Value::Int(status)) => status,
             _ => return Err(malformed()),
@@ -998,11 +1028,7 @@ fn record_key(table: RecordTable) -> &'static str {
 const RECORDS_VERSION: &str = "sluice:v1:r:{records}:version";
 
 /// The script's 11 values for one transition, with windows computed around `estimate`.
-fn push_args(
-    invocation: &mut ScriptInvocation<'_>,
-    transition: &Transition<'_>,
-    estimate: Timestamp,
-) {
+fn push_args(call: &mut Call, transition: &Transition<'_>, estimate: Timestamp) {
     let limit = transition.limit;
     let (op, cost, acquired_at) = match transition.op {
         // Clamped as the engine clamps them, which also keeps them below 2^53 in the script.
@@ -1016,8 +1042,7 @@ fn push_args(
         Algorithm::TokenBucket { .. } => "g",
         Algorithm::Concurrency => "c",
     };
-    invocation
-        .arg(algorithm)
+    call.arg(algorithm)
         .arg(op)
         .arg(cost)
         .arg(limit.capacity())
@@ -1063,7 +1088,7 @@ fn push_args(
         Algorithm::Concurrency => extra[0] = span,
     }
     for value in extra {
-        invocation.arg(value);
+        call.arg(value);
     }
 }
 
