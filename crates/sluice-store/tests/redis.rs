@@ -357,7 +357,8 @@ async fn reset_stats(url: &str) {
 /// are decided exactly as calls of their own would be: a token bucket of 10 that two kinds of
 /// request share (one alone, one beside a fixed window) admits 10, each seeing a different
 /// count left; a fixed window of 7 guarding a second bucket admits 7 and the denied requests
-/// take nothing from that bucket; a fixed window of 5 alone admits 5.
+/// take nothing from that bucket; a fixed window of 5 alone admits 5, and a token bucket of 3
+/// alone, among requests for the bucket of 10, admits 3.
 #[tokio::test]
 async fn concurrent_requests_are_batched_and_decided_exactly() {
     let redis = RedisServer::start();
@@ -370,15 +371,16 @@ async fn concurrent_requests_are_batched_and_decided_exactly() {
         Limit::fixed_window(7, Period::Span(3_600_000_000_000)).expect("a valid limit"),
         Limit::fixed_window(5, Period::Span(3_600_000_000_000)).expect("a valid limit"),
         Limit::fixed_window(1_000, Period::Span(3_600_000_000_000)).expect("a valid limit"),
+        Limit::token_bucket(3, Duration::from_secs(1), 3).expect("a valid limit"),
     ]);
     reset_stats(&redis.url()).await;
     const EACH: usize = 40;
     let mut requests = tokio::task::JoinSet::new();
-    for index in 0..EACH * 4 {
+    for index in 0..EACH * 5 {
         let (store, limits) = (Arc::clone(&store), Arc::clone(&limits));
         requests.spawn(async move {
-            let [bucket, seven, five, wide] = &*limits;
-            let kind = index % 4;
+            let [bucket, seven, five, wide, three] = &*limits;
+            let kind = index % 5;
             let request = match kind {
                 0 => vec![acquire("user:a", "bucket", bucket)],
                 1 => vec![
@@ -389,13 +391,14 @@ async fn concurrent_requests_are_batched_and_decided_exactly() {
                     acquire("user:b", "bucket", bucket),
                     acquire("user:b", "seven", seven),
                 ],
-                _ => vec![acquire("user:c", "five", five)],
+                3 => vec![acquire("user:c", "five", five)],
+                _ => vec![acquire("user:d", "three", three)],
             };
             let decision = store.apply(&request).await.expect("Redis answers");
             (kind, decision)
         });
     }
-    let mut admitted = [0; 4];
+    let mut admitted = [0; 5];
     let mut shared_left = Vec::new();
     while let Some(joined) = requests.join_next().await {
         let (kind, decision) = joined.expect("the request completes");
@@ -412,12 +415,13 @@ async fn concurrent_requests_are_batched_and_decided_exactly() {
     assert_eq!(shared_left, (0..10).collect::<Vec<u64>>());
     assert_eq!(admitted[2], 7, "{admitted:?}");
     assert_eq!(admitted[3], 5, "{admitted:?}");
+    assert_eq!(admitted[4], 3, "{admitted:?}");
 
     let calls = script_calls(&redis.url()).await;
     assert!(
-        calls * 4 <= (EACH * 4) as u64,
+        calls * 4 <= (EACH * 5) as u64,
         "{calls} script calls for {} requests",
-        EACH * 4
+        EACH * 5
     );
     // The denied requests of the window of 7 took nothing from their bucket: 3 of its 10 left.
     let left = store

@@ -438,6 +438,12 @@ end
 
 local general
 local server_s, server_ns
+-- The last bucket's steps as numbers, and the texts they were read from: requests of one
+-- limit send the same texts (one string each in Lua, so comparing them is cheap).
+local w_text, wp_text, t_text, tp_text, den_text
+local den, ws, wns, wp, ts, tns, tp
+-- The last instant's text in the reply.
+local said_s, said_ns, said
 local reply = {}
 local a, k = 1, 1
 while a <= #ARGV do
@@ -462,20 +468,21 @@ while a <= #ARGV do
   -- admitted when next <= now + tolerance.
   if count == 1 and apply and ARGV[b] == 'g' and ARGV[b + 1] == 'a' and ARGV[b + 4] == '0'
       and ARGV[b + 3] ~= '0' then
-    local den = tonumber(ARGV[b + 9])
-    local ws, wns, wp = 0, 0, tonumber(ARGV[b + 6])
-    text = ARGV[b + 5]
-    if #text > 9 then
-      ws, wns = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
-    else
-      wns = tonumber(text)
-    end
-    local ts, tns, tp = 0, 0, tonumber(ARGV[b + 8])
-    text = ARGV[b + 7]
-    if #text > 9 then
-      ts, tns = tonumber(string.sub(text, 1, -10)), tonumber(string.sub(text, -9))
-    else
-      tns = tonumber(text)
+    if ARGV[b + 5] ~= w_text or ARGV[b + 6] ~= wp_text or ARGV[b + 7] ~= t_text
+        or ARGV[b + 8] ~= tp_text or ARGV[b + 9] ~= den_text then
+      w_text, wp_text, t_text, tp_text, den_text =
+        ARGV[b + 5], ARGV[b + 6], ARGV[b + 7], ARGV[b + 8], ARGV[b + 9]
+      den, wp, tp = tonumber(den_text), tonumber(wp_text), tonumber(tp_text)
+      if #w_text > 9 then
+        ws, wns = tonumber(string.sub(w_text, 1, -10)), tonumber(string.sub(w_text, -9))
+      else
+        ws, wns = 0, tonumber(w_text)
+      end
+      if #t_text > 9 then
+        ts, tns = tonumber(string.sub(t_text, 1, -10)), tonumber(string.sub(t_text, -9))
+      else
+        ts, tns = 0, tonumber(t_text)
+      end
     end
     local raw = redis.call('GET', KEYS[k])
     local bs, bns, bp = 0, 0, 0
@@ -528,8 +535,11 @@ while a <= #ARGV do
         redis.call('SET', KEYS[k], string.format('0 %d%09d %d %d%09d', xs, xns, xp, es, ens),
           'PX', string.format('%d', ms))
       end
+      if s ~= said_s or ns ~= said_ns then
+        said_s, said_ns, said = s, ns, string.format('%d%09d', s, ns)
+      end
       reply[#reply + 1] = admits and 1 or 0
-      reply[#reply + 1] = string.format('%d%09d', s, ns)
+      reply[#reply + 1] = said
       reply[#reply + 1] = raw or ''
       done = true
     end
