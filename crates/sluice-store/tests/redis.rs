@@ -132,6 +132,53 @@ async fn the_server_clock_decides_and_every_key_expires() {
     }
 }
 
+/// A server that lost the script (a restart, `SCRIPT FLUSH`, a failover) gets it again on the
+/// next call, which is decided as usual: the counts carry on.
+#[tokio::test]
+async fn a_flushed_script_is_loaded_again() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    let limit = Limit::fixed_window(3, Period::Span(3_600_000_000_000)).expect("a valid limit");
+    let request = [acquire("user:1", "hourly", &limit)];
+    assert_eq!(admitted_of(&store, &request, 2).await, 2);
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw(&redis.url()).await)
+        .await
+        .expect("SCRIPT FLUSH");
+    assert_eq!(admitted_of(&store, &request, 2).await, 1);
+}
+
+/// A counter whose stored value is not a state (written by something else) counts as empty,
+/// on the short path and the general one alike, and its text never reaches the reply: commas
+/// and line breaks in it cannot mix up the requests decided beside it.
+#[tokio::test]
+async fn an_unreadable_stored_value_counts_as_empty() {
+    let redis = RedisServer::start();
+    let store = connect(&redis.url()).await;
+    let bucket = Limit::token_bucket(2, Duration::from_secs(60), 2).expect("a valid limit");
+    let window = Limit::fixed_window(2, Period::Span(3_600_000_000_000)).expect("a valid limit");
+    let mut connection = raw(&redis.url()).await;
+    for key in ["sluice:v1:c:{user:1}bucket", "sluice:v1:c:{user:1}window"] {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg("1,2\n0,3 4 5 6")
+            .query_async(&mut connection)
+            .await
+            .expect("SET");
+    }
+    // At once, so that both go in one batch.
+    let (short, general) = (
+        [acquire("user:1", "bucket", &bucket)],
+        [acquire("user:1", "window", &window)],
+    );
+    let admitted = tokio::join!(
+        admitted_of(&store, &short, 3),
+        admitted_of(&store, &general, 3),
+    );
+    assert_eq!(admitted, (2, 2));
+}
+
 /// Records (API keys, overrides) are shared through Redis: written, listed in id order,
 /// deleted, each change moving the version other gateways watch.
 #[tokio::test]

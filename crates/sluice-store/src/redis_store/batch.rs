@@ -10,7 +10,7 @@
 //!
 //! A Redis Cluster gets no batches: a script's keys must share a slot, and a batch's would not.
 
-use redis::{Script, ScriptInvocation, ToRedisArgs, Value};
+use redis::{Arg, Cmd, ErrorKind, RedisResult, Script, ServerErrorKind, ToRedisArgs, Value};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Connection, SCRIPT};
@@ -19,53 +19,82 @@ use crate::StoreError;
 /// Most requests in one batch: bounds a call's size and how long Redis is busy with it.
 const MAX_BATCH: usize = 128;
 
-/// One request's script call: its keys and its values (see `decide.lua`).
-#[derive(Debug, Default)]
+/// One request's script call: its keys and its values (see `decide.lua`), each list written
+/// into one buffer.
+#[derive(Debug)]
 pub(super) struct Call {
-    keys: Vec<Vec<u8>>,
-    args: Vec<Vec<u8>>,
+    keys: Cmd,
+    args: Cmd,
 }
 
 impl Call {
-    pub(super) fn key(&mut self, key: Vec<u8>) {
-        self.keys.push(key);
+    /// A call with room for `keys` keys and their values.
+    pub(super) fn with_keys(keys: usize) -> Call {
+        let values = 3 + 11 * keys;
+        Call {
+            keys: Cmd::with_capacity(keys, 64 * keys),
+            args: Cmd::with_capacity(values, 12 * values),
+        }
+    }
+
+    pub(super) fn key(&mut self, key: &[u8]) {
+        self.keys.arg(key);
     }
 
     pub(super) fn arg(&mut self, value: impl ToRedisArgs) -> &mut Call {
-        value.write_redis_args(&mut self.args);
+        self.args.arg(value);
         self
     }
 
-    /// The reply's length for this call: status, instant and each key's state.
-    fn width(&self) -> usize {
-        2 + self.keys.len()
-    }
-
-    /// This call alone, over `connection`: the reply's values.
+    /// This call alone, over `connection`: its line of the reply.
     pub(super) async fn invoke(
         &self,
         script: &Script,
         connection: &mut Connection,
-    ) -> Result<Vec<Value>, StoreError> {
-        let mut invocation = script.prepare_invoke();
-        self.add_keys_to(&mut invocation);
-        self.add_args_to(&mut invocation);
-        let reply = invocation.invoke_async(connection).await;
-        split(reply, std::iter::once(self.width()))
-            .next()
-            .unwrap_or_else(|| Err(malformed()))
+    ) -> Result<Vec<u8>, StoreError> {
+        let mut command = evalsha(script, std::slice::from_ref(self));
+        append(&mut command, &self.keys);
+        append(&mut command, &self.args);
+        let reply = eval(script, &command, connection).await;
+        split(reply, 1).next().unwrap_or_else(|| Err(malformed()))
     }
+}
 
-    fn add_keys_to(&self, invocation: &mut ScriptInvocation<'_>) {
-        for key in &self.keys {
-            invocation.key(key.as_slice());
+/// `EVALSHA` of `script` with room for the keys and values of `calls`, which are still to come.
+fn evalsha<'a>(script: &Script, calls: impl IntoIterator<Item = &'a Call>) -> Cmd {
+    let (mut keys, mut args, mut bytes) = (0, 0, 64);
+    for call in calls {
+        keys += call.keys.args_iter().len();
+        for arg in call.keys.args_iter().chain(call.args.args_iter()) {
+            args += 1;
+            if let Arg::Simple(arg) = arg {
+                bytes += arg.len();
+            }
         }
     }
+    let mut command = Cmd::with_capacity(3 + args, bytes);
+    command.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    command
+}
 
-    fn add_args_to(&self, invocation: &mut ScriptInvocation<'_>) {
-        for arg in &self.args {
-            invocation.arg(arg.as_slice());
+/// Appends every value written into `from`.
+fn append(command: &mut Cmd, from: &Cmd) {
+    for arg in from.args_iter() {
+        if let Arg::Simple(bytes) = arg {
+            command.arg(bytes);
         }
+    }
+}
+
+/// Runs a script call, loading the script first when the server does not have it (a restart,
+/// a `SCRIPT FLUSH`, a failover to a replica that never saw it).
+async fn eval(script: &Script, command: &Cmd, connection: &mut Connection) -> RedisResult<Value> {
+    match command.query_async(connection).await {
+        Err(error) if error.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+            script.load_async(connection).await?;
+            command.query_async(connection).await
+        }
+        reply => reply,
     }
 }
 
@@ -77,7 +106,7 @@ pub(super) struct Batches {
 
 struct Job {
     call: Call,
-    reply: oneshot::Sender<Result<Vec<Value>, StoreError>>,
+    reply: oneshot::Sender<Result<Vec<u8>, StoreError>>,
 }
 
 impl Batches {
@@ -88,8 +117,8 @@ impl Batches {
         Batches { queue }
     }
 
-    /// Sends `call` with the next batch: the reply's values.
-    pub(super) async fn call(&self, call: Call) -> Result<Vec<Value>, StoreError> {
+    /// Sends `call` with the next batch: its line of the reply.
+    pub(super) async fn call(&self, call: Call) -> Result<Vec<u8>, StoreError> {
         let (reply, answer) = oneshot::channel();
         let gone = || StoreError::Unavailable("the Redis connection's task has stopped".into());
         self.queue.send(Job { call, reply }).map_err(|_| gone())?;
@@ -115,41 +144,45 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, mut connection: Connection)
         if batch.is_empty() {
             continue;
         }
-        let mut invocation = script.prepare_invoke();
+        let mut command = evalsha(&script, batch.iter().map(|job| &job.call));
         for job in &batch {
-            job.call.add_keys_to(&mut invocation);
+            append(&mut command, &job.call.keys);
         }
         for job in &batch {
-            job.call.add_args_to(&mut invocation);
+            append(&mut command, &job.call.args);
         }
-        let reply = invocation.invoke_async(&mut connection).await;
-        let widths: Vec<usize> = batch.iter().map(|job| job.call.width()).collect();
-        for (job, answer) in batch.drain(..).zip(split(reply, widths.into_iter())) {
+        let reply = eval(&script, &command, &mut connection).await;
+        let lines = split(reply, batch.len());
+        for (job, answer) in batch.drain(..).zip(lines) {
             let _ = job.reply.send(answer);
         }
     }
 }
 
-/// Cuts a batch's reply into each call's values, `widths` long each; every call gets the
-/// batch's error when it failed.
+/// Cuts a batch's reply (one text, a line per call) into `calls` lines; every call gets the
+/// batch's error when it failed, and a reply of another shape fails them all.
 fn split(
-    reply: redis::RedisResult<Value>,
-    widths: impl Iterator<Item = usize>,
-) -> impl Iterator<Item = Result<Vec<Value>, StoreError>> {
-    let mut items = match reply {
-        Ok(Value::Array(items)) => Ok(items.into_iter()),
+    reply: RedisResult<Value>,
+    calls: usize,
+) -> impl Iterator<Item = Result<Vec<u8>, StoreError>> {
+    // `Err(None)`: the reply has another shape; `Err(Some(error))`: the call failed.
+    let mut lines = match reply {
+        Ok(Value::BulkString(text)) => {
+            let lines: Vec<Vec<u8>> = text
+                .split(|&byte| byte == b'\n')
+                .map(<[u8]>::to_vec)
+                .collect();
+            if lines.len() == calls {
+                Ok(lines.into_iter())
+            } else {
+                Err(None)
+            }
+        }
         Ok(_) => Err(None),
         Err(error) => Err(Some(error.to_string())),
     };
-    widths.map(move |width| match &mut items {
-        Ok(items) => {
-            let values: Vec<Value> = items.by_ref().take(width).collect();
-            if values.len() == width {
-                Ok(values)
-            } else {
-                Err(malformed())
-            }
-        }
+    (0..calls).map(move |_| match &mut lines {
+        Ok(lines) => lines.next().ok_or_else(malformed),
         Err(None) => Err(malformed()),
         Err(Some(error)) => Err(StoreError::Unavailable(error.clone())),
     })

@@ -28,9 +28,11 @@
 --   c: lease
 -- A stored value is 'window value aux expires_at' in decimal.
 --
--- Reply, per request in turn: 1 admitted | 0 denied | -1 the windows sent do not hold the
--- instant (nothing changed), the instant, then each key's stored value before the request
--- ('' when none, and always '' after -1).
+-- Reply: one text, a line per request in turn (one value for the client to read, however
+-- many requests): 'STATUS,INSTANT,BEFORE,BEFORE,…' with STATUS 1 admitted, 0 denied or -1
+-- the windows sent do not hold the instant (nothing changed, and no BEFORE follows), and
+-- BEFORE each key's stored value before the request: '' when none or when it does not read as
+-- a state (which both sides take as empty), so it holds only digits and spaces.
 
 -- Everything but the common case, built on the first request that needs it: Lua 5.1 builds
 -- every function of a script's body on every call, which costs more than the common case.
@@ -398,18 +400,14 @@ local function build()
   -- reply.
   return function(k, count, base, now, apply, reply)
     local allowed = apply
-    local outcomes, before = {}, {}
+    local outcomes, line = {}, {}
     for i = 1, count do
       local raw = redis.call('GET', KEYS[k + i - 1])
-      before[i] = raw or ''
+      line[i + 2] = raw and string.find(raw, '^%d+ %d+ %d+ %d+$') and raw or ''
       -- ARGV[b - 4 .. b + 6] are this key's 11 values.
       local outcome = evaluate(raw, now, base + (i - 1) * 11 + 4)
       if not outcome then
-        reply[#reply + 1] = -1
-        reply[#reply + 1] = time_text(now)
-        for _ = 1, count do
-          reply[#reply + 1] = ''
-        end
+        reply[#reply + 1] = '-1,' .. time_text(now)
         return
       end
       outcomes[i] = outcome
@@ -428,11 +426,8 @@ local function build()
         store(KEYS[k + i - 1], next, now)
       end
     end
-    reply[#reply + 1] = allowed and 1 or 0
-    reply[#reply + 1] = time_text(now)
-    for i = 1, count do
-      reply[#reply + 1] = before[i]
-    end
+    line[1], line[2] = allowed and '1' or '0', time_text(now)
+    reply[#reply + 1] = table.concat(line, ',')
   end
 end
 
@@ -538,9 +533,8 @@ while a <= #ARGV do
       if s ~= said_s or ns ~= said_ns then
         said_s, said_ns, said = s, ns, string.format('%d%09d', s, ns)
       end
-      reply[#reply + 1] = admits and 1 or 0
-      reply[#reply + 1] = said
-      reply[#reply + 1] = raw or ''
+      -- A stored value read here matched the state's pattern.
+      reply[#reply + 1] = (admits and '1,' or '0,') .. said .. ',' .. (raw or '')
       done = true
     end
   end
@@ -550,4 +544,4 @@ while a <= #ARGV do
   end
   a, k = b + count * 11, k + count
 end
-return reply
+return table.concat(reply, '\n')

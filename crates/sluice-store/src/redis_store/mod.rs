@@ -470,9 +470,9 @@ impl RedisStore {
             .map_err(unavailable)
     }
 
-    /// Sends one request's script call, with its runtime's batch on one server: the reply's
-    /// values.
-    async fn invoke(&self, call: Call) -> Result<Vec<Value>, StoreError> {
+    /// Sends one request's script call, with its runtime's batch on one server: its line of
+    /// the reply.
+    async fn invoke(&self, call: Call) -> Result<Vec<u8>, StoreError> {
         let now = self.local.now();
         if !self.breaker.admits(now) {
             return Err(StoreError::Unavailable(
@@ -890,19 +890,19 @@ impl RedisStore {
     ) -> Result<Reply, StoreError> {
         let mut estimate = now.unwrap_or_else(|| self.estimate());
         for _ in 0..STALE_RETRIES {
-            let mut call = Call::default();
-            call.arg(
-                now.map(|now| now.as_nanos().to_string())
-                    .unwrap_or_default(),
-            )
+            let mut call = Call::with_keys(transitions.len());
+            match now {
+                Some(now) => call.arg(now.as_nanos()),
+                None => call.arg(""),
+            }
             .arg(if apply { "a" } else { "d" })
             .arg(transitions.len());
             for transition in transitions {
-                call.key(counter_key(transition));
+                call.key(&counter_key(transition));
                 push_args(&mut call, transition, estimate);
             }
-            let values = self.invoke(call).await?;
-            let reply = Reply::parse(values, transitions.len())?;
+            let line = self.invoke(call).await?;
+            let reply = Reply::parse(&line, transitions.len())?;
             if now.is_none() {
                 let local = self.local.now().as_nanos();
                 let offset = i128::from(reply.now.as_nanos()) - i128::from(local);
@@ -936,23 +936,18 @@ struct Reply {
 }
 
 impl Reply {
-    /// One request's part of the script's reply.
-    fn parse(values: Vec<Value>, keys: usize) -> Result<Reply, StoreError> {
+    /// One request's line of the script's reply: `STATUS,INSTANT,BEFORE,…`.
+    fn parse(line: &[u8], keys: usize) -> Result<Reply, StoreError> {
         let malformed =
             || StoreError::Storage("the Redis script answered in an unknown shape".into());
-        let mut items = values.into_iter();
-        let status = match items.next() {
-            Some(Value::Int(status)) => status,
-            _ => return Err(malformed()),
-        };
-        let now = match items.next() {
-            Some(Value::BulkString(text)) => std::str::from_utf8(&text)
-                .ok()
-                .and_then(|text| text.parse::<u64>().ok())
-                .map(Timestamp::from_nanos)
-                .ok_or_else(malformed)?,
-            _ => return Err(malformed()),
-        };
+        fn number<T: std::str::FromStr>(field: Option<&[u8]>) -> Option<T> {
+            std::str::from_utf8(field?).ok()?.parse().ok()
+        }
+        let mut fields = line.split(|&byte| byte == b',');
+        let status: i64 = number(fields.next()).ok_or_else(malformed)?;
+        let now = number(fields.next())
+            .map(Timestamp::from_nanos)
+            .ok_or_else(malformed)?;
         if status < 0 {
             return Ok(Reply {
                 stale: true,
@@ -961,12 +956,7 @@ impl Reply {
                 states: Vec::new(),
             });
         }
-        let states: Vec<CounterState> = items
-            .map(|item| match item {
-                Value::BulkString(text) => parse_state(&text),
-                _ => CounterState::EMPTY,
-            })
-            .collect();
+        let states: Vec<CounterState> = fields.map(parse_state).collect();
         if states.len() != keys {
             return Err(malformed());
         }
