@@ -2,7 +2,9 @@
 # Decisions per second through Redis, on loopback, in one run: the decision API on the memory
 # store (the ceiling without Redis), the decision API on a real redis-server, and
 # redis-benchmark sending the very script sluice runs per decision (EVALSHA of decide.lua for a
-# token bucket, 10,000 keys) — what Redis itself can do with it. wrk: 2 threads, 64
+# token bucket, 10,000 keys) — what Redis itself can do with it, one decision per call, and
+# pipelined 16 deep (its ceiling without batches; sluice sends a gateway thread's concurrent
+# decisions as one call). wrk: 2 threads, 64
 # connections, 10,000 users, as in the figures issue 6 quotes for Limitador (14,900/s on Redis).
 #
 #   bash bench/redis.sh                # 3 rounds of 10 s per target
@@ -39,17 +41,18 @@ run_wrk() {
 }
 run_redis_benchmark() {
   # The arguments sluice sends for bench/policy.yaml's per-user token bucket.
-  local out
-  out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -n 400000 -r 10000 -q \
+  local name=$1 pipeline=$2 out
+  out=$(redis-benchmark -p "$REDIS_PORT" -c 64 -P "$pipeline" -n 400000 -r 10000 -q \
     EVALSHA "$SHA" 1 "sluice:v1:c:{user=__rand_int__}bench" "" a 1 g a 1 1000000 0 60000 0 60000000000 0 1000000 0)
-  RPS["redis-benchmark EVALSHA"]+="$(echo "$out" | awk -F'[: ]+' '/requests per second/ {for (i = 1; i <= NF; i++) if ($i == "requests") {printf "%.0f", $(i - 1); exit}}') "
+  RPS[$name]+="$(echo "$out" | awk -F'[: ]+' '/requests per second/ {for (i = 1; i <= NF; i++) if ($i == "requests") {printf "%.0f", $(i - 1); exit}}') "
 }
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
   run_wrk "decision API, memory" "http://$MEMORY/v1/check"
   run_wrk "decision API, Redis" "http://$REDIS/v1/check"
-  run_redis_benchmark
+  run_redis_benchmark "redis-benchmark EVALSHA" 1
+  run_redis_benchmark "redis-benchmark, -P 16" 16
 done
 for name in "${!RPS[@]}"; do
   echo "$name: per round: ${RPS[$name]}" >&2
@@ -57,10 +60,11 @@ for name in "${!RPS[@]}"; do
 done
 echo
 echo "median of $ROUNDS rounds, $(nproc) cores shared by load, sluice and Redis"
-for name in "decision API, memory" "decision API, Redis" "redis-benchmark EVALSHA"; do
+for name in "decision API, memory" "decision API, Redis" "redis-benchmark EVALSHA" "redis-benchmark, -P 16"; do
   printf '| %-24s | %10s /s |\n' "$name" "${RPS[$name]}"
 done
 echo
 echo "Redis / memory store:             $(ratio "${RPS[decision API, Redis]}" "${RPS[decision API, memory]}")x"
 echo "Redis / redis-benchmark EVALSHA:  $(ratio "${RPS[decision API, Redis]}" "${RPS[redis-benchmark EVALSHA]}")x"
+echo "Redis / redis-benchmark, -P 16:   $(ratio "${RPS[decision API, Redis]}" "${RPS[redis-benchmark, -P 16]}")x"
 echo "Redis / Limitador's 14,900/s (quoted in issue 6, same wrk settings): $(ratio "${RPS[decision API, Redis]}" 14900)x"
