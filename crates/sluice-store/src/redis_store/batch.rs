@@ -188,6 +188,7 @@ fn split(
     })
 }
 
-fn malformed() -> StoreError {
+/// The error for a reply that is not in the script's shape.
+pub(super) fn malformed() -> StoreError {
     StoreError::Storage("the Redis script answered in an unknown shape".into())
 }

@@ -32,7 +32,7 @@ use smallvec::SmallVec;
 use tokio::runtime::{Handle, Id as RuntimeId};
 use tokio::sync::OnceCell;
 
-use self::batch::{Batches, Call};
+use self::batch::{Batches, Call, malformed};
 use crate::{Record, RecordStore, RecordTable, StoreError};
 
 /// Where the counters are: one Redis server, or a Redis Cluster.
@@ -938,8 +938,6 @@ struct Reply {
 impl Reply {
     /// One request's line of the script's reply: `STATUS,INSTANT,BEFORE,…`.
     fn parse(line: &[u8], keys: usize) -> Result<Reply, StoreError> {
-        let malformed =
-            || StoreError::Storage("the Redis script answered in an unknown shape".into());
         fn number<T: std::str::FromStr>(field: Option<&[u8]>) -> Option<T> {
             std::str::from_utf8(field?).ok()?.parse().ok()
         }
