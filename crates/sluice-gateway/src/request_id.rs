@@ -36,8 +36,21 @@ impl RequestIds {
             return id.clone();
         }
         let count = self.next.fetch_add(1, Ordering::Relaxed);
-        let id = format!("{:016x}{:08x}", self.prefix, count);
-        HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("unknown"))
+        // The prefix in 16 hex digits, the count in 8 or more: written by hand, since
+        // `format!` cost a twentieth of a decision-API request.
+        let mut id = [0u8; 32];
+        hex(&mut id[..16], self.prefix);
+        let digits = 8usize.max(16 - count.leading_zeros() as usize / 4);
+        hex(&mut id[16..16 + digits], count);
+        HeaderValue::from_bytes(&id[..16 + digits]).unwrap_or(HeaderValue::from_static("unknown"))
+    }
+}
+
+/// Writes `value`'s low `out.len()` hex digits into `out`, most significant first.
+fn hex(out: &mut [u8], mut value: u64) {
+    for digit in out.iter_mut().rev() {
+        *digit = b"0123456789abcdef"[(value & 0xf) as usize];
+        value >>= 4;
     }
 }
 
@@ -55,4 +68,24 @@ fn usable(value: &HeaderValue) -> bool {
         && bytes
             .iter()
             .all(|byte| byte.is_ascii_graphic() && *byte != b'"' && *byte != b'\\')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minted_ids_are_the_prefix_and_the_count_in_hex() {
+        let ids = RequestIds {
+            prefix: 0x0123_4567_89ab_cdef,
+            next: AtomicU64::new(0xfe),
+        };
+        let none = HeaderMap::new();
+        assert_eq!(ids.of(&none), "0123456789abcdef000000fe");
+        assert_eq!(ids.of(&none), "0123456789abcdef000000ff");
+        ids.next.store(0x1_2345_6789, Ordering::Relaxed);
+        assert_eq!(ids.of(&none), "0123456789abcdef123456789");
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(ids.of(&none), "0123456789abcdefffffffffffffffff");
+    }
 }
