@@ -52,18 +52,20 @@ impl Call {
         script: &Script,
         connection: &mut Connection,
     ) -> Result<Vec<u8>, StoreError> {
-        let mut command = evalsha(script, std::slice::from_ref(self));
-        append(&mut command, &self.keys);
-        append(&mut command, &self.args);
-        let reply = eval(script, &command, connection).await;
+        let reply = eval(script, &evalsha(script, [self]), connection).await;
         split(reply, 1).next().unwrap_or_else(|| Err(malformed()))
     }
 }
 
-/// `EVALSHA` of `script` with room for the keys and values of `calls`, which are still to come.
-fn evalsha<'a>(script: &Script, calls: impl IntoIterator<Item = &'a Call>) -> Cmd {
+/// `EVALSHA` of `script` over `calls`: every call's keys, then every call's values.
+fn evalsha<'a, I>(script: &Script, calls: I) -> Cmd
+where
+    I: IntoIterator<Item = &'a Call>,
+    I::IntoIter: Clone,
+{
+    let calls = calls.into_iter();
     let (mut keys, mut args, mut bytes) = (0, 0, 64);
-    for call in calls {
+    for call in calls.clone() {
         keys += call.keys.args_iter().len();
         for arg in call.keys.args_iter().chain(call.args.args_iter()) {
             args += 1;
@@ -74,6 +76,12 @@ fn evalsha<'a>(script: &Script, calls: impl IntoIterator<Item = &'a Call>) -> Cm
     }
     let mut command = Cmd::with_capacity(3 + args, bytes);
     command.arg("EVALSHA").arg(script.get_hash()).arg(keys);
+    for call in calls.clone() {
+        append(&mut command, &call.keys);
+    }
+    for call in calls {
+        append(&mut command, &call.args);
+    }
     command
 }
 
@@ -144,13 +152,7 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<Job>, mut connection: Connection)
         if batch.is_empty() {
             continue;
         }
-        let mut command = evalsha(&script, batch.iter().map(|job| &job.call));
-        for job in &batch {
-            append(&mut command, &job.call.keys);
-        }
-        for job in &batch {
-            append(&mut command, &job.call.args);
-        }
+        let command = evalsha(&script, batch.iter().map(|job| &job.call));
         let reply = eval(&script, &command, &mut connection).await;
         let lines = split(reply, batch.len());
         for (job, answer) in batch.drain(..).zip(lines) {
