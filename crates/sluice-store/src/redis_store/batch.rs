@@ -19,6 +19,16 @@ use crate::StoreError;
 /// Most requests in one batch: bounds a call's size and how long Redis is busy with it.
 const MAX_BATCH: usize = 128;
 
+/// A request's values before its keys': the instant, apply or not, and the number of keys.
+const HEAD: usize = 3;
+
+/// Values per key (see `decide.lua`).
+const KEY_VALUES: usize = 11;
+
+/// Sent in place of a key's values when they are the same as the last key's that were sent:
+/// requests of one limit repeat them, and Redis parses every value it is sent.
+const SAME: &[u8] = b"=";
+
 /// One request's script call: its keys and its values (see `decide.lua`), each list written
 /// into one buffer.
 #[derive(Debug)]
@@ -30,7 +40,7 @@ pub(super) struct Call {
 impl Call {
     /// A call with room for `keys` keys and their values.
     pub(super) fn with_keys(keys: usize) -> Call {
-        let values = 3 + 11 * keys;
+        let values = HEAD + KEY_VALUES * keys;
         Call {
             keys: Cmd::with_capacity(keys, 64 * keys),
             args: Cmd::with_capacity(values, 12 * values),
@@ -57,7 +67,8 @@ impl Call {
     }
 }
 
-/// `EVALSHA` of `script` over `calls`: every call's keys, then every call's values.
+/// `EVALSHA` of `script` over `calls`: every call's keys, then every call's values, a key's
+/// values as [`SAME`] when the last key's sent were the same.
 fn evalsha<'a, I>(script: &Script, calls: I) -> Cmd
 where
     I: IntoIterator<Item = &'a Call>,
@@ -79,18 +90,41 @@ where
     for call in calls.clone() {
         append(&mut command, &call.keys);
     }
+    let mut sent: Option<[&[u8]; KEY_VALUES]> = None;
     for call in calls {
-        append(&mut command, &call.args);
+        let mut values = call.args.args_iter().filter_map(simple);
+        for value in values.by_ref().take(HEAD) {
+            command.arg(value);
+        }
+        for _ in 0..call.keys.args_iter().len() {
+            let mut key: [&[u8]; KEY_VALUES] = [&[]; KEY_VALUES];
+            for value in &mut key {
+                *value = values.next().unwrap_or_default();
+            }
+            if sent == Some(key) {
+                command.arg(SAME);
+            } else {
+                for value in key {
+                    command.arg(value);
+                }
+                sent = Some(key);
+            }
+        }
     }
     command
 }
 
 /// Appends every value written into `from`.
 fn append(command: &mut Cmd, from: &Cmd) {
-    for arg in from.args_iter() {
-        if let Arg::Simple(bytes) = arg {
-            command.arg(bytes);
-        }
+    for arg in from.args_iter().filter_map(simple) {
+        command.arg(arg);
+    }
+}
+
+fn simple(arg: Arg<&[u8]>) -> Option<&[u8]> {
+    match arg {
+        Arg::Simple(bytes) => Some(bytes),
+        _ => None,
     }
 }
 

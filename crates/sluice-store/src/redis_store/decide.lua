@@ -17,7 +17,8 @@
 --   'a' to apply, 'd' when the request is already denied (only limits that count rejected
 --   requests change);
 --   the number of keys;
---   then 11 values per key, in KEYS order:
+--   then per key, in KEYS order, its 11 values, or '=' for the same 11 values as the last key
+--   that sent its own (requests of one limit repeat them; Redis parses each value it gets):
 --   algorithm ('f' fixed, 's' sliding, 'g' token bucket, 'c' concurrency),
 --   op ('a' acquire, 'r' release, 'x' reset), cost, capacity, counts rejected ('1'/'0'),
 --   and per algorithm:
@@ -396,16 +397,16 @@ local function build()
     redis.call('SET', key, text, 'PX', number_text(ms))
   end
 
-  -- Decides one request whose keys start at KEYS[k] and values at ARGV[base]; appends its
-  -- reply.
-  return function(k, count, base, now, apply, reply)
+  -- Decides one request whose keys start at KEYS[k], key i's values at ARGV[bases[i]];
+  -- appends its reply.
+  return function(k, count, bases, now, apply, reply)
     local allowed = apply
     local outcomes, line = {}, {}
     for i = 1, count do
       local raw = redis.call('GET', KEYS[k + i - 1])
       line[i + 2] = raw and string.find(raw, '^%d+ %d+ %d+ %d+$') and raw or ''
       -- ARGV[b - 4 .. b + 6] are this key's 11 values.
-      local outcome = evaluate(raw, now, base + (i - 1) * 11 + 4)
+      local outcome = evaluate(raw, now, bases[i] + 4)
       if not outcome then
         reply[#reply + 1] = '-1,' .. time_text(now)
         return
@@ -441,6 +442,8 @@ local den, ws, wns, wp, ts, tns, tp
 local said_s, said_ns, said
 local reply = {}
 local a, k = 1, 1
+-- Where the last key that sent its own values has them.
+local same
 while a <= #ARGV do
   local s, ns
   local text = ARGV[a]
@@ -455,7 +458,16 @@ while a <= #ARGV do
   else
     s, ns = 0, tonumber(text)
   end
-  local apply, count, b = ARGV[a + 1] == 'a', tonumber(ARGV[a + 2]), a + 3
+  local apply, count = ARGV[a + 1] == 'a', tonumber(ARGV[a + 2])
+  -- The first key's values are at ARGV[b]; ARGV[cursor] is the first not yet read.
+  local cursor, b = a + 3, nil
+  if count == 0 then
+    b = cursor
+  elseif ARGV[cursor] == '=' then
+    b, cursor = same, cursor + 1
+  else
+    b, same, cursor = cursor, cursor, cursor + 11
+  end
   local done = false
   -- The common case, on plain numbers and with no function or table: one token bucket
   -- acquiring, counting only what it admits, at instants and steps far below the arithmetic's
@@ -539,9 +551,17 @@ while a <= #ARGV do
     end
   end
   if not done then
+    local bases = {b}
+    for i = 2, count do
+      if ARGV[cursor] == '=' then
+        bases[i], cursor = same, cursor + 1
+      else
+        bases[i], same, cursor = cursor, cursor, cursor + 11
+      end
+    end
     general = general or build()
-    general(k, count, b, {s, ns}, apply, reply)
+    general(k, count, bases, {s, ns}, apply, reply)
   end
-  a, k = b + count * 11, k + count
+  a, k = cursor, k + count
 end
 return table.concat(reply, '\n')
