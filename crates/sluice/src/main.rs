@@ -3,6 +3,7 @@
 #![allow(clippy::print_stdout)] // a command line prints; the libraries never do
 
 mod admin_client;
+mod alloc;
 mod call_cmd;
 mod demo;
 mod keys_cmd;
@@ -17,7 +18,7 @@ use clap::{Parser, Subcommand};
 // A request through the gateway allocates and frees a few dozen small blocks, often on different
 // threads; mimalloc's per-thread free lists make that markedly cheaper than glibc's malloc.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Mimalloc = alloc::Mimalloc;
 
 /// sluice: rate limits, quotas and error contracts, declared once and enforced.
 #[derive(Debug, Parser)]
