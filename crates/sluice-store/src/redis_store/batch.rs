@@ -121,6 +121,7 @@ fn append(command: &mut Cmd, from: &Cmd) {
     }
 }
 
+/// A value's bytes: a `Call` writes every value whole.
 fn simple(arg: Arg<&[u8]>) -> Option<&[u8]> {
     match arg {
         Arg::Simple(bytes) => Some(bytes),
