@@ -4,7 +4,6 @@
 //! except the one that creates it.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -66,7 +65,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
         server::serve(
             listener,
             limits,
-            move |request, _peer: SocketAddr| {
+            move |request, _peer| {
                 let admin = Arc::clone(&self);
                 async move { admin.handle(request).await }
             },

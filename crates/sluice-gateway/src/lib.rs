@@ -44,6 +44,7 @@ pub use proxy::Upstream;
 pub use request_id::RequestIds;
 
 use crate::body::{full, json_response, rejection_response};
+use crate::proxy::Peer;
 use crate::request_id::X_REQUEST_ID;
 
 /// How the gateway behaves; every bound has a default a public deployment can live with.
@@ -178,10 +179,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
         server::serve(
             listener,
             limits,
-            move |request, peer| {
+            move |request, peer: Arc<Peer>| {
                 let gateway = Arc::clone(&gateway);
                 let client = Arc::clone(&client);
-                async move { gateway.handle(&client, request, peer).await }
+                async move { gateway.handle(&client, request, &peer).await }
             },
             shutdown,
         )
@@ -192,7 +193,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
         &self,
         client: &UpstreamClient,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
     ) -> Response<Body> {
         // The clock is read for the log line only, so only when it will be written.
         let logging = tracing::enabled!(tracing::Level::INFO);
@@ -273,7 +274,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
         &self,
         client: &UpstreamClient,
         request: Request<Incoming>,
-        peer: SocketAddr,
+        peer: &Peer,
         request_id: &HeaderValue,
     ) -> Response<Body> {
         let id = request_id.to_str().ok();
@@ -332,7 +333,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     path: parts.uri.path(),
                     query: parts.uri.query(),
                     headers: &parts.headers,
-                    peer: Some(peer.ip()),
+                    peer: Some(peer.address().ip()),
                     body: bytes.as_deref(),
                     request_id: id,
                 },

@@ -3,16 +3,20 @@
 //! against the contract on the way back.
 
 use std::net::SocketAddr;
+use std::sync::OnceLock;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, request};
 
+use bytes::Bytes;
+
 use crate::body::Body;
 use crate::request_id::X_REQUEST_ID;
 
-/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1,
+/// and the non-standard `Proxy-Connection`).
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::PROXY_AUTHENTICATE,
@@ -21,10 +25,19 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
+    HeaderName::from_static("proxy-connection"),
 ];
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages carry none (headers named by `Connection` go only with it): one pass over
+    // the names, comparing and hashing nothing, tells, where removing each would look it up.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -35,7 +48,53 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
         headers.remove(name);
     }
-    headers.remove("proxy-connection");
+}
+
+/// The client at the other end of one connection, and what the forwarding headers say of it,
+/// worked out on the connection's first proxied request and kept for the others.
+#[derive(Debug)]
+pub(crate) struct Peer {
+    address: SocketAddr,
+    forwarding: OnceLock<Forwarding>,
+}
+
+#[derive(Debug)]
+struct Forwarding {
+    /// The address as `X-Forwarded-For` lists it.
+    client: HeaderValue,
+    /// `Forwarded` for a request without a `Host`, and the start of it for one with.
+    forwarded: HeaderValue,
+}
+
+impl Peer {
+    pub(crate) fn new(address: SocketAddr) -> Peer {
+        Peer {
+            address,
+            forwarding: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    fn forwarding(&self) -> &Forwarding {
+        self.forwarding.get_or_init(|| {
+            let client = self.address.ip().to_string();
+            // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+            let forwarded = if self.address.is_ipv6() {
+                format!("for=\"[{client}]\";proto=http")
+            } else {
+                format!("for={client};proto=http")
+            };
+            Forwarding {
+                // An IP address's text is always a valid header value.
+                client: HeaderValue::from_str(&client).unwrap_or(HeaderValue::from_static("")),
+                forwarded: HeaderValue::from_str(&forwarded)
+                    .unwrap_or(HeaderValue::from_static("")),
+            }
+        })
+    }
 }
 
 /// Where a request goes: the upstream's scheme and authority, its base path, then the request's
@@ -44,6 +103,8 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 pub struct Upstream {
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
+    /// The `Host` the upstream is sent: its host, and its port unless the scheme's default.
+    host: HeaderValue,
     base_path: String,
 }
 
@@ -63,9 +124,16 @@ impl Upstream {
             .authority()
             .cloned()
             .ok_or_else(|| format!("upstream `{uri}` needs a host"))?;
+        let host = match authority.port_u16() {
+            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
+            _ => authority.host().to_owned(),
+        };
+        let host = HeaderValue::from_str(&host)
+            .map_err(|_| format!("upstream `{uri}`: its host is not a valid Host header"))?;
         Ok(Upstream {
             scheme,
             authority,
+            host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
         })
     }
@@ -90,38 +158,46 @@ pub(crate) fn upstream_request(
     upstream: &Upstream,
     mut parts: request::Parts,
     body: Body,
-    peer: SocketAddr,
+    peer: &Peer,
     request_id: &HeaderValue,
 ) -> Result<Request<Body>, http::Error> {
     let uri = upstream.uri(parts.uri.path_and_query())?;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    let host = headers.remove(header::HOST);
-    let client = peer.ip().to_string();
+    let forwarding = peer.forwarding();
     let forwarded_for = match headers
-        .get("x-forwarded-for")
+        .get(&X_FORWARDED_FOR)
         .and_then(|value| value.to_str().ok())
     {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.clone(),
+        Some(earlier) => {
+            let client = forwarding.client.to_str().unwrap_or_default();
+            HeaderValue::from_str(&format!("{earlier}, {client}")).ok()
+        }
+        None => Some(forwarding.client.clone()),
     };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        headers.insert("x-forwarded-for", value);
+    if let Some(value) = forwarded_for {
+        headers.insert(X_FORWARDED_FOR, value);
     }
-    let node = if peer.is_ipv6() {
-        format!("\"[{client}]\"")
-    } else {
-        client
+    // The client's `Host` travels in `Forwarded` and `X-Forwarded-Host`; the upstream is sent
+    // its own, as an HTTP client would.
+    let host = headers.insert(header::HOST, upstream.host.clone());
+    let forwarded = match host.as_ref().and_then(|host| host.to_str().ok()) {
+        Some(host) => {
+            let start = forwarding.forwarded.as_bytes();
+            let mut value = Vec::with_capacity(start.len() + host.len() + 8);
+            value.extend_from_slice(start);
+            value.extend_from_slice(b";host=\"");
+            value.extend(host.bytes().filter(|byte| !matches!(byte, b'"' | b'\\')));
+            value.push(b'"');
+            HeaderValue::from_maybe_shared(Bytes::from(value)).ok()
+        }
+        None => Some(forwarding.forwarded.clone()),
     };
-    let mut forwarded = format!("for={node};proto=http");
-    if let Some(host) = host.as_ref().and_then(|host| host.to_str().ok()) {
-        forwarded.push_str(&format!(";host=\"{}\"", host.replace(['"', '\\'], "")));
-    }
-    if let Ok(value) = HeaderValue::from_str(&forwarded) {
+    if let Some(value) = forwarded {
         headers.append(header::FORWARDED, value);
     }
     if let Some(host) = host {
-        headers.insert("x-forwarded-host", host);
+        headers.insert(X_FORWARDED_HOST, host);
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.uri = uri;
@@ -150,6 +226,32 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn a_lone_proxy_connection_goes_and_headers_without_hop_by_hop_names_stay() {
+        let mut headers = HeaderMap::new();
+        headers.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+
+        let mut plain = HeaderMap::new();
+        plain.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        plain.append("x-many", HeaderValue::from_static("a"));
+        plain.append("x-many", HeaderValue::from_static("b"));
+        let before = plain.clone();
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain, before);
+    }
+
+    #[test]
+    fn the_upstream_host_names_its_port_unless_it_is_80() {
+        let host = |url: &str| Upstream::new(&url.parse().unwrap()).expect("valid").host;
+        assert_eq!(host("http://127.0.0.1:9000/"), "127.0.0.1:9000");
+        assert_eq!(host("http://api.example.com/v1"), "api.example.com");
+        assert_eq!(host("http://api.example.com:80/"), "api.example.com");
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -19,6 +19,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
+use crate::proxy::Peer;
 
 /// How connections are served.
 #[derive(Clone, Copy, Debug)]
@@ -40,7 +41,7 @@ pub(crate) async fn serve<H, F>(
     handle: H,
     shutdown: impl Future<Output = ()>,
 ) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Body>> + Send + 'static,
 {
     let mut builder = http1::Builder::new();
@@ -65,9 +66,10 @@ pub(crate) async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
+        let client = Arc::new(Peer::new(peer));
         let service = hyper::service::service_fn(move |request| {
             // Boxed so that hyper moves a pointer, not the whole request state machine.
-            let response = Box::pin(handle(request, peer));
+            let response = Box::pin(handle(request, Arc::clone(&client)));
             async move { Ok::<_, Infallible>(response.await) }
         });
         let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));

@@ -67,9 +67,21 @@ async fn requests_are_forwarded_without_hop_by_hop_headers_and_with_forwarding_h
         .expect("Forwarded")
         .to_str()
         .expect("ascii");
-    assert!(
-        forwarded.starts_with("for=127.0.0.1;proto=http;host="),
-        "{forwarded}"
+    assert_eq!(
+        forwarded,
+        format!("for=127.0.0.1;proto=http;host=\"{}\"", bench.address),
+        "the client's Host travels in Forwarded"
+    );
+    assert_eq!(
+        seen.headers
+            .get("x-forwarded-host")
+            .map(|v| v.to_str().expect("ascii")),
+        Some(bench.address.to_string().as_str())
+    );
+    assert_eq!(
+        seen.headers.get("host").map(|v| v.to_str().expect("ascii")),
+        Some(bench.upstream_address().to_string().as_str()),
+        "the upstream is addressed by its own name"
     );
     assert_eq!(
         seen.headers
