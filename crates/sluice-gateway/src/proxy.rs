@@ -5,11 +5,10 @@
 use std::net::SocketAddr;
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, request};
-
-use bytes::Bytes;
 
 use crate::body::Body;
 use crate::request_id::X_REQUEST_ID;
@@ -33,8 +32,8 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 
 /// Removes hop-by-hop headers, including any the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none (headers named by `Connection` go only with it): one pass over
-    // the names, comparing and hashing nothing, tells, where removing each would look it up.
+    // Most messages carry none (a header `Connection` names comes only with `Connection`): one
+    // pass over the names, hashing nothing, says so, where removing each would hash and look up.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
