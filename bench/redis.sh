@@ -32,12 +32,23 @@ for address in "$MEMORY" "$REDIS"; do wait_for "$address"; done
 SHA=$(redis-cli -p "$REDIS_PORT" SCRIPT LOAD "$(cat crates/sluice-store/src/redis_store/decide.lua)")
 
 declare -A RPS
+# Decisions per script call, per round: how many requests a batch carried on average.
+PER_CALL=""
 run_wrk() {
-  local name=$1 url=$2 out
+  local name=$1 url=$2 out decisions calls
   wrk -t2 -c64 -d2s -s bench/check.lua "$url" >/dev/null
+  redis-cli -p "$REDIS_PORT" CONFIG RESETSTAT >/dev/null
   out=$(wrk -t2 -c64 -d"$DURATION" -s bench/check.lua "$url")
   if echo "$out" | grep -q "Non-2xx"; then echo "$name: non-2xx answers" >&2; echo "$out" >&2; fi
   RPS[$name]+="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') "
+  if [ "$url" = "http://$REDIS/v1/check" ]; then
+    # The decisions must have gone through Redis: no script call fails the run.
+    decisions=$(echo "$out" | awk '/requests in/ {print $1}')
+    calls=$(redis-cli -p "$REDIS_PORT" INFO commandstats | tr -d '\r' \
+      | awk -F'[=,:]' '/^cmdstat_evalsha:/ {print $3}')
+    if [ -z "$calls" ] || [ "$calls" -eq 0 ]; then echo "$name: no script calls reached Redis" >&2; exit 1; fi
+    PER_CALL+="$(ratio "$decisions" "$calls") "
+  fi
 }
 run_redis_benchmark() {
   # The arguments sluice sends for bench/policy.yaml's per-user token bucket.
@@ -63,6 +74,8 @@ echo "median of $ROUNDS rounds, $(nproc) cores shared by load, sluice and Redis"
 for name in "decision API, memory" "decision API, Redis" "redis-benchmark EVALSHA" "redis-benchmark, -P 16"; do
   printf '| %-24s | %10s /s |\n' "$name" "${RPS[$name]}"
 done
+echo
+echo "decisions per script call (sluice's batches), per round: $PER_CALL"
 echo
 echo "Redis / memory store:             $(ratio "${RPS[decision API, Redis]}" "${RPS[decision API, memory]}")x"
 echo "Redis / redis-benchmark EVALSHA:  $(ratio "${RPS[decision API, Redis]}" "${RPS[redis-benchmark EVALSHA]}")x"
