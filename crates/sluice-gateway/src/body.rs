@@ -1,4 +1,4 @@
-//! The one body type the gateway sends and forwards: bytes it wrote itself, or a body streamed
+//! The body types the gateway sends and forwards: bytes it wrote itself, or a body streamed
 //! through from the other side untouched.
 
 use bytes::Bytes;
@@ -7,8 +7,15 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use sluice_service::Rejection;
 
-/// A body the gateway wrote (`Left`) or one it streams through (`Right`).
-pub type Body = Either<Full<Bytes>, Incoming>;
+use crate::pool::UpstreamBody;
+
+/// A response body: one the gateway wrote (`Left`) or the upstream's, streamed through
+/// (`Right`).
+pub type Body = Either<Full<Bytes>, UpstreamBody>;
+
+/// A request body sent upstream: one the gateway read (`Left`) or the client's, streamed
+/// through (`Right`).
+pub(crate) type Outgoing = Either<Full<Bytes>, Incoming>;
 
 /// A body of `bytes`.
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {

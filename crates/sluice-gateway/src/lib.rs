@@ -12,6 +12,7 @@ mod admin;
 mod body;
 mod check_api;
 mod echo;
+mod pool;
 mod probe;
 mod proxy;
 mod request_id;
@@ -24,11 +25,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::Clock;
 use sluice_service::{BodyNeed, Service, Verdict, is_json};
@@ -44,6 +42,7 @@ pub use proxy::Upstream;
 pub use request_id::RequestIds;
 
 use crate::body::{full, json_response, rejection_response};
+use crate::pool::Pool;
 use crate::proxy::Peer;
 use crate::request_id::X_REQUEST_ID;
 
@@ -86,20 +85,6 @@ pub struct Gateway<S> {
     config: GatewayConfig,
     ids: RequestIds,
     clock: Arc<dyn Clock>,
-}
-
-/// The pooled upstream client. Each accept loop has its own, so that its connections live on
-/// the loop's thread.
-type UpstreamClient = Client<HttpConnector, Body>;
-
-fn upstream_client() -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
 }
 
 /// Largest decision-API request body: a full batch of checks with bodies.
@@ -174,15 +159,20 @@ impl<S: CounterStore + 'static> Gateway<S> {
             max_headers: self.config.max_headers.saturating_mul(4).max(512),
             drain_timeout: self.config.drain_timeout,
         };
+        // Each accept loop has its own upstream connections, so that they live on its thread.
+        let pool = self
+            .config
+            .upstream
+            .as_ref()
+            .map(|upstream| Pool::new(upstream.address()));
         let gateway = self;
-        let client = Arc::new(upstream_client());
         server::serve(
             listener,
             limits,
             move |request, peer: Arc<Peer>| {
                 let gateway = Arc::clone(&gateway);
-                let client = Arc::clone(&client);
-                async move { gateway.handle(&client, request, &peer).await }
+                let pool = pool.clone();
+                async move { gateway.handle(pool.as_ref(), request, &peer).await }
             },
             shutdown,
         )
@@ -191,7 +181,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
 
     async fn handle(
         &self,
-        client: &UpstreamClient,
+        pool: Option<&Arc<Pool>>,
         request: Request<Incoming>,
         peer: &Peer,
     ) -> Response<Body> {
@@ -218,15 +208,15 @@ impl<S: CounterStore + 'static> Gateway<S> {
             {
                 self.decision_api(request, path == "/v1/check/batch").await
             }
-            _ if self.config.upstream.is_some() => {
-                self.proxy(client, request, peer, &request_id).await
-            }
-            _ => rejection_response(self.service.reject(
-                ErrorCode::NotFound,
-                Values::default(),
-                None,
-                request_id.to_str().ok(),
-            )),
+            _ => match pool {
+                Some(pool) => self.proxy(pool, request, peer, &request_id).await,
+                None => rejection_response(self.service.reject(
+                    ErrorCode::NotFound,
+                    Values::default(),
+                    None,
+                    request_id.to_str().ok(),
+                )),
+            },
         };
         response
             .headers_mut()
@@ -272,7 +262,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
 
     async fn proxy(
         &self,
-        client: &UpstreamClient,
+        pool: &Arc<Pool>,
         request: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
@@ -321,7 +311,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     Ok(Err(_)) => return reject(ErrorCode::MalformedBody, Values::default(), None),
                     Ok(Ok(collected)) => collected.to_bytes(),
                 };
-                (Some(bytes.clone()), full(bytes))
+                (Some(bytes.clone()), Either::Left(Full::new(bytes)))
             }
         };
         let verdict = self
@@ -350,11 +340,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
-        let answer = tokio::time::timeout(
-            self.config.upstream_timeout,
-            Box::pin(client.request(outgoing)),
-        )
-        .await;
+        let answer =
+            tokio::time::timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing))).await;
         let limit_headers = std::mem::take(&mut admission.headers);
         let mut response = match answer {
             Err(_) => {

@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, request};
 
-use crate::body::Body;
+use crate::body::Outgoing;
 use crate::request_id::X_REQUEST_ID;
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1,
@@ -96,12 +96,12 @@ impl Peer {
     }
 }
 
-/// Where a request goes: the upstream's scheme and authority, its base path, then the request's
-/// path and query.
+/// Where a request goes: the upstream's address and its base path, then the request's path and
+/// query.
 #[derive(Clone, Debug)]
 pub struct Upstream {
-    scheme: http::uri::Scheme,
-    authority: http::uri::Authority,
+    /// `host:port`, to connect to.
+    address: String,
     /// The `Host` the upstream is sent: its host, and its port unless the scheme's default.
     host: HeaderValue,
     base_path: String,
@@ -121,34 +121,37 @@ impl Upstream {
         }
         let authority = uri
             .authority()
-            .cloned()
             .ok_or_else(|| format!("upstream `{uri}` needs a host"))?;
-        let host = match authority.port_u16() {
-            Some(port) if port != 80 => format!("{}:{port}", authority.host()),
-            _ => authority.host().to_owned(),
+        let port = authority.port_u16().unwrap_or(80);
+        let host = match port {
+            80 => authority.host().to_owned(),
+            port => format!("{}:{port}", authority.host()),
         };
         let host = HeaderValue::from_str(&host)
             .map_err(|_| format!("upstream `{uri}`: its host is not a valid Host header"))?;
         Ok(Upstream {
-            scheme,
-            authority,
+            address: format!("{}:{port}", authority.host()),
             host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
         })
     }
 
-    fn uri(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+    /// Where to connect: `host:port`.
+    pub(crate) fn address(&self) -> String {
+        self.address.clone()
+    }
+
+    /// The request target sent upstream (origin form): the base path, then the request's path
+    /// and query.
+    fn target(&self, path_and_query: Option<&PathAndQuery>) -> Result<Uri, http::Error> {
+        if self.base_path.is_empty()
+            && let Some(path_and_query) = path_and_query
+        {
+            // The request's own target, shared rather than copied.
+            return Ok(Uri::from(path_and_query.clone()));
+        }
         let tail = path_and_query.map_or("/", PathAndQuery::as_str);
-        let path = if self.base_path.is_empty() {
-            tail.to_owned()
-        } else {
-            format!("{}{tail}", self.base_path)
-        };
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
+        Ok(Uri::try_from(format!("{}{tail}", self.base_path))?)
     }
 }
 
@@ -156,11 +159,11 @@ impl Upstream {
 pub(crate) fn upstream_request(
     upstream: &Upstream,
     mut parts: request::Parts,
-    body: Body,
+    body: Outgoing,
     peer: &Peer,
     request_id: &HeaderValue,
-) -> Result<Request<Body>, http::Error> {
-    let uri = upstream.uri(parts.uri.path_and_query())?;
+) -> Result<Request<Outgoing>, http::Error> {
+    let uri = upstream.target(parts.uri.path_and_query())?;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     let forwarding = peer.forwarding();
@@ -254,14 +257,24 @@ mod tests {
     }
 
     #[test]
-    fn the_upstream_uri_keeps_its_base_path_and_the_request_query() {
+    fn the_upstream_target_keeps_its_base_path_and_the_request_query() {
         let upstream = Upstream::new(&"http://127.0.0.1:9000/functions/v1/".parse().unwrap())
             .expect("valid upstream");
         let tail: PathAndQuery = "/submit-media?x=1".parse().unwrap();
         assert_eq!(
-            upstream.uri(Some(&tail)).unwrap().to_string(),
-            "http://127.0.0.1:9000/functions/v1/submit-media?x=1"
+            upstream.target(Some(&tail)).unwrap().to_string(),
+            "/functions/v1/submit-media?x=1"
         );
+        assert_eq!(upstream.target(None).unwrap().to_string(), "/functions/v1/");
+        assert_eq!(upstream.address(), "127.0.0.1:9000");
+
+        let bare = Upstream::new(&"http://api.example.com".parse().unwrap()).expect("valid");
+        assert_eq!(
+            bare.target(Some(&tail)).unwrap().to_string(),
+            "/submit-media?x=1"
+        );
+        assert_eq!(bare.target(None).unwrap().to_string(), "/");
+        assert_eq!(bare.address(), "api.example.com:80");
         assert!(Upstream::new(&"https://example.com".parse().unwrap()).is_err());
     }
 }

@@ -1,0 +1,411 @@
+//! Keep-alive connections to the upstream, one pool per accept loop: a request takes the
+//! connection most recently put back, sends on it, and its response body puts it back once the
+//! body has been read to its end. One upstream and one thread per pool, so there is nothing to
+//! key connections by and no lock anyone else contends for; a general client's pool (keyed by
+//! scheme and authority, shared across threads, returning connections through a spawned task)
+//! cost the proxy more per request than its own header handling.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::body::Outgoing;
+
+/// Idle connections kept per pool; more are closed when they come back.
+const MAX_IDLE: usize = 1024;
+/// Connecting gives up after this long (the request's own timeout still bounds the whole).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// An idle connection is closed after one to two of these without use.
+const IDLE_SWEEP: Duration = Duration::from_secs(30);
+
+/// Why a request could not be sent or answered.
+#[derive(Debug)]
+pub(crate) enum UpstreamError {
+    /// No connection could be opened.
+    Connect(std::io::Error),
+    /// The connection failed during the exchange.
+    Exchange(hyper::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Connect(error) => write!(f, "cannot connect: {error}"),
+            UpstreamError::Exchange(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+/// The connections of one accept loop to the upstream at `address`.
+#[derive(Debug)]
+pub(crate) struct Pool {
+    address: String,
+    idle: Mutex<Vec<Idle>>,
+    /// The current sweep period; a connection idle since an earlier one is closed by the next
+    /// sweep.
+    period: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Idle {
+    sender: SendRequest<Outgoing>,
+    period: u64,
+}
+
+impl Pool {
+    /// A pool for the upstream at `address` (`host:port`), with a task on the current runtime
+    /// that closes connections left idle, ending when the pool is dropped.
+    pub(crate) fn new(address: String) -> Arc<Pool> {
+        let pool = Arc::new(Pool {
+            address,
+            idle: Mutex::new(Vec::new()),
+            period: AtomicU64::new(0),
+        });
+        let weak = Arc::downgrade(&pool);
+        tokio::spawn(sweep(weak));
+        pool
+    }
+
+    /// Sends `request` on an idle connection, or on a new one when none is idle. A request a
+    /// reused connection could not take (closed by the upstream while idle) goes on another.
+    pub(crate) async fn send(
+        self: &Arc<Pool>,
+        mut request: Request<Outgoing>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.take() {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            // A connection comes back as its response body ends; its own task, on this thread,
+            // may not have run since to make it ready for the next request.
+            if reused && !sender.is_ready() && sender.ready().await.is_err() {
+                continue;
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let pool = Arc::clone(self);
+                    return Ok(response.map(|body| UpstreamBody {
+                        body,
+                        ended: false,
+                        lease: Some((sender, pool)),
+                    }));
+                }
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::Exchange(error.into_error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently returned connection that is still open.
+    fn take(&self) -> Option<SendRequest<Outgoing>> {
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        while let Some(entry) = idle.pop() {
+            if !entry.sender.is_closed() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, sender: SendRequest<Outgoing>) {
+        if sender.is_closed() {
+            return;
+        }
+        let period = self.period.load(Ordering::Relaxed);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle { sender, period });
+        }
+    }
+
+    /// Ends a sweep period: closes the connections idle since before it began.
+    fn sweep(&self) {
+        let ending = self.period.fetch_add(1, Ordering::Relaxed);
+        let mut idle = self
+            .idle
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner());
+        idle.retain(|entry| entry.period == ending && !entry.sender.is_closed());
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Outgoing>, UpstreamError> {
+        let stream =
+            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.address)).await {
+                Err(_) => {
+                    return Err(UpstreamError::Connect(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!(
+                            "no connection to {} within {CONNECT_TIMEOUT:?}",
+                            self.address
+                        ),
+                    )));
+                }
+                Ok(connected) => connected.map_err(UpstreamError::Connect)?,
+            };
+        stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
+        let (sender, connection) = http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(UpstreamError::Exchange)?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+/// Every `IDLE_SWEEP`, closes the connections not used since the sweep before.
+async fn sweep(pool: Weak<Pool>) {
+    let mut ticks = tokio::time::interval(IDLE_SWEEP);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    loop {
+        ticks.tick().await;
+        let Some(pool) = pool.upgrade() else { return };
+        pool.sweep();
+    }
+}
+
+/// An upstream response's body, streamed through; once read to its end, its connection goes
+/// back to the pool. A body dropped before its end takes its connection with it, since what is
+/// left of the response would stand in the next one's way.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    body: Incoming,
+    ended: bool,
+    lease: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
+}
+
+impl HttpBody for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        match &frame {
+            None => this.ended = true,
+            Some(Err(_)) => this.lease = None,
+            Some(Ok(_)) => {}
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for UpstreamBody {
+    fn drop(&mut self) {
+        if let Some((sender, pool)) = self.lease.take()
+            && (self.ended || self.body.is_end_stream())
+        {
+            pool.put_back(sender);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::net::SocketAddr;
+    use std::sync::atomic::AtomicUsize;
+
+    use http_body_util::{BodyExt, Either, Full};
+    use hyper::service::service_fn;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// An upstream answering `ok`, counting the connections it accepts. `/close` answers with
+    /// `Connection: close`; `/big` answers a megabyte.
+    async fn upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|request: Request<Incoming>| async move {
+                    let mut response = Response::new(Full::new(Bytes::from_static(b"ok")));
+                    match request.uri().path() {
+                        "/close" => {
+                            response.headers_mut().insert(
+                                http::header::CONNECTION,
+                                http::HeaderValue::from_static("close"),
+                            );
+                        }
+                        "/big" => {
+                            *response.body_mut() = Full::new(Bytes::from(vec![b'x'; 1 << 20]))
+                        }
+                        _ => {}
+                    }
+                    Ok::<_, Infallible>(response)
+                });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (address, accepted)
+    }
+
+    fn get(path: &str) -> Request<Outgoing> {
+        Request::builder()
+            .uri(path)
+            .header(http::header::HOST, "upstream")
+            .body(Either::Left(Full::new(Bytes::new())))
+            .expect("a request")
+    }
+
+    async fn fetch(pool: &Arc<Pool>, path: &str) -> Bytes {
+        let response = pool.send(get(path)).await.expect("an answer");
+        response
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes()
+    }
+
+    fn idle(pool: &Pool) -> usize {
+        pool.idle.lock().expect("lock").len()
+    }
+
+    #[tokio::test]
+    async fn one_connection_serves_requests_one_after_another() {
+        let (address, accepted) = upstream().await;
+        let pool = Pool::new(address.to_string());
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, "/").await, "ok");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+        assert_eq!(idle(&pool), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_each_get_a_connection_and_give_it_back() {
+        let (address, accepted) = upstream().await;
+        let pool = Pool::new(address.to_string());
+        let four = || async {
+            let answers = futures_join4(
+                fetch(&pool, "/"),
+                fetch(&pool, "/"),
+                fetch(&pool, "/"),
+                fetch(&pool, "/"),
+            )
+            .await;
+            assert!(answers.iter().all(|answer| answer == "ok"));
+        };
+        four().await;
+        assert_eq!(accepted.load(Ordering::SeqCst), 4);
+        assert_eq!(idle(&pool), 4);
+        four().await;
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            4,
+            "the four idle ones are reused"
+        );
+    }
+
+    async fn futures_join4<F: Future<Output = Bytes>>(a: F, b: F, c: F, d: F) -> [Bytes; 4] {
+        let (a, b, c, d) = tokio::join!(a, b, c, d);
+        [a, b, c, d]
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closes_is_not_reused() {
+        let (address, accepted) = upstream().await;
+        let pool = Pool::new(address.to_string());
+        assert_eq!(fetch(&pool, "/close").await, "ok");
+        assert_eq!(fetch(&pool, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
+        let (address, accepted) = upstream().await;
+        let pool = Pool::new(address.to_string());
+        let mut body = pool.send(get("/big")).await.expect("an answer").into_body();
+        let first = body.frame().await.expect("a frame").expect("data");
+        assert!(first.is_data());
+        drop(body);
+        assert_eq!(
+            idle(&pool),
+            0,
+            "a connection with a response left on it is not pooled"
+        );
+        assert_eq!(fetch(&pool, "/").await, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_idle_through_a_whole_sweep_period_is_closed() {
+        // An upstream that sees its connection closed.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let pool = Pool::new(address.to_string());
+        let sent = tokio::spawn({
+            let pool = Arc::clone(&pool);
+            async move { pool.send(get("/")).await.map(|response| response.status()) }
+        });
+        let (mut stream, _) = listener.accept().await.expect("a connection");
+        let mut request = [0_u8; 1024];
+        let read = stream.read(&mut request).await.expect("the request");
+        assert!(request[..read].starts_with(b"GET / HTTP/1.1\r\n"));
+        tokio::io::AsyncWriteExt::write_all(&mut stream, b"HTTP/1.1 204 No Content\r\n\r\n")
+            .await
+            .expect("answered");
+        let status = sent.await.expect("joined").expect("an answer");
+        assert_eq!(status, http::StatusCode::NO_CONTENT);
+        assert_eq!(idle(&pool), 1);
+
+        pool.sweep();
+        assert_eq!(idle(&pool), 1, "used in the period the first sweep ends");
+        pool.sweep();
+        assert_eq!(idle(&pool), 0, "idle through a whole period");
+        let read = stream.read(&mut request).await.expect("end of stream");
+        assert_eq!(read, 0, "the upstream sees the connection closed");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        drop(listener);
+        let pool = Pool::new(address.to_string());
+        let error = pool.send(get("/")).await.expect_err("refused");
+        assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
+        assert!(error.to_string().starts_with("cannot connect"), "{error}");
+    }
+}
