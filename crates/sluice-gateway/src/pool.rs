@@ -1,9 +1,10 @@
 //! Keep-alive connections to the upstream, one pool per accept loop: a request takes the
 //! connection most recently put back, sends on it, and its response body puts it back once the
-//! body has been read to its end. One upstream and one thread per pool, so there is nothing to
-//! key connections by and no lock anyone else contends for; a general client's pool (keyed by
-//! scheme and authority, shared across threads, returning connections through a spawned task)
-//! cost the proxy more per request than its own header handling.
+//! body has been read to its end and the connection is ready for another request. One upstream
+//! and one thread per pool, so there is nothing to key connections by and no lock anyone else
+//! contends for; a general client's pool (keyed by scheme and authority, shared across threads,
+//! returning every connection through a spawned task) cost the proxy more per request than its
+//! own header handling.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -86,8 +87,7 @@ impl Pool {
                 Some(sender) => (sender, true),
                 None => (self.connect().await?, false),
             };
-            // A connection comes back as its response body ends; its own task, on this thread,
-            // may not have run since to make it ready for the next request.
+            // Pooled connections were ready when they came back; one may have closed since.
             if reused && !sender.is_ready() && sender.ready().await.is_err() {
                 continue;
             }
@@ -122,10 +122,27 @@ impl Pool {
         None
     }
 
-    fn put_back(&self, sender: SendRequest<Outgoing>) {
+    /// Pools `sender` once its connection is ready for another request: at once when it is
+    /// (the common case), else from a task that waits for it — the upstream may have answered
+    /// before the request's body was all sent, and the next request must not wait behind it.
+    fn put_back(self: Arc<Pool>, mut sender: SendRequest<Outgoing>) {
         if sender.is_closed() {
             return;
         }
+        if sender.is_ready() {
+            self.pool(sender);
+            return;
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if sender.ready().await.is_ok() {
+                    self.pool(sender);
+                }
+            });
+        }
+    }
+
+    fn pool(&self, sender: SendRequest<Outgoing>) {
         let period = self.period.load(Ordering::Relaxed);
         let mut idle = self
             .idle
@@ -396,6 +413,59 @@ mod tests {
         assert_eq!(idle(&pool), 0, "idle through a whole period");
         let read = stream.read(&mut request).await.expect("end of stream");
         assert_eq!(read, 0, "the upstream sees the connection closed");
+    }
+
+    #[tokio::test]
+    async fn a_connection_still_sending_its_request_does_not_hold_up_the_next() {
+        // An upstream that answers once it has a request's head and never reads its body.
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let address = listener.local_addr().expect("address");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&accepted);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0_u8; 4096];
+                    while !head.windows(4).any(|window| window == b"\r\n\r\n") {
+                        let read = stream.read(&mut buffer).await.expect("read");
+                        assert!(read > 0, "the head ends first");
+                        head.extend_from_slice(&buffer[..read]);
+                    }
+                    tokio::io::AsyncWriteExt::write_all(
+                        &mut stream,
+                        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                    )
+                    .await
+                    .expect("answered");
+                    // Held open, unread, until the test ends.
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        let pool = Pool::new(address.to_string());
+        let upload = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header(http::header::HOST, "upstream")
+            .body(Either::Left(Full::new(Bytes::from(vec![0_u8; 32 << 20]))))
+            .expect("a request");
+        let early = pool.send(upload).await.expect("an early answer");
+        let body = early
+            .into_body()
+            .collect()
+            .await
+            .expect("a body")
+            .to_bytes();
+        assert_eq!(body, "ok");
+        assert_eq!(idle(&pool), 0, "its connection is still sending the upload");
+
+        let next = tokio::time::timeout(Duration::from_secs(10), fetch(&pool, "/"))
+            .await
+            .expect("the next request is not held up behind the upload");
+        assert_eq!(next, "ok");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
