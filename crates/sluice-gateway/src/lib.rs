@@ -164,7 +164,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .config
             .upstream
             .as_ref()
-            .map(|upstream| Pool::new(upstream.address()));
+            .map(|upstream| Pool::new(upstream.address().to_owned()));
         let gateway = self;
         server::serve(
             listener,

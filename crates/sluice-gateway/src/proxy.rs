@@ -137,8 +137,8 @@ impl Upstream {
     }
 
     /// Where to connect: `host:port`.
-    pub(crate) fn address(&self) -> String {
-        self.address.clone()
+    pub(crate) fn address(&self) -> &str {
+        &self.address
     }
 
     /// The request target sent upstream (origin form): the base path, then the request's path
