@@ -4,7 +4,9 @@
 # proxy's peer), each under the same wrk load — 2 threads, 64 connections, 10,000 distinct keys —
 # one after the other in this one run, in ROUNDS interleaved rounds (the machine is shared and
 # noisy; a round gives every target the same conditions). Prints the median over rounds of
-# requests/s, p50 and p99, and the ratios.
+# requests/s, p50 and p99, and the ratios; and the CPU time the server under test spent per
+# request (user and kernel, from /proc while wrk ran), which the other processes sharing the
+# cores move far less than they move throughput and latency.
 #
 #   bash bench/load.sh                # 3 rounds of 10 s per target
 #   ROUNDS=5 DURATION=20s bash bench/load.sh
@@ -26,9 +28,9 @@ need wrk:wrk nginx:nginx-light
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
 export RUST_LOG=warn  # no access log, as nginx below (access_log off)
-"$BIN" echo --listen "$ECHO" & pids+=($!)
-"$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" & pids+=($!)
-"$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!)
+"$BIN" echo --listen "$ECHO" & pids+=($!); echo_pid=$!
+"$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" & pids+=($!); decision_pid=$!
+"$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!); proxy_pid=$!
 
 mkdir -p "$WORK/logs"
 cat > "$WORK/nginx.conf" <<CONF
@@ -53,7 +55,7 @@ http {
   }
 }
 CONF
-"$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!)
+"$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!); nginx_pid=$!
 
 for address in "$ECHO" "$DECISION" "$PROXY" "$NGINX"; do wait_for "$address"; done
 
@@ -66,12 +68,25 @@ to_ms() {
   }'
 }
 
-declare -A RPS P50 P99
+# cpu_ticks KIND PID… — user (KIND=user) or kernel (KIND=sys) clock ticks the processes spent.
+cpu_ticks() {
+  local field=14 pid
+  [ "$1" = sys ] && field=15
+  shift
+  for pid in "$@"; do awk -v f="$field" '{print $f}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t + 0}'
+}
+
+declare -A RPS P50 P99 USER SYS
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 run() {
-  local name=$1 script=$2 url=$3 out
+  local name=$1 script=$2 url=$3 out user sys requests
+  shift 3  # the rest: the server's processes
   # A short warm-up fills connection pools and tables.
   wrk -t"$THREADS" -c"$CONNECTIONS" -d2s -s "$script" "$url" >/dev/null
+  user=$(cpu_ticks user "$@"); sys=$(cpu_ticks sys "$@")
   out=$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency -s "$script" "$url")
+  user=$(( $(cpu_ticks user "$@") - user )); sys=$(( $(cpu_ticks sys "$@") - sys ))
+  requests=$(echo "$out" | awk '/requests in/ {print $1}')
   if echo "$out" | grep -q "Non-2xx"; then
     echo "$name: some responses were not 2xx:" >&2
     echo "$out" >&2
@@ -79,31 +94,36 @@ run() {
   RPS[$name]+="$(echo "$out" | awk '/^Requests\/sec/ {printf "%.0f", $2}') "
   P50[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')") "
   P99[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
+  USER[$name]+="$(awk -v t="$user" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
+  SYS[$name]+="$(awk -v t="$sys" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
 }
 
 
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
-  run "decision API" bench/check.lua "http://$DECISION/v1/check"
-  run "upstream direct" bench/users.lua "http://$ECHO/items"
-  run "sluice proxy" bench/users.lua "http://$PROXY/items"
-  run "nginx limit_req" bench/users.lua "http://$NGINX/items"
+  run "decision API" bench/check.lua "http://$DECISION/v1/check" "$decision_pid"
+  run "upstream direct" bench/users.lua "http://$ECHO/items" "$echo_pid"
+  run "sluice proxy" bench/users.lua "http://$PROXY/items" "$proxy_pid"
+  # nginx's workers; its master only watches them.
+  run "nginx limit_req" bench/users.lua "http://$NGINX/items" $(pgrep -P "$nginx_pid")
 done
 for name in "${!RPS[@]}"; do
   echo "$name: requests/s per round: ${RPS[$name]}" >&2
   RPS[$name]=$(median "${RPS[$name]}")
   P50[$name]=$(median "${P50[$name]}")
   P99[$name]=$(median "${P99[$name]}")
+  USER[$name]=$(median "${USER[$name]}")
+  SYS[$name]=$(median "${SYS[$name]}")
 done
 
 echo
 echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers, median of $ROUNDS rounds"
-printf '| %-16s | %10s | %8s | %8s |\n' target "requests/s" "p50 ms" "p99 ms"
-printf '|%s|%s|%s|%s|\n' ------------------ ------------ ---------- ----------
+printf '| %-16s | %10s | %8s | %8s | %12s | %12s |\n' target "requests/s" "p50 ms" "p99 ms" "user us/req" "kernel us/req"
+printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ ------------ ---------- ---------- -------------- --------------
 for name in "decision API" "sluice proxy" "nginx limit_req" "upstream direct"; do
-  printf '| %-16s | %10s | %8s | %8s |\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}"
+  printf '| %-16s | %10s | %8s | %8s | %12s | %12s |\n' "$name" "${RPS[$name]}" "${P50[$name]}" "${P99[$name]}" "${USER[$name]}" "${SYS[$name]}"
 done
 echo
-echo "sluice proxy / nginx limit_req:   $(ratio "${RPS[sluice proxy]}" "${RPS[nginx limit_req]}")x requests/s, p99 $(ratio "${P99[sluice proxy]}" "${P99[nginx limit_req]}")x"
+echo "sluice proxy / nginx limit_req:   $(ratio "${RPS[sluice proxy]}" "${RPS[nginx limit_req]}")x requests/s, p99 $(ratio "${P99[sluice proxy]}" "${P99[nginx limit_req]}")x, CPU per request $(ratio "$(awk -v a="${USER[sluice proxy]}" -v b="${SYS[sluice proxy]}" 'BEGIN {print a + b}')" "$(awk -v a="${USER[nginx limit_req]}" -v b="${SYS[nginx limit_req]}" 'BEGIN {print a + b}')")x"
 echo "sluice proxy / upstream direct:   $(ratio "${RPS[sluice proxy]}" "${RPS[upstream direct]}")x requests/s"
 echo "decision API / Limitador's 34,000 req/s (quoted in issue 4, same wrk settings): $(ratio "${RPS[decision API]}" 34000)x"
