@@ -208,9 +208,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
             {
                 self.decision_api(request, path == "/v1/check/batch").await
             }
-            _ => match pool {
-                Some(pool) => self.proxy(pool, request, peer, &request_id).await,
-                None => rejection_response(self.service.reject(
+            _ => match (pool, &self.config.upstream) {
+                (Some(pool), Some(upstream)) => {
+                    self.proxy(upstream, pool, request, peer, &request_id).await
+                }
+                _ => rejection_response(self.service.reject(
                     ErrorCode::NotFound,
                     Values::default(),
                     None,
@@ -262,6 +264,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
 
     async fn proxy(
         &self,
+        upstream: &Upstream,
         pool: &Arc<Pool>,
         request: Request<Incoming>,
         peer: &Peer,
@@ -270,9 +273,6 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let id = request_id.to_str().ok();
         let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
             rejection_response(self.service.reject(code, values, status, id))
-        };
-        let Some(upstream) = &self.config.upstream else {
-            return reject(ErrorCode::NotFound, Values::default(), None);
         };
         if request.headers().len() > self.config.max_headers {
             return reject(ErrorCode::HeadersTooLarge, Values::default(), None);
