@@ -1,6 +1,7 @@
 //! The admin API and `sluice keys` against the real server process: keys created, listed,
 //! rotated and revoked from the command line while the server holds the store; usage, overrides
-//! and metrics over HTTP behind the admin token; and no key secret in the server's logs.
+//! and metrics over HTTP behind the admin token; and neither a key secret nor a terminal escape
+//! code in the server's log file.
 
 mod support;
 
@@ -235,6 +236,11 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     drop(server);
     let log = std::fs::read_to_string(log).expect("the log");
     assert!(log.contains("POST"), "the log has request lines:\n{log}");
+    // A log file is read by people and tools, not a terminal: no colour escape codes.
+    assert!(
+        !log.contains('\u{1b}'),
+        "terminal escape codes in a log file:\n{log}"
+    );
     for secret in [&secret, &rotated, &token] {
         assert!(
             !log.contains(secret.as_str()),
