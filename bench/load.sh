@@ -8,12 +8,17 @@
 # request (user and kernel, from /proc while wrk ran), which the other processes sharing the
 # cores move far less than they move throughput and latency.
 #
+# With ACCESS_LOG=on, the gateways (RUST_LOG=info) and nginx (access_log) write a line per
+# request to a file, as a production deployment does; by default neither logs requests.
+#
 #   bash bench/load.sh                # 3 rounds of 10 s per target
 #   ROUNDS=5 DURATION=20s bash bench/load.sh
+#   ACCESS_LOG=on bash bench/load.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 DURATION=${DURATION:-10s}
+ACCESS_LOG=${ACCESS_LOG:-off}
 ROUNDS=${ROUNDS:-3}
 THREADS=${THREADS:-2}
 CONNECTIONS=${CONNECTIONS:-64}
@@ -27,19 +32,23 @@ source bench/common.sh
 need wrk:wrk nginx:nginx-light
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
-export RUST_LOG=warn  # no access log, as nginx below (access_log off)
-"$BIN" echo --listen "$ECHO" & pids+=($!); echo_pid=$!
-"$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" & pids+=($!); decision_pid=$!
-"$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" --upstream "http://$ECHO" & pids+=($!); proxy_pid=$!
-
 mkdir -p "$WORK/logs"
+# Access logs, when on, go to files (appended to, so that they can be emptied between runs).
+GATEWAY_LOG=warn NGINX_ACCESS_LOG=off
+if [ "$ACCESS_LOG" = on ]; then GATEWAY_LOG=info NGINX_ACCESS_LOG=$WORK/logs/access.log; fi
+RUST_LOG=warn "$BIN" echo --listen "$ECHO" & pids+=($!); echo_pid=$!
+RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" \
+  2>>"$WORK/logs/decision.log" & pids+=($!); decision_pid=$!
+RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" \
+  --upstream "http://$ECHO" 2>>"$WORK/logs/proxy.log" & pids+=($!); proxy_pid=$!
+
 cat > "$WORK/nginx.conf" <<CONF
 worker_processes 2;
 error_log $WORK/logs/error.log warn;
 pid $WORK/nginx.pid;
 events { worker_connections 4096; }
 http {
-  access_log off;
+  access_log $NGINX_ACCESS_LOG;
   client_body_temp_path $WORK/body;
   proxy_temp_path $WORK/proxy;
   limit_req_zone \$http_x_user zone=users:10m rate=100000r/s;
@@ -96,6 +105,7 @@ run() {
   P99[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
   USER[$name]+="$(awk -v t="$user" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
   SYS[$name]+="$(awk -v t="$sys" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
+  for log in "$WORK"/logs/*.log; do : > "$log"; done  # the lines were written; free the space
 }
 
 
@@ -117,7 +127,7 @@ for name in "${!RPS[@]}"; do
 done
 
 echo
-echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers, median of $ROUNDS rounds"
+echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION, 10,000 keys, $(nproc) cores shared by load and servers, median of $ROUNDS rounds, access logs $ACCESS_LOG"
 printf '| %-16s | %10s | %8s | %8s | %12s | %12s |\n' target "requests/s" "p50 ms" "p99 ms" "user us/req" "kernel us/req"
 printf '|%s|%s|%s|%s|%s|%s|\n' ------------------ ------------ ---------- ---------- -------------- --------------
 for name in "decision API" "sluice proxy" "nginx limit_req" "upstream direct"; do

@@ -7,14 +7,17 @@ mod alloc;
 mod call_cmd;
 mod demo;
 mod keys_cmd;
+mod log_line;
 mod metrics;
 mod policy_cmd;
 mod serve;
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use sluice_core::SystemClock;
 
 // A request through the gateway allocates and frees a few dozen small blocks, often on different
 // threads; mimalloc's per-thread free lists make that markedly cheaper than glibc's malloc.
@@ -108,19 +111,21 @@ fn call(log_json: bool, args: call_cmd::CallArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(call_cmd::run(args))
 }
 
-/// Logs to stderr at RUST_LOG's level, or `default`.
+/// Logs to stderr at RUST_LOG's level, or `default`: in colour for a person at a terminal;
+/// otherwise (a file, a pipe, journald) as the same plain text, without escape codes, written by
+/// `log_line`'s cheaper formatter; or as JSON objects.
 fn init_logging(log_json: bool, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    // Colours only for a person at a terminal: a file, a pipe or journald would keep the escape
-    // codes as text, and writing them is a fifth of an access-log line's cost.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if log_json {
         builder.json().init();
-    } else {
+    } else if std::io::stderr().is_terminal() {
         builder.init();
+    } else {
+        let clock = Arc::new(SystemClock::new());
+        builder.event_format(log_line::TextLine::new(clock)).init();
     }
 }
