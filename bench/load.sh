@@ -29,6 +29,7 @@ PROXY=127.0.0.1:$((BASE_PORT + 2))
 NGINX=127.0.0.1:$((BASE_PORT + 3))
 
 source bench/common.sh
+source bench/nginx.sh
 need wrk:wrk nginx:nginx-light
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -42,28 +43,7 @@ RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --l
 RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" \
   --upstream "http://$ECHO" 2>>"$WORK/logs/proxy.log" & pids+=($!); proxy_pid=$!
 
-cat > "$WORK/nginx.conf" <<CONF
-worker_processes 2;
-error_log $WORK/logs/error.log warn;
-pid $WORK/nginx.pid;
-events { worker_connections 4096; }
-http {
-  access_log $NGINX_ACCESS_LOG;
-  client_body_temp_path $WORK/body;
-  proxy_temp_path $WORK/proxy;
-  limit_req_zone \$http_x_user zone=users:10m rate=100000r/s;
-  upstream echo { server $ECHO; keepalive 128; }
-  server {
-    listen $NGINX;
-    location / {
-      limit_req zone=users burst=100000 nodelay;
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
+nginx_conf "$WORK/nginx.conf" "$WORK" "worker_processes 2;" "$NGINX" "$ECHO" "$NGINX_ACCESS_LOG"
 "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!); nginx_pid=$!
 
 for address in "$ECHO" "$DECISION" "$PROXY" "$NGINX"; do wait_for "$address"; done

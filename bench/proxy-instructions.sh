@@ -13,6 +13,7 @@
 # Usage: bench/proxy-instructions.sh [BINARY] [PORT]   (compare two binaries by running it twice)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source bench/nginx.sh
 BIN=${1:-target/release/sluice}; PORT=${2:-19400}; ECHO=$((PORT + 1)); N1=500; N2=2500
 for pair in valgrind:valgrind curl:curl; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || { echo "needs ${pair#*:} (apt-get install -y ${pair#*:})" >&2; exit 1; }
@@ -50,30 +51,8 @@ sluice() {
 nginx() {
   local n=$1 log=off out="$work/cg.nginx.$2.$1"
   [ "$2" = on ] && log="$work/logs/access.log"
-  cat > "$work/nginx.conf" <<CONF
-daemon off;
-master_process off;
-worker_processes 1;
-error_log $work/logs/error.log warn;
-pid $work/nginx.pid;
-events { worker_connections 1024; }
-http {
-  access_log $log;
-  client_body_temp_path $work/body;
-  proxy_temp_path $work/proxy;
-  limit_req_zone \$http_x_user zone=users:10m rate=100000r/s;
-  upstream echo { server 127.0.0.1:$ECHO; keepalive 128; }
-  server {
-    listen 127.0.0.1:$PORT;
-    location / {
-      limit_req zone=users burst=100000 nodelay;
-      proxy_pass http://echo;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-    }
-  }
-}
-CONF
+  nginx_conf "$work/nginx.conf" "$work" "daemon off; master_process off; worker_processes 1;" \
+    "127.0.0.1:$PORT" "127.0.0.1:$ECHO" "$log"
   valgrind --tool=callgrind --callgrind-out-file="$out" "$NGINX_BIN" -c "$work/nginx.conf" -p "$work" >/dev/null 2>&1 &
   local server=$!
   requests "$n"

@@ -201,46 +201,18 @@ impl Visit for Fields<'_, '_> {
 
 #[cfg(test)]
 mod tests {
-    use std::io::Write;
-    use std::sync::{Arc, Mutex, PoisonError};
+    use std::sync::Arc;
     use std::time::Duration;
 
     use sluice_core::{ManualClock, Timestamp};
-    use tracing_subscriber::fmt::MakeWriter;
+    use sluice_test_support::CapturedLogs;
 
     use super::TextLine;
 
-    /// A writer into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-    impl Write for Buffer {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    impl<'a> MakeWriter<'a> for Buffer {
-        type Writer = Buffer;
-
-        fn make_writer(&'a self) -> Buffer {
-            self.clone()
-        }
-    }
-
-    impl Buffer {
-        fn text(&self) -> String {
-            let bytes = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-            String::from_utf8(bytes.clone()).expect("utf-8 lines")
-        }
+    /// A writer for a subscriber, into `logs`.
+    fn into(logs: &CapturedLogs) -> impl Fn() -> CapturedLogs + use<> {
+        let logs = logs.clone();
+        move || logs.clone()
     }
 
     /// The events a gateway logs, and the awkward values a client can put into them.
@@ -264,9 +236,9 @@ mod tests {
     /// The lines of `events`, written by `format` (the default one without colours or time, or
     /// ours, its time stripped).
     fn lines(ours: bool) -> String {
-        let buffer = Buffer::default();
+        let buffer = CapturedLogs::default();
         let builder = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
+            .with_writer(into(&buffer))
             .with_max_level(tracing::Level::DEBUG)
             .with_ansi(false);
         if ours {
@@ -305,10 +277,10 @@ mod tests {
 
     #[test]
     fn the_time_is_the_clocks_to_the_microsecond_with_the_date_changing_at_midnight() {
-        let buffer = Buffer::default();
+        let buffer = CapturedLogs::default();
         let clock = ManualClock::new(Timestamp::from_nanos(1_795_478_399_999_999_999));
         let subscriber = tracing_subscriber::fmt()
-            .with_writer(buffer.clone())
+            .with_writer(into(&buffer))
             .with_ansi(false)
             .event_format(TextLine::new(Arc::new(clock.clone())))
             .finish();
