@@ -223,6 +223,7 @@ mod tests {
             request_id = "ab12",
             method = "GET",
             path = "/items/\"quoted\"\\and\nnewline é",
+            query = "q=it's{~}",
             status = 200u16,
             micros = 18_446_744_073_709_551_615u64,
             "request"
