@@ -34,14 +34,18 @@ need wrk:wrk nginx:nginx-light
 NGINX_BIN=$(command -v nginx || echo /usr/sbin/nginx)
 
 mkdir -p "$WORK/logs"
-# Access logs, when on, go to files (appended to, so that they can be emptied between runs).
-GATEWAY_LOG=warn NGINX_ACCESS_LOG=off
-if [ "$ACCESS_LOG" = on ]; then GATEWAY_LOG=info NGINX_ACCESS_LOG=$WORK/logs/access.log; fi
+# Access logs, when on, go to files (appended to, so that they can be emptied between runs);
+# otherwise the gateways' warnings stay on the terminal.
+GATEWAY_LOG=warn NGINX_ACCESS_LOG=off DECISION_LOG=/dev/stderr PROXY_LOG=/dev/stderr
+if [ "$ACCESS_LOG" = on ]; then
+  GATEWAY_LOG=info NGINX_ACCESS_LOG=$WORK/logs/access.log
+  DECISION_LOG=$WORK/logs/decision.log PROXY_LOG=$WORK/logs/proxy.log
+fi
 RUST_LOG=warn "$BIN" echo --listen "$ECHO" & pids+=($!); echo_pid=$!
 RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --listen "$DECISION" \
-  2>>"$WORK/logs/decision.log" & pids+=($!); decision_pid=$!
+  2>>"$DECISION_LOG" & pids+=($!); decision_pid=$!
 RUST_LOG=$GATEWAY_LOG "$BIN" serve --policy bench/policy.yaml --store memory --listen "$PROXY" \
-  --upstream "http://$ECHO" 2>>"$WORK/logs/proxy.log" & pids+=($!); proxy_pid=$!
+  --upstream "http://$ECHO" 2>>"$PROXY_LOG" & pids+=($!); proxy_pid=$!
 
 nginx_conf "$WORK/nginx.conf" "$WORK" "worker_processes 2;" "$NGINX" "$ECHO" "$NGINX_ACCESS_LOG"
 "$NGINX_BIN" -c "$WORK/nginx.conf" -p "$WORK" -g 'daemon off;' & pids+=($!); nginx_pid=$!

@@ -103,14 +103,23 @@ fn write_time(writer: &mut Writer<'_>, nanos: u64) -> fmt::Result {
         }
         writer.write_str(&cached.1)
     })?;
-    let mut digits = *b".000000Z ";
-    let mut rest = micros;
-    for digit in digits[1..7].iter_mut().rev() {
-        *digit = b'0' + (rest % 10) as u8;
+    writer.write_char('.')?;
+    write_decimal(writer, micros, 6)?;
+    writer.write_str("Z ")
+}
+
+/// `value` in decimal, zero-padded to `width` digits (at most 20).
+fn write_decimal(writer: &mut Writer<'_>, value: u64, width: usize) -> fmt::Result {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    let mut rest = value;
+    while rest > 0 || start > digits.len() - width.clamp(1, 20) {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
         rest /= 10;
     }
-    // ASCII digits and punctuation only.
-    writer.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?)
+    // ASCII digits only.
+    writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
 }
 
 /// Writes an event's fields as the default format does: the message bare, then `name=value`,
@@ -172,26 +181,7 @@ impl Visit for Fields<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.write(field, |writer| {
-            let mut digits = [0u8; 20];
-            let mut start = digits.len();
-            let mut rest = value;
-            loop {
-                start -= 1;
-                digits[start] = b'0' + (rest % 10) as u8;
-                rest /= 10;
-                if rest == 0 {
-                    break;
-                }
-            }
-            writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
-        });
-    }
-
-    fn record_bool(&mut self, field: &Field, value: bool) {
-        self.write(field, |writer| {
-            writer.write_str(if value { "true" } else { "false" })
-        });
+        self.write(field, |writer| write_decimal(writer, value, 1));
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn Debug) {
