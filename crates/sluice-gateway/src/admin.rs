@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 use crate::body::Body;
 use crate::check_api::{ApiError, api_error};
+use crate::deadline::Deadlines;
 use crate::server;
 
 /// The OpenAPI document of this API.
@@ -65,6 +66,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
         server::serve(
             listener,
             limits,
+            Deadlines::new(Deadlines::resolution_for(limits.header_read_timeout)),
             move |request, _peer| {
                 let admin = Arc::clone(&self);
                 async move { admin.handle(request).await }

@@ -10,6 +10,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 
 use crate::body::{Body, json_response};
+use crate::deadline::Deadlines;
 use crate::server::{ConnectionLimits, serve};
 
 /// Serves the echo upstream on `listener` until `shutdown` completes.
@@ -22,6 +23,7 @@ pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()
     serve(
         listener,
         limits,
+        Deadlines::new(Deadlines::resolution_for(limits.header_read_timeout)),
         |request: http::Request<hyper::body::Incoming>, _peer| async move {
             let (parts, body) = request.into_parts();
             let bytes = body

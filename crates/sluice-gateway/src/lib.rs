@@ -11,6 +11,7 @@
 mod admin;
 mod body;
 mod check_api;
+mod deadline;
 mod echo;
 mod pool;
 mod probe;
@@ -42,6 +43,7 @@ pub use proxy::Upstream;
 pub use request_id::RequestIds;
 
 use crate::body::{full, json_response, rejection_response};
+use crate::deadline::Deadlines;
 use crate::pool::Pool;
 use crate::proxy::Peer;
 use crate::request_id::X_REQUEST_ID;
@@ -85,6 +87,14 @@ pub struct Gateway<S> {
     config: GatewayConfig,
     ids: RequestIds,
     clock: Arc<dyn Clock>,
+}
+
+/// What one accept loop's requests share: the gateway, and the loop's own upstream connections
+/// and timers (one clone per request for all three).
+struct Lane<S> {
+    gateway: Arc<Gateway<S>>,
+    pool: Option<Arc<Pool>>,
+    timers: Deadlines,
 }
 
 /// Largest decision-API request body: a full batch of checks with bodies.
@@ -159,20 +169,29 @@ impl<S: CounterStore + 'static> Gateway<S> {
             max_headers: self.config.max_headers.saturating_mul(4).max(512),
             drain_timeout: self.config.drain_timeout,
         };
-        // Each accept loop has its own upstream connections, so that they live on its thread.
-        let pool = self
-            .config
-            .upstream
-            .as_ref()
-            .map(|upstream| Pool::new(upstream.address().to_owned()));
-        let gateway = self;
+        // Each accept loop has its own upstream connections and timers, so that they live on its
+        // thread.
+        let timers = Deadlines::new(Deadlines::resolution_for(
+            self.config
+                .header_read_timeout
+                .min(self.config.upstream_timeout),
+        ));
+        let lane = Arc::new(Lane {
+            pool: self
+                .config
+                .upstream
+                .as_ref()
+                .map(|upstream| Pool::new(upstream.address().to_owned())),
+            timers: timers.clone(),
+            gateway: self,
+        });
         server::serve(
             listener,
             limits,
+            timers,
             move |request, peer: Arc<Peer>| {
-                let gateway = Arc::clone(&gateway);
-                let pool = pool.clone();
-                async move { gateway.handle(pool.as_ref(), request, &peer).await }
+                let lane = Arc::clone(&lane);
+                async move { lane.gateway.handle(&lane, request, &peer).await }
             },
             shutdown,
         )
@@ -181,7 +200,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
 
     async fn handle(
         &self,
-        pool: Option<&Arc<Pool>>,
+        lane: &Lane<S>,
         request: Request<Incoming>,
         peer: &Peer,
     ) -> Response<Body> {
@@ -208,9 +227,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
             {
                 self.decision_api(request, path == "/v1/check/batch").await
             }
-            _ => match (pool, &self.config.upstream) {
+            _ => match (&lane.pool, &self.config.upstream) {
                 (Some(pool), Some(upstream)) => {
-                    self.proxy(upstream, pool, request, peer, &request_id).await
+                    self.proxy(upstream, pool, &lane.timers, request, peer, &request_id)
+                        .await
                 }
                 _ => rejection_response(self.service.reject(
                     ErrorCode::NotFound,
@@ -266,6 +286,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
         &self,
         upstream: &Upstream,
         pool: &Arc<Pool>,
+        timers: &Deadlines,
         request: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
@@ -340,8 +361,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
-        let answer =
-            tokio::time::timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing))).await;
+        let answer = timers
+            .timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing)))
+            .await;
         let limit_headers = std::mem::take(&mut admission.headers);
         let mut response = match answer {
             Err(_) => {

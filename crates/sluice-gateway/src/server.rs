@@ -14,11 +14,12 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
+use crate::deadline::Deadlines;
 use crate::proxy::Peer;
 
 /// How connections are served.
@@ -34,10 +35,11 @@ pub(crate) struct ConnectionLimits {
 }
 
 /// Serves `listener` with `handle` until `shutdown` completes, then stops accepting and waits up
-/// to the drain timeout for open requests to finish.
+/// to the drain timeout for open requests to finish. The header-read timeouts run on `timers`.
 pub(crate) async fn serve<H, F>(
     listener: TcpListener,
     limits: ConnectionLimits,
+    timers: Deadlines,
     handle: H,
     shutdown: impl Future<Output = ()>,
 ) where
@@ -46,7 +48,7 @@ pub(crate) async fn serve<H, F>(
 {
     let mut builder = http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
+        .timer(timers)
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers);
     let graceful = GracefulShutdown::new();
