@@ -37,9 +37,9 @@ pub struct HeaderDialect {
 
 /// One limit as a request left it, in the terms headers speak.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LimitView {
+pub struct LimitView<'a> {
     /// The policy's name for the limit (the IETF policy name).
-    pub name: String,
+    pub name: &'a str,
     /// Capacity per window.
     pub limit: u64,
     /// Units still available now.
@@ -52,7 +52,7 @@ pub struct LimitView {
     pub retry: Option<Duration>,
 }
 
-impl LimitView {
+impl LimitView<'_> {
     /// Seconds until this limit stops being in the way: the retry for a limit that denied, the
     /// reset otherwise. The IETF `t` parameter.
     fn wait(&self) -> Duration {
@@ -66,10 +66,10 @@ impl LimitView {
 /// whole seconds rounded up: never earlier than any `t` the IETF fields advertise.
 pub fn rate_limit_headers(
     dialect: &HeaderDialect,
-    limits: &[LimitView],
+    limits: &[LimitView<'_>],
     now: Duration,
 ) -> Vec<(HeaderName, HeaderValue)> {
-    let mut headers = Vec::new();
+    let mut headers = Vec::with_capacity(4);
     if let (Some(unit), Some(closest)) = (dialect.x_ratelimit, closest(limits)) {
         let reset = match unit {
             ResetUnit::UnixSeconds => ceil_seconds(now.saturating_add(closest.reset_after)),
@@ -79,15 +79,15 @@ pub fn rate_limit_headers(
         };
         headers.push((
             HeaderName::from_static("x-ratelimit-limit"),
-            HeaderValue::from(closest.limit),
+            decimal_value(closest.limit),
         ));
         headers.push((
             HeaderName::from_static("x-ratelimit-remaining"),
-            HeaderValue::from(closest.remaining),
+            decimal_value(closest.remaining),
         ));
         headers.push((
             HeaderName::from_static("x-ratelimit-reset"),
-            HeaderValue::from(reset),
+            decimal_value(reset),
         ));
     }
     if dialect.ietf && !limits.is_empty() {
@@ -96,7 +96,7 @@ pub fn rate_limit_headers(
             .map(|limit| {
                 format!(
                     "{};q={};w={}",
-                    sf_string(&limit.name),
+                    sf_string(limit.name),
                     limit.limit,
                     ceil_seconds(limit.window)
                 )
@@ -108,7 +108,7 @@ pub fn rate_limit_headers(
             .map(|limit| {
                 format!(
                     "{};r={};t={}",
-                    sf_string(&limit.name),
+                    sf_string(limit.name),
                     limit.remaining,
                     ceil_seconds(limit.wait())
                 )
@@ -122,17 +122,23 @@ pub fn rate_limit_headers(
         }
     }
     if let Some(wait) = limits.iter().filter_map(|limit| limit.retry).max() {
-        headers.push((
-            http::header::RETRY_AFTER,
-            HeaderValue::from(ceil_seconds(wait)),
-        ));
+        headers.push((http::header::RETRY_AFTER, decimal_value(ceil_seconds(wait))));
     }
     headers
 }
 
+/// `number` as a header value, in one allocation of its exact size (`HeaderValue::from(u64)`
+/// makes two: a 20-byte buffer, then the buffer trimmed). Every response carries three.
+pub fn decimal_value(number: u64) -> HeaderValue {
+    let mut digits = itoa::Buffer::new();
+    // Digits are always a valid header value.
+    HeaderValue::from_bytes(digits.format(number).as_bytes())
+        .unwrap_or_else(|_| HeaderValue::from(number))
+}
+
 /// The limit a client should watch: the one that denied with the longest wait, or else the one
 /// with the smallest share left.
-fn closest(limits: &[LimitView]) -> Option<&LimitView> {
+fn closest<'v, 'a>(limits: &'v [LimitView<'a>]) -> Option<&'v LimitView<'a>> {
     if let Some(denied) = limits
         .iter()
         .filter(|limit| limit.retry.is_some())

@@ -14,6 +14,6 @@ mod words;
 
 pub use code::{ErrorCode, GrpcCode, reference_markdown};
 pub use envelope::{Envelope, ErrorReply, RenderedError};
-pub use headers::{HeaderDialect, LimitView, ResetUnit, rate_limit_headers};
+pub use headers::{HeaderDialect, LimitView, ResetUnit, decimal_value, rate_limit_headers};
 pub use template::{Placeholder, Template, TemplateError, Values};
 pub use words::{ceil_seconds, duration_words, seconds_words, size_words, window_words};

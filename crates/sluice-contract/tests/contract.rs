@@ -142,10 +142,10 @@ fn show(headers: Vec<(http::HeaderName, http::HeaderValue)>) -> String {
         .collect()
 }
 
-fn limits(denied: bool) -> Vec<LimitView> {
+fn limits(denied: bool) -> Vec<LimitView<'static>> {
     vec![
         LimitView {
-            name: "per-minute".into(),
+            name: "per-minute",
             limit: 1000,
             remaining: if denied { 0 } else { 999 },
             window: Duration::from_secs(60),
@@ -153,7 +153,7 @@ fn limits(denied: bool) -> Vec<LimitView> {
             retry: denied.then(|| Duration::from_millis(400)),
         },
         LimitView {
-            name: "monthly".into(),
+            name: "monthly",
             limit: 50_000,
             remaining: 40_000,
             window: Duration::from_secs(30 * 86_400),

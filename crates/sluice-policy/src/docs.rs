@@ -230,7 +230,7 @@ pub fn docs(policy: &Policy) -> String {
 
     // --- headers
     let example = LimitView {
-        name: "limit".into(),
+        name: "limit",
         limit: 1000,
         remaining: 999,
         window: Duration::from_secs(60),

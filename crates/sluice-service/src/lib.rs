@@ -14,12 +14,15 @@ mod probe;
 mod request;
 mod verdict;
 
+use std::borrow::Cow;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use serde_json::{Map, Value};
-use sluice_contract::{ErrorCode, ErrorReply, LimitView, Values, ceil_seconds, rate_limit_headers};
+use sluice_contract::{
+    ErrorCode, ErrorReply, LimitView, Values, ceil_seconds, decimal_value, rate_limit_headers,
+};
 use sluice_core::{
     Algorithm, Clock, CounterKey, Decision, Limit, LimitStatus, Op, Retry, SystemClock, Timestamp,
     Transition,
@@ -754,7 +757,7 @@ impl<S: CounterStore> Service<S> {
             .zip(decision.limits())
             .filter_map(|(item, status)| match item {
                 Counted::Limit(rule) => Some(LimitView {
-                    name: rule.name.clone(),
+                    name: &rule.name,
                     limit: status.limit(),
                     remaining: status.remaining(),
                     window: rule.rate.span,
@@ -775,10 +778,7 @@ impl<S: CounterStore> Service<S> {
         if views.is_empty()
             && let Some(wait) = at_least
         {
-            headers.push((
-                http::header::RETRY_AFTER,
-                HeaderValue::from(ceil_seconds(wait)),
-            ));
+            headers.push((http::header::RETRY_AFTER, decimal_value(ceil_seconds(wait))));
         }
         headers
     }
@@ -868,23 +868,25 @@ struct Context<'a> {
 }
 
 impl Context<'_> {
-    /// The value of identity `name` for this request: `Ok(None)` when the request does not carry
-    /// it.
-    fn identity(&self, name: &str) -> Option<String> {
+    /// The value of identity `name` for this request: `None` when the request does not carry
+    /// it. Borrowed from the request or the key where it is there verbatim.
+    fn identity(&self, name: &str) -> Option<Cow<'_, str>> {
         match self.policy.identities.get(name)? {
             IdentitySource::Header { name } => self
                 .request
                 .headers
                 .get(name.as_str())
                 .and_then(|value| value.to_str().ok())
-                .map(str::to_owned),
-            IdentitySource::Query { name } => request::query_param(self.request.query, name),
+                .map(Cow::Borrowed),
+            IdentitySource::Query { name } => {
+                request::query_param(self.request.query, name).map(Cow::Owned)
+            }
             IdentitySource::Body { field } => self
                 .body
                 .and_then(|body| request::lookup(body, field))
                 .and_then(|value| match value {
-                    Value::String(text) => Some(text.clone()),
-                    Value::Number(number) => Some(number.to_string()),
+                    Value::String(text) => Some(Cow::Borrowed(text.as_str())),
+                    Value::Number(number) => Some(Cow::Owned(number.to_string())),
                     _ => None,
                 }),
             IdentitySource::Key { attribute } => self.key.map(|key| {
@@ -895,25 +897,25 @@ impl Context<'_> {
                     KeyAttribute::Site => key.site.as_ref(),
                 };
                 // A key without the attribute counts on its own.
-                value.unwrap_or(&key.id).clone()
+                Cow::Borrowed(value.unwrap_or(&key.id).as_str())
             }),
             IdentitySource::ClientIp => request::client_ip(
                 self.request.peer,
                 self.request.headers,
                 &self.policy.trusted_proxies,
             )
-            .map(|ip| ip.to_string()),
+            .map(|ip| Cow::Owned(ip.to_string())),
         }
     }
 
-    /// The counter scope of `per` for this request, e.g. `user=42`.
-    fn scope(&self, per: &Scope) -> Result<Vec<u8>, Refused> {
+    /// The counter scope of `per` for this request, e.g. `user=42`: on the stack unless long.
+    fn scope(&self, per: &Scope) -> Result<SmallVec<[u8; 64]>, Refused> {
         let Scope::Identity(name) = per else {
-            return Ok(b"*".to_vec());
+            return Ok(SmallVec::from_slice(b"*"));
         };
         match self.identity(name) {
             Some(value) => {
-                let mut scope = Vec::with_capacity(name.len() + 1 + value.len());
+                let mut scope = SmallVec::with_capacity(name.len() + 1 + value.len());
                 scope.extend_from_slice(name.as_bytes());
                 scope.push(b'=');
                 scope.extend_from_slice(value.as_bytes());
