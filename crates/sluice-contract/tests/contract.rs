@@ -7,7 +7,7 @@ use expect_test::{expect, expect_file};
 use http::StatusCode;
 use sluice_contract::{
     Envelope, ErrorCode, ErrorReply, HeaderDialect, LimitView, ResetUnit, Template, Values,
-    rate_limit_headers, reference_markdown,
+    decimal_value, rate_limit_headers, reference_markdown,
 };
 
 #[test]
@@ -250,4 +250,11 @@ fn the_closest_limit_is_the_one_with_the_smallest_share_left() {
         x-ratelimit-reset: 86400
     "#]]
     .assert_eq(&show(rate_limit_headers(&dialect, &views, NOW)));
+}
+
+#[test]
+fn decimal_header_values_read_as_their_numbers() {
+    for number in [0, 7, 10, 999, 1_000_000, 1_700_000_000, u64::MAX] {
+        assert_eq!(decimal_value(number), number.to_string().as_str());
+    }
 }

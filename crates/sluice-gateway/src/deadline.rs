@@ -111,11 +111,11 @@ impl Deadlines {
     }
 }
 
-/// `at + by`, or a far future when that is past what an instant can hold.
+/// `at + by`, with `by` capped at a far future (a configured `Duration::MAX` means never, and
+/// must not overflow the instant).
 fn later(at: Instant, by: Duration) -> Instant {
-    at.checked_add(by)
-        .or_else(|| at.checked_add(FAR_FUTURE))
-        .unwrap_or(at)
+    // Any instant a process holds has 30 years of room after it: the fallback is never taken.
+    at.checked_add(by.min(FAR_FUTURE)).unwrap_or(at)
 }
 
 impl Inner {
@@ -344,6 +344,14 @@ mod tests {
             assert!(waited <= timeout + Duration::from_millis(20), "{waited:?}");
         }
         background.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_timeout_neither_fires_nor_overflows() {
+        let timers = deadlines(10);
+        let endless = timers.timeout(Duration::MAX, Box::pin(std::future::pending::<()>()));
+        let outcome = tokio::time::timeout(Duration::from_secs(3_600), endless).await;
+        assert!(outcome.is_err(), "still waiting after an hour");
     }
 
     #[tokio::test(start_paused = true)]
