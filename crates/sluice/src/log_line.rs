@@ -108,18 +108,14 @@ fn write_time(writer: &mut Writer<'_>, nanos: u64) -> fmt::Result {
     writer.write_str("Z ")
 }
 
-/// `value` in decimal, zero-padded to `width` digits (at most 20).
+/// `value` in decimal, zero-padded to `width` digits.
 fn write_decimal(writer: &mut Writer<'_>, value: u64, width: usize) -> fmt::Result {
-    let mut digits = [b'0'; 20];
-    let mut start = digits.len();
-    let mut rest = value;
-    while rest > 0 || start > digits.len() - width.clamp(1, 20) {
-        start -= 1;
-        digits[start] = b'0' + (rest % 10) as u8;
-        rest /= 10;
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(value);
+    for _ in digits.len()..width {
+        writer.write_char('0')?;
     }
-    // ASCII digits only.
-    writer.write_str(std::str::from_utf8(&digits[start..]).map_err(|_| fmt::Error)?)
+    writer.write_str(digits)
 }
 
 /// Writes an event's fields as the default format does: the message bare, then `name=value`,
