@@ -12,7 +12,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::Server;
+use support::{Server, minute};
 
 fn policy() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/pixelpatrol/policy.yaml")
@@ -120,8 +120,16 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     );
     let secret = secret.trim().to_owned();
     assert!(secret.starts_with("sk_live_"), "{secret}");
+    let (mut allowed, mut denied) = (0, 0);
+    let mut count = |status: u16| match status {
+        200 => allowed += 1,
+        429 => denied += 1,
+        _ => {}
+    };
     for _ in 0..3 {
-        assert_eq!(moderate(&server, &secret).await, 200);
+        let status = moderate(&server, &secret).await;
+        count(status);
+        assert_eq!(status, 200);
     }
     let listed = keys(&data, &["list"]);
     assert!(
@@ -158,18 +166,57 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     assert_eq!(usage["usage"][0]["used"], 3);
     assert_eq!(usage["usage"][0]["limit"], 50_000);
 
-    // An override takes effect on the next request, counting what was counted.
-    let (status, body) = admin(
-        &server,
-        &token,
-        "PUT",
-        "/v1/overrides",
-        Some(json!({"identity": "site", "value": "s1", "limits": {"submit-media": "4 per 1m"}})),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(moderate(&server, &secret).await, 200);
-    assert_eq!(moderate(&server, &secret).await, 429);
+    // An override takes effect on the next request, counting what was counted: three requests
+    // and then one more fill 4 per minute, and the fifth is limited. `submit-media` is a fixed
+    // window, and an attempt that straddles a minute boundary counts in two, so it runs again
+    // from a reset counter without the override, rather than waiting for the next minute.
+    let mut within_one_minute = false;
+    for attempt in 0..3 {
+        let started = minute();
+        if attempt > 0 {
+            let query = "/v1/overrides?identity=site&value=s1";
+            let (status, body) = admin(&server, &token, "DELETE", query, None).await;
+            assert_eq!(status, 204, "{body}");
+            let reset = json!({"identity": "site", "value": "s1"});
+            let (status, body) = admin(&server, &token, "POST", "/v1/reset", Some(reset)).await;
+            assert_eq!(status, 200, "{body}");
+            for _ in 0..3 {
+                let status = moderate(&server, &secret).await;
+                count(status);
+                assert_eq!(status, 200);
+            }
+        }
+        let (status, body) = admin(
+            &server,
+            &token,
+            "PUT",
+            "/v1/overrides",
+            Some(
+                json!({"identity": "site", "value": "s1", "limits": {"submit-media": "4 per 1m"}}),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (fourth, fifth) = (
+            moderate(&server, &secret).await,
+            moderate(&server, &secret).await,
+        );
+        count(fourth);
+        count(fifth);
+        if minute() == started {
+            assert_eq!(
+                (fourth, fifth),
+                (200, 429),
+                "4 per minute, 3 counted before"
+            );
+            within_one_minute = true;
+            break;
+        }
+    }
+    assert!(
+        within_one_minute,
+        "three attempts in a row straddled a minute"
+    );
     let (status, body) = admin(
         &server,
         &token,
@@ -188,21 +235,40 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     )
     .await;
     assert_eq!(status, 200);
-    assert_eq!(moderate(&server, &secret).await, 200);
+    let status = moderate(&server, &secret).await;
+    count(status);
+    assert_eq!(status, 200);
+    let (status, usage) = admin(
+        &server,
+        &token,
+        "GET",
+        "/v1/usage?identity=team&value=t1",
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{usage}");
+    assert_eq!(
+        usage["usage"][0]["used"], allowed,
+        "the quota counts what was admitted"
+    );
 
     // Metrics: decisions by route and outcome, denials by limit, quota units, store latency.
     let (status, metrics) = admin(&server, &token, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
     let metrics = metrics.as_str().expect("text").to_owned();
     for expected in [
-        r#"sluice_decisions_total{route="POST /submit-media",outcome="allowed"} 5"#,
-        r#"outcome="rate_limited""#,
-        r#"sluice_limit_denials_total{limit="submit-media"} 1"#,
-        r#"sluice_quota_units_total{quota="moderations"} 5"#,
-        "sluice_store_apply_seconds_bucket",
+        format!(
+            r#"sluice_decisions_total{{route="POST /submit-media",outcome="allowed"}} {allowed}"#
+        ),
+        format!(
+            r#"sluice_decisions_total{{route="POST /submit-media",outcome="rate_limited"}} {denied}"#
+        ),
+        format!(r#"sluice_limit_denials_total{{limit="submit-media"}} {denied}"#),
+        format!(r#"sluice_quota_units_total{{quota="moderations"}} {allowed}"#),
+        "sluice_store_apply_seconds_bucket".to_owned(),
     ] {
         assert!(
-            metrics.contains(expected),
+            metrics.contains(&expected),
             "missing {expected} in\n{metrics}"
         );
     }

@@ -11,9 +11,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use sluice_core::{Clock, SystemClock};
 use sluice_test_support::{RedisCluster, RedisServer};
-use support::Server;
+use support::{Server, minute};
 
 const POLICY: &str = r#"
 service:
@@ -80,11 +79,6 @@ async fn admitted(servers: &[SocketAddr], method: &str, path: &str, user: &str, 
         task.await.expect("the connection's task finished");
     }
     admitted.load(Ordering::Relaxed)
-}
-
-/// The minute (the fixed window) an instant of the machine's clock, which Redis shares, is in.
-fn minute() -> u64 {
-    SystemClock::new().now().as_nanos() / 60_000_000_000
 }
 
 async fn fleet_is_exact(store: &str) {

@@ -79,6 +79,15 @@ pub(crate) fn free_port() -> SocketAddr {
         .expect("an address")
 }
 
+/// The minute (the window of a 1-minute fixed window) the machine's clock, which the server
+/// processes and Redis share, is in. A test that counts in a fixed window checks it did not
+/// straddle two.
+#[allow(dead_code, reason = "not every test binary counts in fixed windows")]
+pub(crate) fn minute() -> u64 {
+    use sluice_core::{Clock, SystemClock};
+    SystemClock::new().now().as_nanos() / 60_000_000_000
+}
+
 /// A client that fails a request taking longer than `timeout`.
 pub(crate) fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
