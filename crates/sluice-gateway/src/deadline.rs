@@ -2,13 +2,13 @@
 //! header-read timeout (hyper's, through [`hyper::rt::Timer`]) and the upstream timeout.
 //!
 //! Nearly all of these timers are cancelled long before they fire, and none needs better than a
-//! tenth of its length. tokio's timer wheel, with a clock read to start each one, cost the proxy
-//! about 3,000 instructions per request for the two (8 % of its user-space work, measured with
-//! `bench/proxy-instructions.sh`). Here a timer is an entry in a slab under an uncontended lock,
-//! and one task per accept loop ticks at a fixed resolution while any timer is armed, wakes the
-//! expired, and sleeps when none is. A deadline counts from a clock read when the timer is
-//! armed, never from the last tick's time: a ticker the runtime runs late (a loaded machine)
-//! would otherwise make every timer armed meanwhile fire early by as much.
+//! tenth of its length. tokio's timer wheel cost the proxy about 3,000 instructions per request
+//! for the two (8 % of its user-space work, measured with `bench/proxy-instructions.sh`). Here a
+//! timer is an entry in a slab under an uncontended lock, and one task per accept loop ticks at a
+//! fixed resolution while any timer is armed, wakes the expired, and sleeps when none is. A
+//! deadline counts from a clock read when the timer is armed, never from the last tick's time: a
+//! ticker the runtime runs late (a loaded machine) would otherwise make every timer armed
+//! meanwhile fire early by as much.
 //!
 //! A timer never fires before its deadline, and at most about a resolution after it (plus
 //! whatever delays the runtime in running the ticker).
