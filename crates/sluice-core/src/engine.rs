@@ -65,33 +65,75 @@ pub fn decide(
     if let ([transition], [state]) = (transitions, &mut *states) {
         return decide_one(now, transition, state);
     }
-    let outcomes: SmallVec<[Outcome; 4]> = transitions
-        .iter()
-        .zip(states.iter())
-        .map(|(transition, state)| evaluate(transition.limit, transition.op, *state, now))
-        .collect();
-    let allowed = outcomes.iter().all(|outcome| outcome.admits);
+    let denials = step_all(now, transitions, states);
+    conclude_all(now, transitions, states, &denials)
+}
 
-    let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::new();
-    let mut denied_by: Option<(usize, Retry)> = None;
-    for (index, ((transition, state), outcome)) in transitions
+/// Which limits of a request deny it, as [`step_all`] found them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Denials {
+    /// `denied[i]`: whether `transitions[i]`'s limit stands in the request's way; empty when the
+    /// request is admitted.
+    denied: SmallVec<[bool; 4]>,
+}
+
+/// The first half of [`decide`] for a request touching any number of counters: moves every state
+/// exactly as `decide` would and says which limits deny. A store runs this while it holds the
+/// counters and [`conclude_all`] after letting go, so the counters are held only for the
+/// arithmetic that changes them.
+pub fn step_all(
+    now: Timestamp,
+    transitions: &[Transition<'_>],
+    states: &mut [CounterState],
+) -> Denials {
+    let count = transitions.len().min(states.len());
+    let states = states.get_mut(..count).unwrap_or_default();
+    let stored: SmallVec<[CounterState; 4]> = SmallVec::from_slice(states);
+    // Admitted, as nearly every request is: each state moves on as its limit says.
+    let mut allowed = true;
+    for (transition, state) in transitions.iter().zip(states.iter_mut()) {
+        let outcome = evaluate(transition.limit, transition.op, *state, now);
+        allowed &= outcome.admits;
+        *state = outcome.admitted;
+    }
+    if allowed {
+        return Denials {
+            denied: SmallVec::new(),
+        };
+    }
+    // Denied: every state as it was, except those of limits that count rejected requests.
+    let denied = transitions
         .iter()
         .zip(states.iter_mut())
-        .zip(outcomes)
-        .enumerate()
-    {
-        let mut denied = false;
-        if allowed {
-            *state = outcome.admitted;
-        } else if let Some(rejected) = outcome.rejected {
-            // Counting the attempt may leave a limit that admitted it full: then it stands in
-            // the way of the retry too.
-            *state = rejected;
-            denied =
-                !outcome.admits || !evaluate(transition.limit, transition.op, *state, now).admits;
-        } else {
-            denied = !outcome.admits;
-        }
+        .zip(stored)
+        .map(|((transition, state), stored)| {
+            let outcome = evaluate(transition.limit, transition.op, stored, now);
+            if let Some(rejected) = outcome.rejected {
+                // Counting the attempt may leave a limit that admitted it full: then it stands in
+                // the way of the retry too.
+                *state = rejected;
+                !outcome.admits || !evaluate(transition.limit, transition.op, *state, now).admits
+            } else {
+                *state = stored;
+                !outcome.admits
+            }
+        })
+        .collect();
+    Denials { denied }
+}
+
+/// The second half of [`decide`] for a request touching any number of counters: the decision,
+/// from the states [`step_all`] left and its denials. Reads nothing but its arguments.
+pub fn conclude_all(
+    now: Timestamp,
+    transitions: &[Transition<'_>],
+    states: &[CounterState],
+    denials: &Denials,
+) -> Decision {
+    let mut limits: SmallVec<[LimitStatus; 4]> = SmallVec::new();
+    let mut denied_by: Option<(usize, Retry)> = None;
+    for (index, (transition, state)) in transitions.iter().zip(states).enumerate() {
+        let denied = denials.denied.get(index).copied().unwrap_or(false);
         let status = report(
             transition.limit,
             transition.op,
@@ -114,8 +156,6 @@ pub fn decide(
     }
 }
 
-/// `decide` for a request touching one counter, the most common shape, without the bookkeeping
-/// that several counters need.
 fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Decision {
     let admitted = step(now, transition, state);
     conclude(now, transition, state, admitted)

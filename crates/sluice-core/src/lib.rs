@@ -28,7 +28,9 @@ mod time;
 pub use calendar::{MonthlyCycle, Window};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, LimitStatus, Retry};
-pub use engine::{Op, Transition, clamp_cost, conclude, decide, step};
+pub use engine::{
+    Denials, Op, Transition, clamp_cost, conclude, conclude_all, decide, step, step_all,
+};
 pub use jiff::tz::TimeZone;
 pub use key::CounterKey;
 pub use limit::{

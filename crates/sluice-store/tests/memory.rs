@@ -158,3 +158,42 @@ fn a_sweep_keeps_live_counters() {
         Timestamp::from_nanos(START.as_nanos() + 2_000_000_000)
     );
 }
+
+#[test]
+fn a_request_whose_new_counter_grows_the_table_still_counts_its_others() {
+    let clock = ManualClock::new(START);
+    let store = MemoryStore::with_config(
+        Arc::new(clock.clone()) as Arc<dyn Clock>,
+        MemoryStoreConfig {
+            shards: 1,
+            ..MemoryStoreConfig::default()
+        },
+    );
+    let limit = Limit::fixed_window(10, Period::Span(3_600_000_000_000)).unwrap();
+    let key = |i: u32| CounterKey::new(&i.to_le_bytes(), b"n");
+    // Fill the one table to the brim, so that the next counter added moves every entry.
+    let mut next = 0;
+    while store.len() < store.capacity() || store.len() < 2 {
+        store.apply_now(&[acquire(key(next), &limit)]).unwrap();
+        next += 1;
+    }
+    let full = store.capacity();
+    let decision = store
+        .apply_now(&[
+            acquire(key(0), &limit),
+            acquire(key(next), &limit),
+            acquire(key(1), &limit),
+        ])
+        .unwrap();
+    assert!(store.capacity() > full, "the table grew");
+    let remaining: Vec<u64> = decision.limits().iter().map(|l| l.remaining()).collect();
+    assert_eq!(remaining, [8, 9, 8]);
+    for (counter, left) in [(0, 7), (next, 8), (1, 7)] {
+        let again = store.apply_now(&[acquire(key(counter), &limit)]).unwrap();
+        assert_eq!(
+            again.limits()[0].remaining(),
+            left,
+            "counter {counter} kept its count"
+        );
+    }
+}

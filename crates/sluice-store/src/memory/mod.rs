@@ -24,7 +24,8 @@ use std::sync::Arc;
 
 use siphasher::sip128::SipHasher13;
 use sluice_core::{
-    Clock, CounterKey, CounterState, Decision, Timestamp, Transition, conclude, decide, step,
+    Clock, CounterKey, CounterState, Decision, Timestamp, Transition, conclude, conclude_all, step,
+    step_all,
 };
 use smallvec::SmallVec;
 
@@ -66,6 +67,16 @@ pub struct MemoryStore {
     clock: Arc<dyn Clock>,
     /// Keys and overrides: few, and read rarely.
     records: std::sync::Mutex<Records>,
+}
+
+/// One counter of a request that touches several, as the store finds it.
+struct Held {
+    hash: u128,
+    shard: usize,
+    /// Which of the request's held shard guards covers it.
+    guard: usize,
+    /// Where in that shard's table it is, if there.
+    place: Option<usize>,
 }
 
 /// One shard, aligned to its own cache lines so that locking one does not slow its neighbours.
@@ -127,12 +138,23 @@ impl MemoryStore {
         if let [transition] = transitions {
             return Ok(self.apply_one(transition, now, observe));
         }
-        let hashes: SmallVec<[u128; 4]> = transitions.iter().map(|t| self.hash(&t.key)).collect();
-        for (index, hash) in hashes.iter().enumerate() {
-            if let Some(duplicate) = hashes
+        let mut counters: SmallVec<[Held; 4]> = transitions
+            .iter()
+            .map(|transition| {
+                let hash = self.hash(&transition.key);
+                Held {
+                    hash,
+                    shard: self.shard_of(hash),
+                    guard: 0,
+                    place: None,
+                }
+            })
+            .collect();
+        for (index, counter) in counters.iter().enumerate() {
+            if let Some(duplicate) = counters
                 .iter()
                 .skip(index + 1)
-                .position(|other| other == hash)
+                .position(|other| other.hash == counter.hash)
             {
                 return Err(StoreError::DuplicateKey(
                     transitions[index + 1 + duplicate].key.clone(),
@@ -140,39 +162,49 @@ impl MemoryStore {
             }
         }
         let mut shard_ids: SmallVec<[usize; 4]> =
-            hashes.iter().map(|hash| self.shard_of(*hash)).collect();
+            counters.iter().map(|counter| counter.shard).collect();
         shard_ids.sort_unstable();
         shard_ids.dedup();
         // Ascending order: no two requests ever wait on each other in a cycle.
-        let mut guards: SmallVec<[(usize, MutexGuard<'_, Table>); 4]> = shard_ids
+        let mut guards: SmallVec<[MutexGuard<'_, Table>; 4]> = shard_ids
             .iter()
-            .map(|&id| (id, lock(&self.shards[id].table)))
+            .map(|&id| lock(&self.shards[id].table))
             .collect();
-        // For each transition, which of the held guards covers its counter.
-        let slots: SmallVec<[usize; 4]> = hashes
-            .iter()
-            .map(|&hash| {
-                let id = self.shard_of(hash);
-                guards
-                    .iter()
-                    .position(|(shard, _)| *shard == id)
-                    .unwrap_or(0)
-            })
-            .collect();
-        let mut states: SmallVec<[CounterState; 4]> = hashes
-            .iter()
-            .zip(&slots)
-            .map(|(&hash, &slot)| guards[slot].1.get(hash))
-            .collect();
-        let before = states.clone();
-        let decision = decide(now, transitions, &mut states);
-        for (index, ((&hash, &slot), state)) in hashes.iter().zip(&slots).zip(states).enumerate() {
-            if let Some(old) = before.get(index) {
-                observe(index, old, &state);
-            }
-            guards[slot].1.put(hash, state, now);
+        // One probe per counter: which guard covers it and where in that table it is, then its
+        // state by that place.
+        let mut states: SmallVec<[CounterState; 4]> = SmallVec::with_capacity(counters.len());
+        for counter in &mut counters {
+            counter.guard = shard_ids
+                .iter()
+                .position(|&id| id == counter.shard)
+                .unwrap_or(0);
+            let table = &guards[counter.guard];
+            counter.place = table.find(counter.hash);
+            states.push(
+                counter
+                    .place
+                    .map_or(CounterState::EMPTY, |at| table.state_at(at)),
+            );
         }
-        Ok(decision)
+        let before = states.clone();
+        let denials = step_all(now, transitions, &mut states);
+        for (index, (old, new)) in before.iter().zip(&states).enumerate() {
+            observe(index, old, new);
+        }
+        // Counters in place first: adding one may move every counter of its table.
+        for (counter, state) in counters.iter().zip(&states) {
+            if let Some(at) = counter.place {
+                guards[counter.guard].set_at(at, *state);
+            }
+        }
+        for (counter, state) in counters.iter().zip(&states) {
+            if counter.place.is_none() {
+                guards[counter.guard].add(counter.hash, *state, now);
+            }
+        }
+        // The report is built after the shards are let go.
+        drop(guards);
+        Ok(conclude_all(now, transitions, &states, &denials))
     }
 
     /// The common case, one counter: one lock and one table probe for a counter that exists, held

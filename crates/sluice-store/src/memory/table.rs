@@ -29,18 +29,39 @@ pub(super) struct Table {
 }
 
 impl Table {
-    pub(super) fn get(&self, key: u128) -> CounterState {
-        self.entries
-            .find(key as u64, |entry| entry.key == key)
-            .map_or(CounterState::EMPTY, |entry| entry.state)
-    }
-
     /// Stores `state` for `key`. A state that is already expired is not inserted (an existing
     /// entry is updated in place and left for the sweep).
     pub(super) fn put(&mut self, key: u128, state: CounterState, now: Timestamp) {
         if let Some(entry) = self.entries.find_mut(key as u64, |entry| entry.key == key) {
             entry.state = state;
-        } else if state.is_live(now) {
+        } else {
+            self.add(key, state, now);
+        }
+    }
+
+    /// Where `key`'s counter is, if the table holds it: valid until the next insert.
+    pub(super) fn find(&self, key: u128) -> Option<usize> {
+        self.entries
+            .find_bucket_index(key as u64, |entry| entry.key == key)
+    }
+
+    /// The state of the counter [`Table::find`] found at `index`.
+    pub(super) fn state_at(&self, index: usize) -> CounterState {
+        self.entries
+            .get_bucket(index)
+            .map_or(CounterState::EMPTY, |entry| entry.state)
+    }
+
+    /// Replaces the state of the counter [`Table::find`] found at `index`, without a probe.
+    pub(super) fn set_at(&mut self, index: usize, state: CounterState) {
+        if let Some(entry) = self.entries.get_bucket_mut(index) {
+            entry.state = state;
+        }
+    }
+
+    /// Adds a counter the table does not hold, unless its state is already expired.
+    pub(super) fn add(&mut self, key: u128, state: CounterState, now: Timestamp) {
+        if state.is_live(now) {
             self.insert(key, state, now);
         }
     }
