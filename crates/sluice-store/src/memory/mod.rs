@@ -7,8 +7,8 @@
 //!   forging two keys that share a counter, and 128 bits keep accidental collisions out of reach.
 //! - Shards are picked by middle bits of the hash's low half, the table slot by its low bits. A
 //!   request locks only the shards its counters live in, in ascending order (so two requests can
-//!   never wait on each other in a cycle), and holds them while the engine decides: all or
-//!   nothing.
+//!   never wait on each other in a cycle), and holds them while the engine moves the states:
+//!   all or nothing. The decision's report is built after they are let go.
 //! - Expired counters read as empty, and stay in place (free to reuse) until their shard's table
 //!   reaches twice the live count it had at its last drop; then the dead are dropped. So a flood
 //!   of one-shot keys cannot grow a table past twice its peak live size, sweeping costs O(1) per
