@@ -92,6 +92,32 @@ async fn admin(
     )
 }
 
+/// What the client saw of its moderations: admitted, and limited with a 429.
+#[derive(Default)]
+struct Tally {
+    allowed: u64,
+    limited: u64,
+}
+
+impl Tally {
+    /// Counts a response's status, and gives it back.
+    fn of(&mut self, status: u16) -> u16 {
+        match status {
+            200 => self.allowed += 1,
+            429 => self.limited += 1,
+            _ => {}
+        }
+        status
+    }
+}
+
+/// Resets every counter of site `s1` through the admin API.
+async fn reset_site(server: &Server, token: &str) {
+    let reset = json!({"identity": "site", "value": "s1"});
+    let (status, body) = admin(server, token, "POST", "/v1/reset", Some(reset)).await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -120,16 +146,9 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     );
     let secret = secret.trim().to_owned();
     assert!(secret.starts_with("sk_live_"), "{secret}");
-    let (mut allowed, mut denied) = (0, 0);
-    let mut count = |status: u16| match status {
-        200 => allowed += 1,
-        429 => denied += 1,
-        _ => {}
-    };
+    let mut seen = Tally::default();
     for _ in 0..3 {
-        let status = moderate(&server, &secret).await;
-        count(status);
-        assert_eq!(status, 200);
+        assert_eq!(seen.of(moderate(&server, &secret).await), 200);
     }
     let listed = keys(&data, &["list"]);
     assert!(
@@ -177,13 +196,9 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
             let query = "/v1/overrides?identity=site&value=s1";
             let (status, body) = admin(&server, &token, "DELETE", query, None).await;
             assert_eq!(status, 204, "{body}");
-            let reset = json!({"identity": "site", "value": "s1"});
-            let (status, body) = admin(&server, &token, "POST", "/v1/reset", Some(reset)).await;
-            assert_eq!(status, 200, "{body}");
+            reset_site(&server, &token).await;
             for _ in 0..3 {
-                let status = moderate(&server, &secret).await;
-                count(status);
-                assert_eq!(status, 200);
+                assert_eq!(seen.of(moderate(&server, &secret).await), 200);
             }
         }
         let (status, body) = admin(
@@ -197,12 +212,8 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
         )
         .await;
         assert_eq!(status, 200, "{body}");
-        let (fourth, fifth) = (
-            moderate(&server, &secret).await,
-            moderate(&server, &secret).await,
-        );
-        count(fourth);
-        count(fifth);
+        let fourth = seen.of(moderate(&server, &secret).await);
+        let fifth = seen.of(moderate(&server, &secret).await);
         if minute() == started {
             assert_eq!(
                 (fourth, fifth),
@@ -226,18 +237,8 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     )
     .await;
     assert_eq!(status, 400, "{body}");
-    let (status, _) = admin(
-        &server,
-        &token,
-        "POST",
-        "/v1/reset",
-        Some(json!({"identity": "site", "value": "s1"})),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let status = moderate(&server, &secret).await;
-    count(status);
-    assert_eq!(status, 200);
+    reset_site(&server, &token).await;
+    assert_eq!(seen.of(moderate(&server, &secret).await), 200);
     let (status, usage) = admin(
         &server,
         &token,
@@ -248,7 +249,7 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     .await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(
-        usage["usage"][0]["used"], allowed,
+        usage["usage"][0]["used"], seen.allowed,
         "the quota counts what was admitted"
     );
 
@@ -256,14 +257,15 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     let (status, metrics) = admin(&server, &token, "GET", "/metrics", None).await;
     assert_eq!(status, 200);
     let metrics = metrics.as_str().expect("text").to_owned();
+    let Tally { allowed, limited } = seen;
     for expected in [
         format!(
             r#"sluice_decisions_total{{route="POST /submit-media",outcome="allowed"}} {allowed}"#
         ),
         format!(
-            r#"sluice_decisions_total{{route="POST /submit-media",outcome="rate_limited"}} {denied}"#
+            r#"sluice_decisions_total{{route="POST /submit-media",outcome="rate_limited"}} {limited}"#
         ),
-        format!(r#"sluice_limit_denials_total{{limit="submit-media"}} {denied}"#),
+        format!(r#"sluice_limit_denials_total{{limit="submit-media"}} {limited}"#),
         format!(r#"sluice_quota_units_total{{quota="moderations"}} {allowed}"#),
         "sluice_store_apply_seconds_bucket".to_owned(),
     ] {
