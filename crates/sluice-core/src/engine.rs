@@ -156,6 +156,8 @@ pub fn conclude_all(
     }
 }
 
+/// `decide` for a request touching one counter, the most common shape, without the bookkeeping
+/// that several counters need.
 fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Decision {
     let admitted = step(now, transition, state);
     conclude(now, transition, state, admitted)
