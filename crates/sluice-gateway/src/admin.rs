@@ -66,7 +66,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
         server::serve(
             listener,
             limits,
-            Deadlines::new(Deadlines::resolution_for(limits.header_read_timeout)),
+            Deadlines::for_timeouts(limits.header_read_timeout),
             move |request, _peer| {
                 let admin = Arc::clone(&self);
                 async move { admin.handle(request).await }

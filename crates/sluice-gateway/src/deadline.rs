@@ -82,9 +82,14 @@ impl Deadlines {
         Deadlines { inner }
     }
 
-    /// A resolution for timeouts the shortest of which is `shortest`: a tenth of it.
-    pub(crate) fn resolution_for(shortest: Duration) -> Duration {
-        (shortest / 10).clamp(MIN_RESOLUTION, MAX_RESOLUTION)
+    /// Timers for timeouts the shortest of which is `shortest`: ticking at a tenth of it.
+    pub(crate) fn for_timeouts(shortest: Duration) -> Deadlines {
+        Deadlines::new(shortest / 10)
+    }
+
+    /// A timer firing `duration` from now.
+    fn sleep_for(&self, duration: Duration) -> Sleep {
+        self.sleep_until(later(Instant::now(), duration))
     }
 
     /// A timer firing at `deadline`.
@@ -100,7 +105,7 @@ impl Deadlines {
     pub(crate) fn timeout<F: Future>(&self, duration: Duration, future: F) -> Timeout<F> {
         Timeout {
             future,
-            sleep: self.sleep_until(later(Instant::now(), duration)),
+            sleep: self.sleep_for(duration),
         }
     }
 }
@@ -249,10 +254,7 @@ impl hyper::rt::Sleep for Sleep {}
 
 impl hyper::rt::Timer for Deadlines {
     fn sleep(&self, duration: Duration) -> Pin<Box<dyn hyper::rt::Sleep>> {
-        Box::pin(Deadlines::sleep_until(
-            self,
-            later(Instant::now(), duration),
-        ))
+        Box::pin(self.sleep_for(duration))
     }
 
     fn sleep_until(&self, deadline: std::time::Instant) -> Pin<Box<dyn hyper::rt::Sleep>> {
@@ -297,6 +299,16 @@ mod tests {
         Deadlines::new(Duration::from_millis(resolution_ms))
     }
 
+    /// A timer armed elsewhere that keeps the ticker ticking, every resolution from now.
+    async fn keep_ticking(timers: &Deadlines) -> tokio::task::JoinHandle<Duration> {
+        let background = tokio::spawn({
+            let timers = timers.clone();
+            async move { time_out_after(&timers, Duration::from_secs(10)).await }
+        });
+        tokio::task::yield_now().await;
+        background
+    }
+
     async fn time_out_after(timers: &Deadlines, timeout: Duration) -> Duration {
         let start = Instant::now();
         let outcome = timers
@@ -323,14 +335,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_timer_armed_between_ticks_still_waits_its_whole_timeout() {
         let timers = deadlines(10);
-        // A timer armed elsewhere keeps the ticker ticking, every 10 ms from now.
-        let background = tokio::spawn({
-            let timers = timers.clone();
-            async move { time_out_after(&timers, Duration::from_secs(10)).await }
-        });
-        tokio::task::yield_now().await;
+        let background = keep_ticking(&timers).await;
         for offset in [3, 7, 9] {
-            // Between ticks, the time the next deadline counts from is a few ms old.
+            // Between ticks, the last tick's time is a few ms old.
             tokio::time::sleep(Duration::from_millis(offset)).await;
             let timeout = Duration::from_millis(20);
             let waited = time_out_after(&timers, timeout).await;
@@ -346,11 +353,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_ticker_running_late_never_makes_a_timer_fire_early() {
         let timers = deadlines(10);
-        let background = tokio::spawn({
-            let timers = timers.clone();
-            async move { time_out_after(&timers, Duration::from_secs(10)).await }
-        });
-        tokio::task::yield_now().await;
+        let background = keep_ticking(&timers).await;
         // A loaded machine ran the ticker 50 ms late: its time is that old when a timer is armed.
         timers.inner.lock().now = Instant::now() - Duration::from_millis(50);
         let timeout = Duration::from_millis(20);

@@ -23,7 +23,7 @@ pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()
     serve(
         listener,
         limits,
-        Deadlines::new(Deadlines::resolution_for(limits.header_read_timeout)),
+        Deadlines::for_timeouts(limits.header_read_timeout),
         |request: http::Request<hyper::body::Incoming>, _peer| async move {
             let (parts, body) = request.into_parts();
             let bytes = body

@@ -171,11 +171,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
         };
         // Each accept loop has its own upstream connections and timers, so that they live on its
         // thread.
-        let timers = Deadlines::new(Deadlines::resolution_for(
+        let timers = Deadlines::for_timeouts(
             self.config
                 .header_read_timeout
                 .min(self.config.upstream_timeout),
-        ));
+        );
         let lane = Arc::new(Lane {
             pool: self
                 .config

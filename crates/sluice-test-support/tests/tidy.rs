@@ -141,8 +141,9 @@ fn the_wall_clock_is_read_only_in_the_clock_module() {
             || path == "crates/sluice-client/src/clock.rs"
             // Benchmarks measure elapsed time; they decide nothing with it.
             || path.contains("/benches/")
-            // The gateway's connection and upstream timeouts read tokio's monotonic clock once a
-            // tick, as tokio's own timers would; no decision depends on it.
+            // The gateway's connection and upstream timeouts read tokio's monotonic clock when a
+            // timer is armed and once a tick, as tokio's own timers would; no decision depends
+            // on it.
             || path == "crates/sluice-gateway/src/deadline.rs"
     };
     let offenders: Vec<String> = rust_sources()

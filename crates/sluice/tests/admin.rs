@@ -111,6 +111,18 @@ impl Tally {
     }
 }
 
+/// Team `t1`'s usage through the admin API, with `token`: the status and the body.
+async fn team_usage(server: &Server, token: &str) -> (u16, Value) {
+    admin(
+        server,
+        token,
+        "GET",
+        "/v1/usage?identity=team&value=t1",
+        None,
+    )
+    .await
+}
+
 /// Resets every counter of site `s1` through the admin API.
 async fn reset_site(server: &Server, token: &str) {
     let reset = json!({"identity": "site", "value": "s1"});
@@ -163,23 +175,9 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
         .to_owned();
 
     // Usage, behind the token.
-    let (status, _) = admin(
-        &server,
-        "wrong",
-        "GET",
-        "/v1/usage?identity=team&value=t1",
-        None,
-    )
-    .await;
+    let (status, _) = team_usage(&server, "wrong").await;
     assert_eq!(status, 401);
-    let (status, usage) = admin(
-        &server,
-        &token,
-        "GET",
-        "/v1/usage?identity=team&value=t1",
-        None,
-    )
-    .await;
+    let (status, usage) = team_usage(&server, &token).await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(usage["usage"][0]["name"], "moderations");
     assert_eq!(usage["usage"][0]["used"], 3);
@@ -239,14 +237,7 @@ async fn keys_usage_overrides_and_metrics_through_the_running_server() {
     assert_eq!(status, 400, "{body}");
     reset_site(&server, &token).await;
     assert_eq!(seen.of(moderate(&server, &secret).await), 200);
-    let (status, usage) = admin(
-        &server,
-        &token,
-        "GET",
-        "/v1/usage?identity=team&value=t1",
-        None,
-    )
-    .await;
+    let (status, usage) = team_usage(&server, &token).await;
     assert_eq!(status, 200, "{usage}");
     assert_eq!(
         usage["usage"][0]["used"], seen.allowed,
