@@ -74,9 +74,26 @@ pub(crate) struct GatewayOptions {
     /// Threads serving requests, each with its own event loop (default: one per core).
     #[arg(long, env = "SLUICE_THREADS")]
     threads: Option<usize>,
+    /// `auto`: when there is one serving thread per CPU this process may run on, pin each to a
+    /// CPU of its own (left to the kernel, two sometimes share a CPU and their requests wait a
+    /// scheduler tick); `off`: let the kernel place them.
+    #[arg(
+        long,
+        env = "SLUICE_PIN_THREADS",
+        default_value = "auto",
+        value_name = "auto|off"
+    )]
+    pin_threads: PinThreads,
     /// On SIGTERM, how long requests in flight may take to finish before they are cut.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     drain_timeout: Duration,
+}
+
+/// `--pin-threads`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum PinThreads {
+    Auto,
+    Off,
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -139,6 +156,7 @@ impl GatewayOptions {
             header_read_timeout: self.header_timeout,
             body_read_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,
+            pin_threads: matches!(self.pin_threads, PinThreads::Auto),
             ..GatewayConfig::default()
         }
     }
