@@ -1,10 +1,10 @@
 //! Which CPU each serving thread runs on. With one serving thread per CPU the process may use,
-//! each is pinned to a CPU of its own: left to the kernel, two of them sometimes share a CPU
-//! while another sits with the load generator or the upstream, and every connection of the one
-//! waiting stalls for a whole scheduler tick (4 ms on the project's VMs), which was the proxy's
-//! whole p99 under load. With any other count (more threads than CPUs, or a container whose CPU
-//! quota is smaller than the CPUs it may run on) the threads are left to the kernel, which then
-//! balances better than a fixed placement could.
+//! each is pinned to a CPU of its own: left to the kernel, a serving thread is sometimes woken
+//! onto a CPU another runnable thread holds (the other serving thread, the load, the upstream),
+//! and every connection it serves waits out that thread's slice, a whole scheduler tick (4 ms on
+//! the project's VMs): that was the proxy's whole p99 under load. With any other count (more
+//! threads than CPUs, or a container whose CPU quota is smaller than the CPUs it may run on) the
+//! threads are left to the kernel, whose balancing a fixed placement would then fight.
 
 /// The CPU each of `threads` serving threads is pinned to, or `None` to leave them to the
 /// kernel: one CPU per thread, in order, only when `allowed` (the CPUs the process may run on,

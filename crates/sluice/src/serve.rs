@@ -75,8 +75,8 @@ pub(crate) struct GatewayOptions {
     #[arg(long, env = "SLUICE_THREADS")]
     threads: Option<usize>,
     /// `auto`: when there is one serving thread per CPU this process may run on, pin each to a
-    /// CPU of its own (left to the kernel, two sometimes share a CPU and their requests wait a
-    /// scheduler tick); `off`: let the kernel place them.
+    /// CPU of its own (left to the kernel, a thread is sometimes woken onto a busy CPU and its
+    /// requests wait a scheduler tick); `off`: let the kernel place them.
     #[arg(
         long,
         env = "SLUICE_PIN_THREADS",
