@@ -134,9 +134,11 @@ fn serving_threads_are_pinned_one_per_cpu_only_when_there_is_one_per_cpu() {
     // The server inherits this process's CPUs.
     let cpus = allowed("/proc/self/status");
 
-    // By default, one thread per CPU, each on its own. A thread pins itself as it starts; wait
-    // (boundedly) for the last to.
-    let server = serve(&policy, &[]);
+    // One thread per CPU (the default, unless a CPU quota is below the CPUs: named here so that
+    // the test does not depend on one), each on its own. A thread pins itself as it starts;
+    // wait (boundedly) for the last to.
+    let one_per_cpu = cpus.len().to_string();
+    let server = serve(&policy, &["--threads", one_per_cpu.as_str()]);
     let mut threads = serving_threads(&server);
     for _ in 0..250 {
         if threads.len() == cpus.len() && threads.iter().all(|(_, allowed)| allowed.len() == 1) {
@@ -162,7 +164,7 @@ fn serving_threads_are_pinned_one_per_cpu_only_when_there_is_one_per_cpu() {
     // Asked not to, or with a thread count other than the CPUs': the kernel places them.
     let more = (cpus.len() + 1).to_string();
     for args in [
-        &["--pin-threads", "off"][..],
+        &["--threads", one_per_cpu.as_str(), "--pin-threads", "off"][..],
         &["--threads", more.as_str()][..],
     ] {
         let server = serve(&policy, args);
