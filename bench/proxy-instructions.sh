@@ -11,6 +11,7 @@
 # (master_process off), which serves and is counted whole.
 #
 # Usage: bench/proxy-instructions.sh [BINARY] [PORT]   (compare two binaries by running it twice)
+#   SERVERS=sluice LOGS=off bench/proxy-instructions.sh BINARY   measures only that (seconds)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/nginx.sh
@@ -61,17 +62,17 @@ nginx() {
 }
 
 declare -A PER
-for server in sluice nginx; do
+for server in ${SERVERS:-sluice nginx}; do
   if [ $server = nginx ] && [ ! -x "$NGINX_BIN" ]; then
     echo "no nginx (apt-get install -y nginx-light): its baseline is left out" >&2
     continue
   fi
-  for log in off on; do
+  for log in ${LOGS:-off on}; do
     a=$($server $N1 $log); b=$($server $N2 $log)
     PER[$server.$log]=$(( (b - a) / (N2 - N1) ))
   done
 done
-for log in off on; do
+for log in ${LOGS:-off on}; do
   line="access log $log: $BIN ${PER[sluice.$log]} user-space instructions per proxied request"
   if [ -n "${PER[nginx.$log]:-}" ]; then
     line+=", nginx ${PER[nginx.$log]} ($(awk -v a="${PER[sluice.$log]}" -v b="${PER[nginx.$log]}" 'BEGIN { printf "%.2f", a / b }')x)"
