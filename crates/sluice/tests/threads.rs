@@ -152,7 +152,7 @@ fn serving_threads_are_pinned_one_per_cpu_only_when_there_is_one_per_cpu() {
         .iter()
         .map(|(name, allowed)| {
             assert_eq!(allowed.len(), 1, "{name} is pinned to one CPU: {allowed:?}");
-            allowed.iter().copied().sum()
+            *allowed.first().expect("one CPU")
         })
         .collect();
     assert_eq!(
