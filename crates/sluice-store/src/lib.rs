@@ -141,9 +141,8 @@ impl CounterStore for AnyStore {
             AnyStore::Memory(store) => store.apply_now(transitions),
             AnyStore::Embedded(store) => store.apply(transitions).await,
             // Boxed: a Redis call's future is about 2.7 KB, and held inline it would be part of
-            // every request's future on every store, copied as the request's future moves (into
-            // hyper's slot for it, among others); one allocation beside a network round trip
-            // costs nothing.
+            // every request's future on every store, which is copied whole into the heap block
+            // the server boxes it in; one allocation beside a network round trip costs nothing.
             AnyStore::Redis(store) => Box::pin(store.apply(transitions)).await,
         }
     }
