@@ -9,8 +9,8 @@
 /// The CPU each of `threads` serving threads is pinned to, or `None` to leave them to the
 /// kernel: one CPU per thread, in order, only when `allowed` (the CPUs the process may run on,
 /// ascending) holds exactly one per thread.
-pub(crate) fn placement(allowed: &[usize], threads: usize) -> Option<Vec<usize>> {
-    (threads > 0 && allowed.len() == threads).then(|| allowed.to_vec())
+pub(crate) fn placement(allowed: Vec<usize>, threads: usize) -> Option<Vec<usize>> {
+    (threads > 0 && allowed.len() == threads).then_some(allowed)
 }
 
 /// The CPUs the calling thread may run on, ascending; `None` where that cannot be read.
@@ -52,13 +52,13 @@ mod tests {
 
     #[test]
     fn threads_are_pinned_only_when_there_is_one_per_allowed_cpu() {
-        assert_eq!(placement(&[0, 1], 2), Some(vec![0, 1]));
+        assert_eq!(placement(vec![0, 1], 2), Some(vec![0, 1]));
         // A process confined to some CPUs (taskset, a cpuset) gets those.
-        assert_eq!(placement(&[2, 5, 7], 3), Some(vec![2, 5, 7]));
+        assert_eq!(placement(vec![2, 5, 7], 3), Some(vec![2, 5, 7]));
         // More threads than CPUs, or fewer (a CPU quota below the CPUs the container may
         // use): the kernel places them.
-        assert_eq!(placement(&[0, 1], 4), None);
-        assert_eq!(placement(&[0, 1, 2, 3], 2), None);
-        assert_eq!(placement(&[], 0), None);
+        assert_eq!(placement(vec![0, 1], 4), None);
+        assert_eq!(placement(vec![0, 1, 2, 3], 2), None);
+        assert_eq!(placement(vec![], 0), None);
     }
 }

@@ -136,7 +136,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .pin_threads
             .then(affinity::allowed_cpus)
             .flatten()
-            .and_then(|allowed| affinity::placement(&allowed, listeners.len()));
+            .and_then(|allowed| affinity::placement(allowed, listeners.len()));
         if let Some(cpus) = &cpus {
             tracing::debug!(?cpus, "each serving thread pinned to a CPU of its own");
         }

@@ -3,8 +3,12 @@
 //! ends the call at once. The demo runs on the real clock, so the retry here really waits the
 //! few seconds the server asks for (the SDK's own tests run in virtual time).
 
+mod support;
+
 use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
+
+use support::Running;
 
 const POLICY: &str = r#"
 service:
@@ -23,18 +27,8 @@ routes:
         per: user
 "#;
 
-/// A running demo, killed when dropped (a failed assertion included).
-struct Demo(Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `sluice demo --policy` on a free port; its base URL.
-fn demo(policy: &std::path::Path) -> (Demo, String) {
+fn demo(policy: &std::path::Path) -> (Running, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .args([
             "demo",
@@ -62,7 +56,7 @@ fn demo(policy: &std::path::Path) -> (Demo, String) {
         .unwrap_or_else(|| panic!("no address in {first:?}"));
     // Keep draining stdout so the demo never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    (Demo(child), base)
+    (Running(child), base)
 }
 
 fn call(args: &[&str]) -> (Output, String) {

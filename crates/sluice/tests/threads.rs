@@ -3,11 +3,15 @@
 //! or any other thread count, all of them free to run anywhere the process may.
 #![cfg(target_os = "linux")]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::Duration;
+
+use support::{Running, free_port};
 
 const POLICY: &str = r#"
 service:
@@ -24,24 +28,12 @@ routes:
         per: user
 "#;
 
-/// A running `sluice serve`, killed when dropped.
-struct Serve(Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// `sluice serve --store memory ARGS…` on a free port, once it has answered 32 `/healthz`
 /// requests, each on a new connection (which the kernel spreads over the threads' listeners by
 /// their ports), so that the serving threads have had every chance to pin themselves.
-fn serve(policy: &std::path::Path, args: &[&str]) -> Serve {
-    let listen: SocketAddr = TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port");
-    let mut server = Serve(
+fn serve(policy: &std::path::Path, args: &[&str]) -> Running {
+    let listen = free_port();
+    let mut server = Running(
         Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .arg("--policy")
@@ -108,7 +100,7 @@ fn allowed(status_path: &str) -> BTreeSet<usize> {
 }
 
 /// Each serving thread (`sluice-N`) of the process, by name, with the CPUs it may run on.
-fn serving_threads(server: &Serve) -> Vec<(String, BTreeSet<usize>)> {
+fn serving_threads(server: &Running) -> Vec<(String, BTreeSet<usize>)> {
     let tasks = format!("/proc/{}/task", server.0.id());
     let mut threads: Vec<_> = std::fs::read_dir(&tasks)
         .expect("the process's tasks")

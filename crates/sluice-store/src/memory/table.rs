@@ -79,9 +79,7 @@ impl Table {
         }
         let mut state = CounterState::EMPTY;
         let result = f(&mut state);
-        if state.is_live(now) {
-            self.insert(key, state, now);
-        }
+        self.add(key, state, now);
         result
     }
 

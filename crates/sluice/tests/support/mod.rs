@@ -1,5 +1,5 @@
-//! What the binary's test files share: `sluice serve` run as a real process on free loopback
-//! ports, killed when dropped, and an HTTP client for it.
+//! What the binary's test files share: `sluice` run as a real process, killed when dropped;
+//! `sluice serve` on free loopback ports; and an HTTP client for it.
 
 use std::ffi::OsStr;
 use std::net::{SocketAddr, TcpListener};
@@ -7,9 +7,21 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+/// A running process, killed at once (SIGKILL, as a crash would) and reaped when dropped, a
+/// failed assertion included.
+pub(crate) struct Running(pub(crate) Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A running `sluice serve`.
+#[allow(dead_code, reason = "not every test binary runs the server through it")]
 pub(crate) struct Server {
-    child: Child,
+    child: Running,
     /// The gateway's address.
     pub(crate) listen: SocketAddr,
     /// The admin API's address.
@@ -17,6 +29,7 @@ pub(crate) struct Server {
     pub(crate) admin: SocketAddr,
 }
 
+#[allow(dead_code, reason = "not every test binary runs the server through it")]
 impl Server {
     /// `sluice serve ARGS… --listen … --admin-listen … --threads 1`, both on free loopback
     /// ports, once it answers `/healthz`. With `log`, the server logs at debug level into that
@@ -43,7 +56,7 @@ impl Server {
             .spawn()
             .expect("the binary runs");
         let server = Server {
-            child,
+            child: Running(child),
             listen,
             admin,
         };
@@ -60,14 +73,6 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         panic!("the server did not come up on {listen}");
-    }
-}
-
-/// Dropping the server kills it at once (SIGKILL), as a crash would, and reaps it.
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -89,6 +94,10 @@ pub(crate) fn minute() -> u64 {
 }
 
 /// A client that fails a request taking longer than `timeout`.
+#[allow(
+    dead_code,
+    reason = "not every test binary makes HTTP requests through it"
+)]
 pub(crate) fn client(timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
