@@ -6,7 +6,8 @@
 # noisy; a round gives every target the same conditions). Prints the median over rounds of
 # requests/s, p50 and p99, and the ratios; and the CPU time the server under test spent per
 # request (user and kernel, from /proc while wrk ran), which the other processes sharing the
-# cores move far less than they move throughput and latency.
+# cores move far less than they move throughput and latency; and each server's resident memory
+# after its first round and after its last, which stays flat unless it keeps something per request.
 #
 # With ACCESS_LOG=on, the gateways (RUST_LOG=info) and nginx (access_log) write a line per
 # request to a file, as a production deployment does; by default neither logs requests.
@@ -69,7 +70,13 @@ cpu_ticks() {
   for pid in "$@"; do awk -v f="$field" '{print $f}' "/proc/$pid/stat"; done | awk '{t += $1} END {print t + 0}'
 }
 
-declare -A RPS P50 P99 USER SYS
+# rss_kb PID… — the processes' resident memory, in kB.
+rss_kb() {
+  local pid
+  for pid in "$@"; do awk '/^VmRSS:/ {print $2}' "/proc/$pid/status"; done | awk '{t += $1} END {print t + 0}'
+}
+
+declare -A RPS P50 P99 USER SYS RSS_FIRST RSS_LAST
 TICK_US=$((1000000 / $(getconf CLK_TCK)))
 run() {
   local name=$1 script=$2 url=$3 out user sys requests
@@ -89,6 +96,9 @@ run() {
   P99[$name]+="$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')") "
   USER[$name]+="$(awk -v t="$user" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
   SYS[$name]+="$(awk -v t="$sys" -v u="$TICK_US" -v n="$requests" 'BEGIN {printf "%.2f", t * u / n}') "
+  # Memory after each round: a server that keeps something per request grows round on round.
+  RSS_LAST[$name]=$(rss_kb "$@")
+  RSS_FIRST[$name]=${RSS_FIRST[$name]:-${RSS_LAST[$name]}}
   for log in "$WORK"/logs/*.log; do : > "$log"; done  # the lines were written; free the space
 }
 
@@ -119,5 +129,10 @@ for name in "decision API" "sluice proxy" "nginx limit_req" "upstream direct"; d
 done
 echo
 echo "sluice proxy / nginx limit_req:   $(ratio "${RPS[sluice proxy]}" "${RPS[nginx limit_req]}")x requests/s, p99 $(ratio "${P99[sluice proxy]}" "${P99[nginx limit_req]}")x, CPU per request $(ratio "$(awk -v a="${USER[sluice proxy]}" -v b="${SYS[sluice proxy]}" 'BEGIN {print a + b}')" "$(awk -v a="${USER[nginx limit_req]}" -v b="${SYS[nginx limit_req]}" 'BEGIN {print a + b}')")x"
+echo -n "resident memory, MB after the first round -> after the last:"
+for name in "decision API" "sluice proxy" "nginx limit_req"; do
+  echo -n " $name $((RSS_FIRST[$name] / 1024)) -> $((RSS_LAST[$name] / 1024));"
+done
+echo
 echo "sluice proxy / upstream direct:   $(ratio "${RPS[sluice proxy]}" "${RPS[upstream direct]}")x requests/s"
 echo "decision API / Limitador's 34,000 req/s (quoted in issue 4, same wrk settings): $(ratio "${RPS[decision API]}" 34000)x"
