@@ -376,30 +376,31 @@ impl<S: CounterStore + 'static> Gateway<S> {
             Verdict::Reject(rejection) => return rejection_response(rejection),
             Verdict::Admit(admission) => admission,
         };
+        let limit_headers = std::mem::take(&mut admission.headers);
+        let settling = Settling::new(&self.service, admission);
         let outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id) {
             Ok(outgoing) => outgoing,
             Err(_) => {
-                self.service.finish(admission, false).await;
+                settling.finish(false).await;
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
         let answer = timers
             .timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing)))
             .await;
-        let limit_headers = std::mem::take(&mut admission.headers);
         let mut response = match answer {
             Err(_) => {
-                self.service.finish(admission, false).await;
+                settling.finish(false).await;
                 reject(ErrorCode::UpstreamTimeout, Values::default(), None)
             }
             Ok(Err(error)) => {
                 tracing::warn!(request_id = id.unwrap_or_default(), %error, "upstream request failed");
-                self.service.finish(admission, false).await;
+                settling.finish(false).await;
                 reject(ErrorCode::UpstreamUnavailable, Values::default(), None)
             }
             Ok(Ok(upstream_response)) => {
                 let status = upstream_response.status();
-                self.service.finish(admission, status.is_success()).await;
+                settling.finish(status.is_success()).await;
                 if status.is_server_error() && !is_json(upstream_response.headers()) {
                     // The API promises its envelope for every failure; an upstream's HTML error
                     // page is replaced, its status kept.
@@ -416,6 +417,49 @@ impl<S: CounterStore + 'static> Gateway<S> {
             headers.insert(name, value);
         }
         response
+    }
+}
+
+/// An admitted request's settling ([`Service::finish`]), done however the request ends: by
+/// [`Settling::finish`] once the upstream answered or failed, or, when the client hangs up first
+/// and drops the request midway, as a failure from a task of its own. Without that, a client
+/// that gave up kept its concurrency slot for good under steady traffic (each new request
+/// renews the counter's lease) and was charged for a call that never succeeded.
+struct Settling<'a, S: CounterStore + 'static> {
+    service: &'a Arc<Service<S>>,
+    /// `None` once settled.
+    admission: Option<sluice_service::Admission>,
+}
+
+impl<'a, S: CounterStore + 'static> Settling<'a, S> {
+    fn new(service: &'a Arc<Service<S>>, admission: sluice_service::Admission) -> Self {
+        Settling {
+            service,
+            admission: Some(admission),
+        }
+    }
+
+    /// Settles the request as it ended: `success` when the upstream answered with a 2xx.
+    async fn finish(mut self, success: bool) {
+        if let Some(admission) = self.admission.take() {
+            self.service.finish(admission, success).await;
+        }
+    }
+}
+
+impl<S: CounterStore + 'static> Drop for Settling<'_, S> {
+    fn drop(&mut self) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        if !admission.needs_settling() {
+            return;
+        }
+        // Off a runtime only while the process exits, when counters no longer matter.
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let service = Arc::clone(self.service);
+            runtime.spawn(async move { service.finish(admission, false).await });
+        }
     }
 }
 

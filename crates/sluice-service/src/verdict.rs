@@ -29,6 +29,14 @@ pub struct Admission {
     pub(crate) local: bool,
 }
 
+impl Admission {
+    /// Whether [`Service::finish`](crate::Service::finish) has anything to give back for this
+    /// request: a concurrency slot, or a quota that counts only successful calls.
+    pub fn needs_settling(&self) -> bool {
+        !self.settle.is_empty()
+    }
+}
+
 /// One count to give back when the request is done.
 #[derive(Debug)]
 pub(crate) struct Settle {

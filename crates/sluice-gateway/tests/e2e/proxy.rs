@@ -244,3 +244,75 @@ async fn the_log_line_carries_the_request_id_and_never_the_api_key() {
         "a key leaked into the logs:\n{logs}"
     );
 }
+
+/// The Streampixel policy with one more route, `POST /projects/render`, where a user may have one
+/// request in flight; and without its penalty, so that asking again and again is not blocked.
+fn one_render_at_a_time(policy: String) -> String {
+    let penalty = "penalties:\n  - per: user\n    after_denials: 10 per 1m\n    block_for: 15m\n";
+    assert!(
+        policy.contains(penalty),
+        "the example's penalty has changed"
+    );
+    policy.replace(penalty, "").replace(
+        "  - match: \"* /*\"",
+        "  - match: POST /projects/render
+    limits:
+      - name: renders-in-flight
+        rate: 1 per 1m
+        algorithm: concurrency
+        per: user
+    request:
+      json: true
+      fields:
+        apiKey: { type: string, required: true, non_empty: true }
+        userId: { type: string, required: true, non_empty: true }
+  - match: \"* /*\"",
+    )
+}
+
+#[tokio::test]
+async fn a_client_that_hangs_up_before_the_upstream_answers_gives_its_slot_back() {
+    let bench = Bench::edited("streampixel", one_render_at_a_time).await;
+    let body = poll().to_string();
+    let request = format!(
+        "POST /projects/render HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
+         x-upstream-hang: 1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut client = tokio::net::TcpStream::connect(bench.address)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+        .await
+        .expect("sent");
+    // In flight once the upstream holds it. Both waits below give up after 10 s.
+    let attempts = 2_000;
+    let pause = || tokio::time::sleep(Duration::from_millis(5));
+    for attempt in 0.. {
+        if !bench.seen.lock().expect("lock").is_empty() {
+            break;
+        }
+        assert!(attempt < attempts, "the upstream never saw the request");
+        pause().await;
+    }
+    let second = bench.post("/projects/render", &[], &poll()).await;
+    assert_eq!(
+        second.status,
+        StatusCode::TOO_MANY_REQUESTS,
+        "one at a time"
+    );
+
+    // The first client gives up. Its slot comes back once the gateway sees it gone; the
+    // manual clock never moves, so the slot's lease cannot be what frees it.
+    drop(client);
+    let mut answer = bench.post("/projects/render", &[], &poll()).await;
+    for _ in 0..attempts {
+        if answer.status != StatusCode::TOO_MANY_REQUESTS {
+            break;
+        }
+        pause().await;
+        answer = bench.post("/projects/render", &[], &poll()).await;
+    }
+    assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    bench.stop().await;
+}
