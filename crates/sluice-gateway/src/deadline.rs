@@ -88,7 +88,7 @@ impl Deadlines {
     }
 
     /// A timer firing `duration` from now.
-    fn sleep_for(&self, duration: Duration) -> Sleep {
+    pub(crate) fn sleep_for(&self, duration: Duration) -> Sleep {
         self.sleep_until(later(Instant::now(), duration))
     }
 

@@ -56,7 +56,8 @@ pub struct GatewayConfig {
     pub upstream: Option<Upstream>,
     /// Serve `POST /v1/check` on this listener even when proxying.
     pub decision_api: bool,
-    /// How long the upstream may take to start its response (504 after).
+    /// How long the upstream may take to start its response (504 after), and to send each next
+    /// part of its body (the client's connection is closed after).
     pub upstream_timeout: Duration,
     /// How long a client may take to send its headers (the connection is closed after).
     pub header_read_timeout: Duration,
@@ -199,11 +200,13 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 .min(self.config.upstream_timeout),
         );
         let lane = Arc::new(Lane {
-            pool: self
-                .config
-                .upstream
-                .as_ref()
-                .map(|upstream| Pool::new(upstream.address().to_owned())),
+            pool: self.config.upstream.as_ref().map(|upstream| {
+                Pool::new(
+                    upstream.address().to_owned(),
+                    timers.clone(),
+                    self.config.upstream_timeout,
+                )
+            }),
             timers: timers.clone(),
             gateway: self,
         });

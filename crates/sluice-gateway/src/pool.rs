@@ -20,6 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::Outgoing;
+use crate::deadline::{Deadlines, Sleep};
 
 /// Idle connections kept per pool; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -50,6 +51,9 @@ impl std::fmt::Display for UpstreamError {
 #[derive(Debug)]
 pub(crate) struct Pool {
     address: String,
+    /// The accept loop's timers, and how long a response's body may pause between two parts.
+    timers: Deadlines,
+    body_idle: Duration,
     idle: Mutex<Vec<Idle>>,
     /// The current sweep period; a connection idle since an earlier one is closed by the next
     /// sweep.
@@ -64,10 +68,13 @@ struct Idle {
 
 impl Pool {
     /// A pool for the upstream at `address` (`host:port`), with a task on the current runtime
-    /// that closes connections left idle, ending when the pool is dropped.
-    pub(crate) fn new(address: String) -> Arc<Pool> {
+    /// that closes connections left idle, ending when the pool is dropped. A response body that
+    /// sends nothing for `body_idle` (timed by `timers`) ends in an error.
+    pub(crate) fn new(address: String, timers: Deadlines, body_idle: Duration) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             address,
+            timers,
+            body_idle,
             idle: Mutex::new(Vec::new()),
             period: AtomicU64::new(0),
         });
@@ -98,6 +105,7 @@ impl Pool {
                         body,
                         ended: false,
                         lease: Some((sender, pool)),
+                        idle: None,
                     }));
                 }
                 Err(mut error) => match error.take_message() {
@@ -204,30 +212,86 @@ async fn sweep(pool: Weak<Pool>) {
 
 /// An upstream response's body, streamed through; once read to its end, its connection goes
 /// back to the pool. A body dropped before its end takes its connection with it, since what is
-/// left of the response would stand in the next one's way.
+/// left of the response would stand in the next one's way. An upstream that stops sending for
+/// the pool's `body_idle` midway ends the body in an error (the client's connection is closed:
+/// a response already begun has no other way to say it is incomplete), as nginx's
+/// `proxy_read_timeout` does; without that, a stalled upstream held the client for ever.
 #[derive(Debug)]
 pub struct UpstreamBody {
     body: Incoming,
     ended: bool,
     lease: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
+    /// Armed while the upstream keeps the next part waiting.
+    idle: Option<Sleep>,
+}
+
+/// Why an upstream's body ended early.
+#[derive(Debug)]
+pub struct BodyError(BodyErrorKind);
+
+#[derive(Debug)]
+enum BodyErrorKind {
+    Upstream(hyper::Error),
+    Stalled(Duration),
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.0 {
+            BodyErrorKind::Upstream(error) => write!(f, "{error}"),
+            BodyErrorKind::Stalled(after) => {
+                write!(
+                    f,
+                    "the upstream sent nothing for {after:?} midway through its body"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for BodyError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0 {
+            BodyErrorKind::Upstream(error) => Some(error),
+            BodyErrorKind::Stalled(_) => None,
+        }
+    }
 }
 
 impl HttpBody for UpstreamBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
-        let frame = std::task::ready!(Pin::new(&mut this.body).poll_frame(cx));
+        let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) else {
+            // Nothing yet: the timer runs from the first wait, and only a part resets it.
+            let Some((_, pool)) = &this.lease else {
+                return Poll::Pending;
+            };
+            let idle = this
+                .idle
+                .get_or_insert_with(|| pool.timers.sleep_for(pool.body_idle));
+            if Pin::new(idle).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let after = pool.body_idle;
+            this.idle = None;
+            this.lease = None;
+            return Poll::Ready(Some(Err(BodyError(BodyErrorKind::Stalled(after)))));
+        };
+        this.idle = None;
         match &frame {
             None => this.ended = true,
             Some(Err(_)) => this.lease = None,
             Some(Ok(_)) => {}
         }
-        Poll::Ready(frame)
+        Poll::Ready(
+            frame.map(|frame| frame.map_err(|error| BodyError(BodyErrorKind::Upstream(error)))),
+        )
     }
 
     fn is_end_stream(&self) -> bool {
@@ -297,6 +361,10 @@ mod tests {
         (address, accepted)
     }
 
+    fn timers() -> Deadlines {
+        Deadlines::for_timeouts(Duration::from_secs(30))
+    }
+
     fn get(path: &str) -> Request<Outgoing> {
         Request::builder()
             .uri(path)
@@ -322,7 +390,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_requests_one_after_another() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         for _ in 0..5 {
             assert_eq!(fetch(&pool, "/").await, "ok");
         }
@@ -333,7 +401,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_each_get_a_connection_and_give_it_back() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         let four = || async {
             let answers = tokio::join!(
                 fetch(&pool, "/"),
@@ -361,7 +429,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closes_is_not_reused() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         assert_eq!(fetch(&pool, "/close").await, "ok");
         assert_eq!(fetch(&pool, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -370,7 +438,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         let mut body = pool.send(get("/big")).await.expect("an answer").into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert!(first.is_data());
@@ -389,7 +457,7 @@ mod tests {
         // An upstream that sees its connection closed.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         let sent = tokio::spawn({
             let pool = Arc::clone(&pool);
             async move { pool.send(get("/")).await.map(|response| response.status()) }
@@ -442,7 +510,7 @@ mod tests {
                 });
             }
         });
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         let upload = Request::builder()
             .method("POST")
             .uri("/upload")
@@ -471,7 +539,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         drop(listener);
-        let pool = Pool::new(address.to_string());
+        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
         let error = pool.send(get("/")).await.expect_err("refused");
         assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
         assert!(error.to_string().starts_with("cannot connect"), "{error}");

@@ -59,7 +59,8 @@ pub(crate) struct GatewayOptions {
     /// Also serve the decision API (POST /v1/check) on the proxy's listener.
     #[arg(long, env = "SLUICE_DECISION_API")]
     decision_api: bool,
-    /// How long the upstream may take to start answering before the client gets a 504.
+    /// How long the upstream may take to start answering before the client gets a 504, and to
+    /// send each next part of a response's body before the client's connection is closed.
     #[arg(long, env = "SLUICE_UPSTREAM_TIMEOUT", default_value = "30s", value_parser = duration)]
     upstream_timeout: Duration,
     /// How long a client may take to send a request's headers before it is disconnected.

@@ -167,6 +167,46 @@ async fn upstream_failures_leave_in_the_apis_envelope() {
 }
 
 #[tokio::test]
+async fn an_upstream_that_stops_sending_its_body_midway_is_cut_off() {
+    let bench = Bench::with("streampixel", |config| {
+        config.upstream_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let body = poll().to_string();
+    let request = format!(
+        "POST /projects/list HTTP/1.1\r\nhost: sluice\r\ncontent-type: application/json\r\n\
+         x-upstream-stall: 1\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut client = tokio::net::TcpStream::connect(bench.address)
+        .await
+        .expect("connect");
+    tokio::io::AsyncWriteExt::write_all(&mut client, request.as_bytes())
+        .await
+        .expect("sent");
+    // The gateway waits as long for each part of a body as for the response to begin; then it
+    // closes the connection, the only way left to say the response is incomplete.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read_to_end(&mut client, &mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection is closed, not left hanging");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("{\"partial\":"), "{answer}");
+    still_answers(&bench).await;
+    bench.stop().await;
+}
+
+/// A plain request still gets its answer.
+async fn still_answers(bench: &Bench) {
+    let reply = bench.post("/projects/list", &[], &poll()).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_502() {
     // A port that was free a moment ago and has no listener now.
     let port = StdListener::bind("127.0.0.1:0")

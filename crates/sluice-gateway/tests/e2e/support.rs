@@ -233,7 +233,8 @@ impl Bench {
 
 /// An upstream that records what it sees and answers as the request's `x-upstream-*` headers
 /// ask: `x-upstream-status` (default 200), `x-upstream-type` (default application/json),
-/// `x-upstream-hang` (never answers).
+/// `x-upstream-hang` (never answers), `x-upstream-stall` (answers, sends the first part of its
+/// body, and never the rest).
 pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -285,6 +286,14 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
                     } else {
                         "<html><body>Bad things</body></html>".to_owned()
                     };
+                    if header("x-upstream-stall").is_some() {
+                        let response = Response::builder()
+                            .header("content-type", "application/json")
+                            .header("content-length", "100")
+                            .body(Stalled { sent: false }.boxed_unsync())
+                            .expect("response");
+                        return Ok::<_, Infallible>(response);
+                    }
                     let response = Response::builder()
                         .status(status)
                         .header("content-type", kind)
@@ -327,6 +336,29 @@ impl hyper::body::Body for Chunks {
             0u8;
             size
         ])))))
+    }
+}
+
+/// A body that sends its first part, then nothing more, for ever.
+struct Stalled {
+    sent: bool,
+}
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        if self.sent {
+            return std::task::Poll::Pending;
+        }
+        self.sent = true;
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
+            b"{\"partial\":",
+        )))))
     }
 }
 
