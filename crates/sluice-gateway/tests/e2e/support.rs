@@ -233,8 +233,8 @@ impl Bench {
 
 /// An upstream that records what it sees and answers as the request's `x-upstream-*` headers
 /// ask: `x-upstream-status` (default 200), `x-upstream-type` (default application/json),
-/// `x-upstream-hang` (never answers), `x-upstream-stall` (answers, sends the first part of its
-/// body, and never the rest).
+/// `x-upstream-hang` (never answers), `x-upstream-stall` (answers, sends the first 10 bytes of
+/// its 100-byte body, and never the rest).
 pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -290,7 +290,13 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
                         let response = Response::builder()
                             .header("content-type", "application/json")
                             .header("content-length", "100")
-                            .body(Stalled { sent: false }.boxed_unsync())
+                            .body(
+                                Chunks {
+                                    remaining: 10,
+                                    then_stall: true,
+                                }
+                                .boxed_unsync(),
+                            )
                             .expect("response");
                         return Ok::<_, Infallible>(response);
                     }
@@ -314,9 +320,11 @@ pub async fn start_upstream(seen: Arc<Mutex<Vec<Seen>>>) -> SocketAddr {
     address
 }
 
-/// A body of `remaining` bytes in 64 KiB chunks, with no length declared.
+/// A body of `remaining` zero bytes in 64 KiB chunks, with no length declared; then its end, or
+/// (`then_stall`) nothing more, for ever.
 struct Chunks {
     remaining: usize,
+    then_stall: bool,
 }
 
 impl hyper::body::Body for Chunks {
@@ -328,7 +336,11 @@ impl hyper::body::Body for Chunks {
         _: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
         if self.remaining == 0 {
-            return std::task::Poll::Ready(None);
+            return if self.then_stall {
+                std::task::Poll::Pending
+            } else {
+                std::task::Poll::Ready(None)
+            };
         }
         let size = self.remaining.min(64 * 1024);
         self.remaining -= size;
@@ -336,29 +348,6 @@ impl hyper::body::Body for Chunks {
             0u8;
             size
         ])))))
-    }
-}
-
-/// A body that sends its first part, then nothing more, for ever.
-struct Stalled {
-    sent: bool,
-}
-
-impl hyper::body::Body for Stalled {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
-        if self.sent {
-            return std::task::Poll::Pending;
-        }
-        self.sent = true;
-        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(Bytes::from_static(
-            b"{\"partial\":",
-        )))))
     }
 }
 
@@ -378,7 +367,13 @@ fn image(request: &Request<Incoming>) -> Option<Response<UpstreamBody>> {
             .ok()?,
         "stream" => Response::builder()
             .header("content-type", "image/png")
-            .body(Chunks { remaining: size }.boxed_unsync())
+            .body(
+                Chunks {
+                    remaining: size,
+                    then_stall: false,
+                }
+                .boxed_unsync(),
+            )
             .ok()?,
         _ => return None,
     };
