@@ -60,6 +60,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let limits = server::ConnectionLimits {
             header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             max_headers: 100,
             drain_timeout: Duration::from_secs(5),
         };

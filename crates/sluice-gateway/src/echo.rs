@@ -17,6 +17,7 @@ use crate::server::{ConnectionLimits, serve};
 pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let limits = ConnectionLimits {
         header_read_timeout: Duration::from_secs(10),
+        send_timeout: Duration::from_secs(60),
         max_headers: 256,
         drain_timeout: Duration::from_secs(5),
     };

@@ -61,6 +61,9 @@ pub struct GatewayConfig {
     pub upstream_timeout: Duration,
     /// How long a client may take to send its headers (the connection is closed after).
     pub header_read_timeout: Duration,
+    /// How long a client may leave a response unread, taking none of it (the connection is
+    /// closed after).
+    pub send_timeout: Duration,
     /// How long a client may take to send a body the policy reads (408 after).
     pub body_read_timeout: Duration,
     /// How long a stop waits for requests in flight.
@@ -79,6 +82,7 @@ impl Default for GatewayConfig {
             decision_api: true,
             upstream_timeout: Duration::from_secs(30),
             header_read_timeout: Duration::from_secs(10),
+            send_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_headers: 100,
@@ -187,6 +191,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let limits = server::ConnectionLimits {
             header_read_timeout: self.config.header_read_timeout,
+            send_timeout: self.config.send_timeout,
             // hyper answers a plain 431 beyond its own limit; leave room to answer in the
             // API's envelope instead.
             max_headers: self.config.max_headers.saturating_mul(4).max(512),
@@ -197,7 +202,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let timers = Deadlines::for_timeouts(
             self.config
                 .header_read_timeout
-                .min(self.config.upstream_timeout),
+                .min(self.config.upstream_timeout)
+                .min(self.config.send_timeout),
         );
         let lane = Arc::new(Lane {
             pool: self.config.upstream.as_ref().map(|upstream| {

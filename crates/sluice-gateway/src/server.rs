@@ -1,6 +1,6 @@
 //! The accept loop shared by the gateway and the built-in echo upstream: HTTP/1.1 connections
-//! with a bound on how long a client may take to send its headers, and a graceful stop that
-//! drains requests in flight within a bound.
+//! with a bound on how long a client may take to send its headers and on how long it may leave a
+//! response unread, and a graceful stop that drains requests in flight within a bound.
 //!
 //! HTTP/1 is served directly rather than through hyper-util's auto (HTTP/1 + h2c) builder: the
 //! auto builder reads the protocol preface with no timer, so a client that connects and sends
@@ -8,7 +8,9 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -19,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::deadline::Deadlines;
+use crate::deadline::{Deadlines, Sleep};
 use crate::proxy::Peer;
 
 /// How connections are served.
@@ -27,6 +29,8 @@ use crate::proxy::Peer;
 pub(crate) struct ConnectionLimits {
     /// A client that has not sent a request's headers within this long is disconnected.
     pub(crate) header_read_timeout: Duration,
+    /// A client that leaves a response unread (takes none of it) this long is disconnected.
+    pub(crate) send_timeout: Duration,
     /// Most headers hyper parses; the gateway refuses more than its own limit in the API's shape,
     /// so this sits above it.
     pub(crate) max_headers: usize,
@@ -48,7 +52,7 @@ pub(crate) async fn serve<H, F>(
 {
     let mut builder = http1::Builder::new();
     builder
-        .timer(timers)
+        .timer(timers.clone())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers);
     let graceful = GracefulShutdown::new();
@@ -74,10 +78,18 @@ pub(crate) async fn serve<H, F>(
             let response = Box::pin(handle(request, Arc::clone(&client)));
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
+        let io = Paced {
+            io: TokioIo::new(stream),
+            timers: timers.clone(),
+            limit: limits.send_timeout,
+            stalled: None,
+        };
+        let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
             if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "connection ended with an error");
+                // hyper's own words say where (e.g. writing a body); the cause says why.
+                let cause = std::error::Error::source(&error).map(ToString::to_string);
+                tracing::debug!(%error, cause, %peer, "connection ended with an error");
             }
         });
     }
@@ -87,5 +99,92 @@ pub(crate) async fn serve<H, F>(
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("requests still open after the drain timeout were cut");
         }
+    }
+}
+
+/// A client's connection whose writes wait at most `limit` for the client to take some of what
+/// was sent: one that stops reading (a slow-read attack, or a client gone without a word) is
+/// disconnected, with its response and the upstream connection behind it, as nginx's
+/// `send_timeout` does. A client that keeps reading, however slowly, is never cut. The timer is
+/// armed only while a write waits.
+struct Paced<T> {
+    io: T,
+    timers: Deadlines,
+    limit: Duration,
+    /// Armed while a write waits for room.
+    stalled: Option<Sleep>,
+}
+
+impl<T> Paced<T> {
+    /// `result` of a write, or, once the client has taken nothing for `limit`, an error.
+    fn watch<R>(
+        &mut self,
+        result: Poll<std::io::Result<R>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<R>> {
+        if result.is_ready() {
+            self.stalled = None;
+            return result;
+        }
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| self.timers.sleep_for(self.limit));
+        if Pin::new(stalled).poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.stalled = None;
+        Poll::Ready(Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!(
+                "the client read nothing of its response for {:?}",
+                self.limit
+            ),
+        )))
+    }
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Paced<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Paced<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        this.watch(result, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        this.watch(result, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_flush(cx);
+        this.watch(result, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }

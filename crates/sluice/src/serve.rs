@@ -66,6 +66,10 @@ pub(crate) struct GatewayOptions {
     /// How long a client may take to send a request's headers before it is disconnected.
     #[arg(long, env = "SLUICE_HEADER_TIMEOUT", default_value = "10s", value_parser = duration)]
     header_timeout: Duration,
+    /// How long a client may leave a response unread, taking none of it, before it is
+    /// disconnected.
+    #[arg(long, env = "SLUICE_SEND_TIMEOUT", default_value = "60s", value_parser = duration)]
+    send_timeout: Duration,
     /// How long a client may take to send a body the policy reads before it gets a 408.
     #[arg(long, env = "SLUICE_BODY_TIMEOUT", default_value = "10s", value_parser = duration)]
     body_timeout: Duration,
@@ -155,6 +159,7 @@ impl GatewayOptions {
             decision_api: self.decision_api,
             upstream_timeout: self.upstream_timeout,
             header_read_timeout: self.header_timeout,
+            send_timeout: self.send_timeout,
             body_read_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,
             pin_threads: matches!(self.pin_threads, PinThreads::Auto),

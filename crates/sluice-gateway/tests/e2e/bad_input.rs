@@ -1,5 +1,6 @@
 //! Bad input: each gets a clear error in the API's shape (or, for a client too slow to send its
-//! headers, a closed connection), and the gateway keeps serving everyone else.
+//! headers or one that stops reading its response, a closed connection), and the gateway keeps
+//! serving everyone else.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -154,6 +155,54 @@ async fn a_client_too_slow_with_its_body_gets_a_408_in_the_envelope() {
     let answer = raw(bench.address, head.as_bytes()).await;
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(body_of(&answer), r#"{"message":"Request timed out"}"#);
+    still_serving(&bench).await;
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_its_response_is_disconnected_and_others_are_served() {
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
+    let bench = Bench::with("streampixel", |config| {
+        config.send_timeout = Duration::from_millis(200);
+    })
+    .await;
+    // 32 MiB asked for, through a small receive window, and none of it read: far more than the
+    // sockets between can hold, so the gateway's writes wait.
+    const SIZE: usize = 32 << 20;
+    let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+    socket.set_recv_buffer_size(4096).expect("a small window");
+    let mut reader = socket.connect(bench.address).await.expect("connect");
+    let body = json!({"apiKey": ALICE, "userId": "alice"}).to_string();
+    let request = format!(
+        "POST /image/{SIZE} HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    reader.write_all(request.as_bytes()).await.expect("sent");
+    // Everyone else is served meanwhile.
+    still_serving(&bench).await;
+    // The gateway gives up on the client once it has taken nothing for the send timeout.
+    for attempt in 0.. {
+        if captured.text().contains("read nothing of its response") {
+            break;
+        }
+        assert!(
+            attempt < 2_000,
+            "the gateway still waits on the client after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // What reached the client stops short of the whole, and the connection is closed.
+    let mut received = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(10), reader.read_to_end(&mut received)).await;
+    assert!(read.is_ok(), "the connection is closed");
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert!(
+        received.len() < SIZE,
+        "{} bytes reached the client",
+        received.len()
+    );
     still_serving(&bench).await;
     bench.stop().await;
 }
