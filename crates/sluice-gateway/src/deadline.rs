@@ -88,7 +88,7 @@ impl Deadlines {
     }
 
     /// A timer firing `duration` from now.
-    pub(crate) fn sleep_for(&self, duration: Duration) -> Sleep {
+    fn sleep_for(&self, duration: Duration) -> Sleep {
         self.sleep_until(later(Instant::now(), duration))
     }
 
@@ -291,6 +291,34 @@ impl<F: Future + Unpin> Future for Timeout<F> {
     }
 }
 
+/// A watch for a stall: no progress for a while. Armed at the first wait, and disarmed by
+/// progress, so a wait that ends at once costs no timer.
+#[derive(Debug, Default)]
+pub(crate) struct Stall(Option<Sleep>);
+
+impl Stall {
+    /// Progress was made: the watch starts again from the next wait.
+    pub(crate) fn progressed(&mut self) {
+        self.0 = None;
+    }
+
+    /// Still waiting: whether `limit` has passed since the wait began (timed on `timers`, from
+    /// the first call). `cx` is woken when it passes.
+    pub(crate) fn expired(
+        &mut self,
+        timers: &Deadlines,
+        limit: Duration,
+        cx: &mut Context<'_>,
+    ) -> bool {
+        let sleep = self.0.get_or_insert_with(|| timers.sleep_for(limit));
+        if Pin::new(sleep).poll(cx).is_pending() {
+            return false;
+        }
+        self.0 = None;
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -361,6 +389,42 @@ mod tests {
         assert!(waited >= timeout, "{waited:?}");
         assert!(waited <= timeout + Duration::from_millis(10), "{waited:?}");
         background.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stall_expires_a_limit_after_its_wait_began_and_progress_starts_it_again() {
+        let timers = deadlines(10);
+        let limit = Duration::from_millis(100);
+        let mut stall = Stall::default();
+        // Polls the watch once a millisecond, with progress at `progress_at` ms, until it
+        // expires; returns when that was.
+        let mut watch = async |progress_at: Option<u64>| {
+            let start = Instant::now();
+            for elapsed in 0_u64.. {
+                if Some(elapsed) == progress_at {
+                    stall.progressed();
+                }
+                let expired =
+                    std::future::poll_fn(|cx| Poll::Ready(stall.expired(&timers, limit, cx))).await;
+                if expired {
+                    return start.elapsed();
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            unreachable!("the loop ends by expiring")
+        };
+        let waited = watch(None).await;
+        assert!(
+            waited >= limit && waited <= limit + Duration::from_millis(12),
+            "{waited:?}"
+        );
+        let waited = watch(Some(60)).await;
+        assert!(
+            waited >= limit + Duration::from_millis(60),
+            "progress at 60 ms gives another whole limit: {waited:?}"
+        );
+        assert!(waited <= limit + Duration::from_millis(72), "{waited:?}");
+        assert!(timers.inner.lock().timers.is_empty(), "no timer left armed");
     }
 
     #[tokio::test(start_paused = true)]

@@ -20,7 +20,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use crate::body::Outgoing;
-use crate::deadline::{Deadlines, Sleep};
+use crate::deadline::{Deadlines, Stall};
 
 /// Idle connections kept per pool; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -105,7 +105,7 @@ impl Pool {
                         body,
                         ended: false,
                         lease: Some((sender, pool)),
-                        idle: None,
+                        stall: Stall::default(),
                     }));
                 }
                 Err(mut error) => match error.take_message() {
@@ -222,7 +222,7 @@ pub struct UpstreamBody {
     ended: bool,
     lease: Option<(SendRequest<Outgoing>, Arc<Pool>)>,
     /// Armed while the upstream keeps the next part waiting.
-    idle: Option<Sleep>,
+    stall: Stall,
 }
 
 /// Why an upstream's body ended early.
@@ -268,22 +268,18 @@ impl HttpBody for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.get_mut();
         let Poll::Ready(frame) = Pin::new(&mut this.body).poll_frame(cx) else {
-            // Nothing yet: the timer runs from the first wait, and only a part resets it.
+            // Nothing yet: the watch runs from the first wait, and only a part resets it.
             let Some((_, pool)) = &this.lease else {
                 return Poll::Pending;
             };
-            let idle = this
-                .idle
-                .get_or_insert_with(|| pool.timers.sleep_for(pool.body_idle));
-            if Pin::new(idle).poll(cx).is_pending() {
+            if !this.stall.expired(&pool.timers, pool.body_idle, cx) {
                 return Poll::Pending;
             }
             let after = pool.body_idle;
-            this.idle = None;
             this.lease = None;
             return Poll::Ready(Some(Err(BodyError(BodyErrorKind::Stalled(after)))));
         };
-        this.idle = None;
+        this.stall.progressed();
         match &frame {
             None => this.ended = true,
             Some(Err(_)) => this.lease = None,
@@ -361,8 +357,14 @@ mod tests {
         (address, accepted)
     }
 
-    fn timers() -> Deadlines {
-        Deadlines::for_timeouts(Duration::from_secs(30))
+    /// A pool for `address` with the gateway's default timeouts.
+    fn pool_for(address: SocketAddr) -> Arc<Pool> {
+        let timeout = Duration::from_secs(30);
+        Pool::new(
+            address.to_string(),
+            Deadlines::for_timeouts(timeout),
+            timeout,
+        )
     }
 
     fn get(path: &str) -> Request<Outgoing> {
@@ -390,7 +392,7 @@ mod tests {
     #[tokio::test]
     async fn one_connection_serves_requests_one_after_another() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         for _ in 0..5 {
             assert_eq!(fetch(&pool, "/").await, "ok");
         }
@@ -401,7 +403,7 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_each_get_a_connection_and_give_it_back() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         let four = || async {
             let answers = tokio::join!(
                 fetch(&pool, "/"),
@@ -429,7 +431,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_the_upstream_closes_is_not_reused() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         assert_eq!(fetch(&pool, "/close").await, "ok");
         assert_eq!(fetch(&pool, "/").await, "ok");
         assert_eq!(accepted.load(Ordering::SeqCst), 2);
@@ -438,7 +440,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_dropped_before_its_end_takes_its_connection_with_it() {
         let (address, accepted) = upstream().await;
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         let mut body = pool.send(get("/big")).await.expect("an answer").into_body();
         let first = body.frame().await.expect("a frame").expect("data");
         assert!(first.is_data());
@@ -457,7 +459,7 @@ mod tests {
         // An upstream that sees its connection closed.
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         let sent = tokio::spawn({
             let pool = Arc::clone(&pool);
             async move { pool.send(get("/")).await.map(|response| response.status()) }
@@ -510,7 +512,7 @@ mod tests {
                 });
             }
         });
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         let upload = Request::builder()
             .method("POST")
             .uri("/upload")
@@ -539,7 +541,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         drop(listener);
-        let pool = Pool::new(address.to_string(), timers(), Duration::from_secs(30));
+        let pool = pool_for(address);
         let error = pool.send(get("/")).await.expect_err("refused");
         assert!(matches!(error, UpstreamError::Connect(_)), "{error:?}");
         assert!(error.to_string().starts_with("cannot connect"), "{error}");

@@ -21,7 +21,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use crate::body::Body;
-use crate::deadline::{Deadlines, Sleep};
+use crate::deadline::{Deadlines, Stall};
 use crate::proxy::Peer;
 
 /// How connections are served.
@@ -82,7 +82,7 @@ pub(crate) async fn serve<H, F>(
             io: TokioIo::new(stream),
             timers: timers.clone(),
             limit: limits.send_timeout,
-            stalled: None,
+            stall: Stall::default(),
         };
         let connection = graceful.watch(builder.serve_connection(io, service));
         tokio::spawn(async move {
@@ -112,7 +112,7 @@ struct Paced<T> {
     timers: Deadlines,
     limit: Duration,
     /// Armed while a write waits for room.
-    stalled: Option<Sleep>,
+    stall: Stall,
 }
 
 impl<T> Paced<T> {
@@ -123,16 +123,12 @@ impl<T> Paced<T> {
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<R>> {
         if result.is_ready() {
-            self.stalled = None;
+            self.stall.progressed();
             return result;
         }
-        let stalled = self
-            .stalled
-            .get_or_insert_with(|| self.timers.sleep_for(self.limit));
-        if Pin::new(stalled).poll(cx).is_pending() {
+        if !self.stall.expired(&self.timers, self.limit, cx) {
             return Poll::Pending;
         }
-        self.stalled = None;
         Poll::Ready(Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!(
