@@ -243,6 +243,13 @@ impl<S: CounterStore + 'static> Gateway<S> {
         // A clone shares the URI's bytes: kept for the log line once the request is consumed.
         let uri = request.uri().clone();
         let path = uri.path();
+        let mut line = AccessLine {
+            clock: &*self.clock,
+            started,
+            request_id: &request_id,
+            method: &method,
+            path,
+        };
         let mut response = match (&method, path) {
             (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
             // Degraded stays 200: every gateway shares the store, so taking them all out of
@@ -274,18 +281,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        let Some(started) = started else {
-            return response;
-        };
-        let elapsed = self.clock.now().saturating_duration_since(started);
-        tracing::info!(
-            request_id = request_id.to_str().unwrap_or_default(),
-            method = method.as_str(),
-            path,
-            status = response.status().as_u16(),
-            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
-            "request"
-        );
+        line.write(response.status().as_u16());
         response
     }
 
@@ -426,6 +422,45 @@ impl<S: CounterStore + 'static> Gateway<S> {
             headers.insert(name, value);
         }
         response
+    }
+}
+
+/// A request's access log line: written with the response's status when there is one, and
+/// otherwise, when the client hangs up before its answer and the request is dropped midway, with
+/// 499 (nginx's "client closed request"), so that a request the client gave up on still leaves
+/// its id in the log.
+struct AccessLine<'a> {
+    clock: &'a dyn Clock,
+    /// When the request began; `None` when the line is not logged (or already written).
+    started: Option<sluice_core::Timestamp>,
+    request_id: &'a HeaderValue,
+    method: &'a Method,
+    path: &'a str,
+}
+
+/// What the access log says of a request whose client left before its answer.
+const CLIENT_CLOSED: u16 = 499;
+
+impl AccessLine<'_> {
+    fn write(&mut self, status: u16) {
+        let Some(started) = self.started.take() else {
+            return;
+        };
+        let elapsed = self.clock.now().saturating_duration_since(started);
+        tracing::info!(
+            request_id = self.request_id.to_str().unwrap_or_default(),
+            method = self.method.as_str(),
+            path = self.path,
+            status,
+            micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            "request"
+        );
+    }
+}
+
+impl Drop for AccessLine<'_> {
+    fn drop(&mut self) {
+        self.write(CLIENT_CLOSED);
     }
 }
 

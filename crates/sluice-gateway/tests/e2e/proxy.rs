@@ -319,7 +319,8 @@ fn one_render_at_a_time(policy: String) -> String {
 }
 
 #[tokio::test]
-async fn a_client_that_hangs_up_before_the_upstream_answers_gives_its_slot_back() {
+async fn a_client_that_hangs_up_before_the_upstream_answers_gives_its_slot_back_and_is_logged() {
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
     let bench = Bench::edited("streampixel", one_render_at_a_time).await;
     let client = send_on_its_own(&bench, "/projects/render", "x-upstream-hang").await;
     // In flight once the upstream holds it. Both waits below give up after 10 s.
@@ -351,5 +352,12 @@ async fn a_client_that_hangs_up_before_the_upstream_answers_gives_its_slot_back(
         answer = bench.post("/projects/render", &[], &poll()).await;
     }
     assert_eq!(answer.status, StatusCode::OK, "{}", answer.text());
+    // The abandoned request still has its access log line, with nginx's 499.
+    let logs = captured.text();
+    let abandoned = logs
+        .lines()
+        .filter(|line| line.contains("path=\"/projects/render\""))
+        .find(|line| line.contains("status=499"));
+    assert!(abandoned.is_some(), "{logs}");
     bench.stop().await;
 }
