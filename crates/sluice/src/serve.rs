@@ -291,6 +291,27 @@ pub(crate) fn upstream(text: &str) -> anyhow::Result<Upstream> {
     Upstream::new(&uri).map_err(|message| anyhow::anyhow!(message))
 }
 
+/// Concurrency limits count requests in flight, and the decision API cannot know when a call it
+/// answered ends: it gives each slot back at once. Says so once, for a policy that has any, so
+/// that such a limit is not mistaken for one the decision API enforces.
+fn warn_of_concurrency_limits(policy: &Policy) {
+    let names: Vec<&str> = policy
+        .routes
+        .iter()
+        .flat_map(|route| &route.limits)
+        .chain(policy.plans.values().flat_map(|plan| &plan.limits))
+        .filter(|limit| limit.algorithm == sluice_policy::AlgorithmName::Concurrency)
+        .map(|limit| limit.name.as_str())
+        .collect();
+    if !names.is_empty() {
+        tracing::warn!(
+            limits = ?names,
+            "concurrency limits hold a slot only for requests through the proxy: the decision \
+             API gives each back as soon as it answers"
+        );
+    }
+}
+
 /// Resolves when the process is asked to stop (SIGTERM, or Ctrl-C).
 pub(crate) async fn stop_signal() {
     let terminate = async {
@@ -311,6 +332,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::install()?;
     let deployment = load(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
+    if upstream.is_none() || args.options.decision_api {
+        warn_of_concurrency_limits(&deployment.policy);
+    }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
     let service = args.options.service(deployment, &clock).await?;
     let listeners = args.options.listeners(args.listen)?;
