@@ -14,14 +14,16 @@
 //!   thousand.
 //! - A failed commit fails the requests waiting on it (their counts stay in memory and are
 //!   retried with the next batch), so the file can hold less than memory only for requests whose
-//!   callers were told they failed.
+//!   callers were told they failed. After a failed commit the file is closed and opened again:
+//!   redb refuses every later transaction on a handle that once saw an I/O error, so a disk that
+//!   filled up and was freed would otherwise fail every quota until the process restarted.
 //! - Short-window counters are not written: after a restart they start empty, which can admit at
 //!   most one window's worth again. Opening the store reads back every live durable counter and
 //!   drops the expired ones.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -71,7 +73,9 @@ pub struct EmbeddedStore {
 
 /// What the request threads and the committer share.
 struct Shared {
-    db: Database,
+    /// `None` between a failed commit and the next successful reopen.
+    db: RwLock<Option<Database>>,
+    path: PathBuf,
     queue: Mutex<Queue>,
     wake: Condvar,
     commits: AtomicU64,
@@ -127,7 +131,8 @@ impl EmbeddedStore {
         restore(&db, &memory)?;
         let (done, _) = watch::channel(None);
         let shared = Arc::new(Shared {
-            db,
+            db: RwLock::new(Some(db)),
+            path: path.clone(),
             queue: Mutex::new(Queue {
                 counters: Vec::new(),
                 records: Vec::new(),
@@ -254,7 +259,15 @@ impl RecordStore for EmbeddedStore {
 
     async fn records(&self, table: RecordTable) -> Result<Vec<Record>, StoreError> {
         let storage = |error: &dyn std::fmt::Display| StoreError::Storage(error.to_string());
-        let read = self.shared.db.begin_read().map_err(|e| storage(&e))?;
+        let db = self
+            .shared
+            .db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some(db) = db.as_ref() else {
+            return Err(storage(&"the store's file is closed after a failed write"));
+        };
+        let read = db.begin_read().map_err(|e| storage(&e))?;
         let table = match read.open_table(definition(table)) {
             Ok(table) => table,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -297,6 +310,8 @@ fn definition(table: RecordTable) -> TableDefinition<'static, &'static [u8], &'s
 
 /// Writes queued changes, one transaction and one fsync per batch, until the store closes.
 fn commit_loop(shared: &Shared) {
+    // Failed commits in a row: the first is logged, then one a minute, then the recovery.
+    let mut failures: u64 = 0;
     loop {
         let (counters, records, done) = {
             let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -316,8 +331,16 @@ fn commit_loop(shared: &Shared) {
                 std::mem::replace(&mut queue.done, next),
             )
         };
-        match write(&shared.db, &counters, &records) {
+        let written = match &*shared.db.read().unwrap_or_else(PoisonError::into_inner) {
+            Some(db) => write(db, &counters, &records),
+            None => Err("the file could not be opened again".to_owned()),
+        };
+        match written {
             Ok(()) => {
+                if failures > 0 {
+                    tracing::warn!(failures, "the embedded store commits again");
+                    failures = 0;
+                }
                 shared.commits.fetch_add(1, Ordering::Relaxed);
                 let writes = counters.len().saturating_add(records.len());
                 shared
@@ -326,7 +349,10 @@ fn commit_loop(shared: &Shared) {
                 done.send_replace(Some(Ok(())));
             }
             Err(error) => {
-                tracing::error!(%error, "the embedded store could not commit; retrying with the next batch");
+                if failures.is_multiple_of(600) {
+                    tracing::error!(%error, failures, "the embedded store could not commit; retrying with the next batch");
+                }
+                failures = failures.saturating_add(1);
                 // Older than anything queued since: they go first, so the newest state of a key
                 // is still written last.
                 let mut queue = shared.queue.lock().unwrap_or_else(PoisonError::into_inner);
@@ -334,12 +360,33 @@ fn commit_loop(shared: &Shared) {
                 queue.counters.extend(newer);
                 let newer = std::mem::replace(&mut queue.records, records);
                 queue.records.extend(newer);
+                let closing = queue.closed;
+                let unwritten = queue.counters.len().saturating_add(queue.records.len());
                 drop(queue);
                 done.send_replace(Some(Err(error.as_str().into())));
+                if closing {
+                    // Closing on a disk that still fails: every caller of these was told so;
+                    // retrying for ever would only keep the process from exiting.
+                    tracing::error!(%error, unwritten, "the embedded store closes with changes it could not write");
+                    return;
+                }
+                reopen(shared);
                 // Do not spin on a disk that keeps failing.
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
+    }
+}
+
+/// Closes the file and opens it again, for a handle that saw an I/O error (which redb then
+/// refuses to use). Readers wait meanwhile; memory still decides.
+fn reopen(shared: &Shared) {
+    let mut db = shared.db.write().unwrap_or_else(PoisonError::into_inner);
+    // Closed first: redb refuses a second handle on one file.
+    *db = None;
+    match Database::create(&shared.path) {
+        Ok(opened) => *db = Some(opened),
+        Err(error) => tracing::debug!(%error, "the embedded store cannot open its file again yet"),
     }
 }
 
