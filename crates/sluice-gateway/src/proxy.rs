@@ -30,12 +30,17 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
-/// Removes hop-by-hop headers, including any the `Connection` header names.
+/// Removes hop-by-hop headers, including any the `Connection` header names; and, from a message
+/// framed by `Transfer-Encoding`, its `Content-Length`, which that framing overrode and which
+/// would misframe the message forwarded (RFC 9112 §6.3: an intermediary MUST remove it).
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages carry none (a header `Connection` names comes only with `Connection`): one
     // pass over the names, hashing nothing, says so, where removing each would hash and look up.
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
     }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -228,6 +233,25 @@ mod tests {
         strip_hop_by_hop(&mut headers);
         assert_eq!(headers.len(), 1, "{headers:?}");
         assert!(headers.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn a_length_goes_with_a_transfer_encoding_and_stays_without_one() {
+        let mut both = HeaderMap::new();
+        both.insert(header::CONTENT_LENGTH, HeaderValue::from_static("50"));
+        both.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        strip_hop_by_hop(&mut both);
+        assert!(both.is_empty(), "{both:?}");
+
+        let mut length = HeaderMap::new();
+        length.insert(header::CONTENT_LENGTH, HeaderValue::from_static("50"));
+        length.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        strip_hop_by_hop(&mut length);
+        assert_eq!(length.len(), 1, "{length:?}");
+        assert!(length.contains_key(header::CONTENT_LENGTH));
     }
 
     #[test]

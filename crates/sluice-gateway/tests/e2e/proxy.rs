@@ -215,6 +215,46 @@ async fn still_answers(bench: &Bench) {
 }
 
 #[tokio::test]
+async fn an_upstream_answer_framed_both_ways_reaches_the_client_by_its_chunks_alone() {
+    // An upstream whose answer has both a length and chunked framing: the chunks win (RFC 9112
+    // §6.3), and a proxy forwarding it must drop the length, or the client waits for bytes that
+    // never come.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let address = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = vec![0_u8; 64 * 1024];
+                let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut request).await;
+                let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                              content-length: 50\r\ntransfer-encoding: chunked\r\n\r\n\
+                              b\r\n{\"ok\":true}\r\n0\r\n\r\n";
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+            });
+        }
+    });
+    let config = GatewayConfig {
+        upstream: Some(
+            Upstream::new(&format!("http://{address}").parse().expect("uri")).expect("upstream"),
+        ),
+        ..GatewayConfig::default()
+    };
+    let bench = Bench::serve("streampixel", config, Arc::new(Mutex::new(Vec::new()))).await;
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        bench.post("/projects/list", &[], &poll()),
+    )
+    .await
+    .expect("the whole answer arrives");
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.json(), json!({"ok": true}));
+    assert_eq!(reply.header("content-length"), None, "{:?}", reply.headers);
+    bench.stop().await;
+}
+
+#[tokio::test]
 async fn an_unreachable_upstream_is_a_502() {
     // A port that was free a moment ago and has no listener now.
     let port = StdListener::bind("127.0.0.1:0")
