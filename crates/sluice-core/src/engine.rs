@@ -5,7 +5,6 @@
 //! results are exact and no input can overflow or panic. Limit construction bounds capacities by
 //! 2^48 and spans by 2^62 ns, which keeps every product below 2^116.
 
-use std::time::Duration;
 
 use smallvec::SmallVec;
 
@@ -305,7 +304,12 @@ fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bo
         }
         Algorithm::Concurrency => LimitStatus {
             limit: limit.capacity(),
-            remaining: limit.capacity().saturating_sub(state.value),
+            remaining: {
+                let view = Sliding::at(limit, state, now);
+                limit
+                    .capacity()
+                    .saturating_sub(view.current.saturating_add(view.previous))
+            },
             reset: now,
             retry: RetryCode::new(denied.then(|| {
                 if cost > limit.capacity() {
@@ -410,7 +414,8 @@ fn fixed_window_report(
 
 // --- sliding window -----------------------------------------------------------------------
 
-/// The sliding window's view of a counter at `now`.
+/// A counter of two clock-aligned windows (the sliding window's, and the concurrency limit's
+/// lease-long periods) as seen at `now`.
 struct Sliding {
     span: u128,
     /// Start of the current window, in ns.
@@ -452,6 +457,22 @@ impl Sliding {
         u128::from(self.previous).saturating_mul(self.span.saturating_sub(self.elapsed))
     }
 
+    /// The two counts once `cost` units taken at `acquired_at` are given back: by the window
+    /// they were counted in, and not at all if that window has passed out of both.
+    fn released(&self, limit: &Limit, cost: u64, acquired_at: Timestamp) -> (u64, u64) {
+        let acquired = acquired_at
+            .as_nanos()
+            .checked_div(span_of(limit))
+            .unwrap_or(0);
+        let (mut current, mut previous) = (self.current, self.previous);
+        if acquired == self.index {
+            current = current.saturating_sub(cost);
+        } else if acquired.checked_add(1) == Some(self.index) {
+            previous = previous.saturating_sub(cost);
+        }
+        (current, previous)
+    }
+
     /// The state after the current window's count becomes `current` and the previous `previous`.
     fn state(&self, current: u64, previous: u64) -> CounterState {
         CounterState {
@@ -481,16 +502,7 @@ fn sliding_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) ->
         }
         Op::Reset => reset(),
         Op::Release { cost, acquired_at } => {
-            let acquired = acquired_at
-                .as_nanos()
-                .checked_div(span_of(limit))
-                .unwrap_or(0);
-            let (mut current, mut previous) = (view.current, view.previous);
-            if acquired == view.index {
-                current = current.saturating_sub(cost);
-            } else if acquired.checked_add(1) == Some(view.index) {
-                previous = previous.saturating_sub(cost);
-            }
+            let (current, previous) = view.released(limit, cost, acquired_at);
             Outcome {
                 admits: true,
                 admitted: view.state(current, previous),
@@ -659,35 +671,32 @@ fn token_bucket_report(
 // --- concurrency --------------------------------------------------------------------------
 
 fn concurrency(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Outcome {
+    // Holds are counted by the lease-long, clock-aligned period they were taken in, as the
+    // sliding window counts its two windows: in flight is what this period and the last took
+    // and did not give back. A hold never given back (its holder crashed, or its release was
+    // lost) so drops out between one and two leases after it was taken, however busy the
+    // counter stays; one counter-wide lease renewed by every acquire would keep it for good.
+    let view = Sliding::at(limit, state, now);
     match op {
         Op::Acquire { cost } => {
-            let in_flight = state.value.saturating_add(clamp_cost(cost));
+            let current = view.current.saturating_add(clamp_cost(cost));
             Outcome {
-                admits: in_flight <= limit.capacity(),
-                admitted: CounterState {
-                    window: 0,
-                    value: in_flight,
-                    aux: 0,
-                    expires_at: now.saturating_add(Duration::from_nanos(span_of(limit))),
-                },
+                admits: current.saturating_add(view.previous) <= limit.capacity(),
+                admitted: view.state(current, view.previous),
                 rejected: None,
             }
         }
         Op::Reset => reset(),
-        Op::Release { cost, .. } => {
-            let in_flight = state.value.saturating_sub(cost);
-            let expires_at = if in_flight == 0 {
-                now
-            } else {
-                state.expires_at
-            };
+        Op::Release { cost, acquired_at } => {
+            let (current, previous) = view.released(limit, cost, acquired_at);
+            let mut next = view.state(current, previous);
+            if current == 0 && previous == 0 {
+                // Nothing in flight: the counter is worth nothing from now on.
+                next.expires_at = now;
+            }
             Outcome {
                 admits: true,
-                admitted: CounterState {
-                    value: in_flight,
-                    expires_at,
-                    ..state
-                },
+                admitted: next,
                 rejected: None,
             }
         }

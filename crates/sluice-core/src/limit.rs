@@ -36,7 +36,10 @@ pub enum Algorithm {
         burst: u64,
     },
     /// A count of requests in flight; each admitted request holds its cost until released, or
-    /// until the lease runs out (so a crashed holder cannot leak capacity forever).
+    /// until its lease runs out: holds are counted by the lease-long, clock-aligned period they
+    /// were taken in, and one never released drops out when the period after it ends, between
+    /// one and two leases after it was taken, however busy the counter (so a crashed holder or
+    /// a lost release cannot leak capacity for long).
     Concurrency,
 }
 
@@ -117,7 +120,8 @@ impl Limit {
         )
     }
 
-    /// At most `capacity` in flight; a holder that never releases loses its hold after `lease`.
+    /// At most `capacity` in flight; a holder that never releases loses its hold between one
+    /// and two leases after taking it.
     pub fn concurrency(capacity: u64, lease: Duration) -> Result<Limit, LimitError> {
         let lease = check_span(lease)?;
         Limit::new(Algorithm::Concurrency, capacity, Period::Span(lease))

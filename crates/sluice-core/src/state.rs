@@ -11,7 +11,7 @@ use crate::time::Timestamp;
 /// | fixed window   | index of the window    | cost counted in it          | —                              |
 /// | sliding window | index of current window| cost counted in current     | cost counted in previous       |
 /// | token bucket   | —                      | theoretical arrival, ns     | its fraction, in 1/capacity ns |
-/// | concurrency    | —                      | cost in flight              | —                              |
+/// | concurrency    | index of lease period  | cost in flight, taken in it | same, taken in the previous    |
 ///
 /// A state whose `expires_at` is not after now is worth exactly [`CounterState::EMPTY`]: a backend
 /// may delete it at that instant (and should, to bound memory).

@@ -224,12 +224,40 @@ fn concurrency_limit_admits_until_full_and_frees_on_release() {
         },
     );
     assert!(client.request(t0(), 1).allowed());
-    // Holders that never release lose their hold when the lease runs out.
-    assert!(
-        client
-            .request(t0().saturating_add(30 * SECOND), 2)
-            .allowed()
-    );
+    // Holders that never release keep their hold for at least the lease (t0 is 250 ms into a
+    // 30-second period, 10:15:30.25), and lose it when the period after theirs ends.
+    let dropped = Timestamp::from_nanos(t0().as_nanos() - 250_000_000 + 60_000_000_000);
+    let at_lease = client.request(t0().saturating_add(30 * SECOND), 1);
+    assert_eq!(at_lease.retry(), Some(Retry::OnRelease));
+    let just_before = Timestamp::from_nanos(dropped.as_nanos() - 1);
+    assert!(!client.request(just_before, 1).allowed());
+    assert!(client.request(dropped, 2).allowed());
+}
+
+#[test]
+fn a_hold_never_released_is_dropped_however_busy_the_counter() {
+    // One holder crashed at t0 with its slot; others come and go every second, each released
+    // half a second later, as steady traffic does.
+    let limit = Limit::concurrency(2, 30 * SECOND).unwrap();
+    let mut client = Client::new(&[&limit]);
+    assert!(client.request(t0(), 1).allowed());
+    let mut now = t0();
+    for _ in 0..60 {
+        now = now.saturating_add(SECOND);
+        let taken = client.request(now, 1);
+        assert!(taken.allowed(), "one slot stays free for the traffic");
+        client.apply(
+            now.saturating_add(SECOND / 2),
+            Op::Release {
+                cost: 1,
+                acquired_at: taken.now(),
+            },
+        );
+    }
+    // Both slots are free again: the crashed holder's is not kept alive by the traffic.
+    let both = client.request(now.saturating_add(SECOND), 2);
+    assert!(both.allowed());
+    assert_eq!(both.limits()[0].remaining(), 0);
 }
 
 #[test]

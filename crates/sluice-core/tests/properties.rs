@@ -177,23 +177,18 @@ proptest! {
         let mut states = [CounterState::EMPTY];
         let mut now = START;
         let mut admitted: Vec<(u64, u64)> = Vec::new();
-        // The concurrency model: costs held, and when the counter's lease runs out.
-        let mut held: Vec<u64> = Vec::new();
-        let mut lease_end = 0u64;
+        // The concurrency model: who holds what since when. A hold lasts until it is released
+        // or the lease-long period after the one it was taken in ends.
+        let mut held: Vec<(u64, u64)> = Vec::new();
         for step in steps {
             now += span / 1_000 * step.advance_permille;
             let at = Timestamp::from_nanos(now);
             if limit.algorithm() == Algorithm::Concurrency {
-                if now >= lease_end {
-                    held.clear();
-                }
+                held.retain(|(taken, _)| taken / span + 2 > now / span);
                 if step.release && !held.is_empty() {
-                    let cost = held.remove(0);
-                    let op = Op::Release { cost, acquired_at: at };
+                    let (taken, cost) = held.remove(0);
+                    let op = Op::Release { cost, acquired_at: Timestamp::from_nanos(taken) };
                     decide(at, &transitions(&limits, op), &mut states);
-                    if held.is_empty() {
-                        lease_end = now;
-                    }
                     continue;
                 }
             }
@@ -201,15 +196,27 @@ proptest! {
             if decision.allowed() {
                 admitted.push((now, step.cost));
                 if limit.algorithm() == Algorithm::Concurrency {
-                    held.push(step.cost);
-                    lease_end = now + span;
+                    held.push((now, step.cost));
                 }
                 assert_within_limit(limit, &admitted);
             }
             if limit.algorithm() == Algorithm::Concurrency {
-                prop_assert!(held.iter().sum::<u64>() <= limit.capacity());
-                let in_flight = if states[0].is_live(at) { states[0].value } else { 0 };
-                prop_assert_eq!(in_flight, held.iter().sum::<u64>());
+                let held: u64 = held.iter().map(|(_, cost)| cost).sum();
+                prop_assert!(held <= limit.capacity());
+                // The state's table (`CounterState`): this period's holds, and the last's.
+                let state = states[0];
+                let period = now / span;
+                let in_flight = if !state.is_live(at) {
+                    0
+                } else if state.window == period {
+                    state.value + state.aux
+                } else if state.window + 1 == period {
+                    state.value
+                } else {
+                    0
+                };
+                prop_assert_eq!(in_flight, held);
+                prop_assert_eq!(decision.limits()[0].remaining(), limit.capacity() - held);
             }
         }
     }

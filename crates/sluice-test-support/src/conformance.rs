@@ -72,6 +72,7 @@ macro_rules! store_conformance {
             a_denied_request_changes_no_counter,
             limits_that_count_rejections_count_them,
             releases_give_capacity_back,
+            a_hold_never_released_is_dropped,
             a_reset_counter_starts_afresh,
             expired_counters_start_afresh,
             monthly_quotas_follow_the_calendar,
@@ -230,6 +231,31 @@ pub async fn releases_give_capacity_back<S: CounterStore + 'static>(subject: &Su
     assert!(released.allowed());
     assert_eq!(released.limits()[0].remaining(), 1);
     assert!(subject.acquire(&counter, &in_flight, 1).await.allowed());
+}
+
+/// A concurrency hold never released (its holder crashed, or the release was lost) drops out
+/// within two leases even while other requests keep taking and giving back slots.
+pub async fn a_hold_never_released_is_dropped<S: CounterStore + 'static>(subject: &Subject<S>) {
+    let in_flight = Limit::concurrency(2, Duration::from_secs(30)).expect("a valid limit");
+    let counter = key("user:1", "in-flight");
+    assert!(subject.acquire(&counter, &in_flight, 1).await.allowed());
+    for _ in 0..60 {
+        subject.clock.advance(Duration::from_secs(1));
+        let taken = subject.acquire(&counter, &in_flight, 1).await;
+        assert!(taken.allowed(), "one slot stays free for the traffic");
+        let release = Transition {
+            key: counter.clone(),
+            limit: &in_flight,
+            op: Op::Release {
+                cost: 1,
+                acquired_at: taken.now(),
+            },
+        };
+        assert!(subject.apply(&[release]).await.allowed());
+    }
+    let both = subject.acquire(&counter, &in_flight, 2).await;
+    assert!(both.allowed(), "the lost hold still counts: {both:?}");
+    assert_eq!(both.limits()[0].remaining(), 0);
 }
 
 /// A reset forgets everything a counter counted, whatever its algorithm, and touches no other.

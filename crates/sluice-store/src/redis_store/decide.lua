@@ -26,7 +26,7 @@
 --      the acquiring request's window index (release)
 --   s: window index, window start, span, the acquiring request's window index (release)
 --   g: weight whole, weight part, tolerance whole, tolerance part, denominator
---   c: lease
+--   c: as s, with the lease as the span
 -- A stored value is 'window value aux expires_at' in decimal.
 --
 -- Reply: one text, a line per request in turn (one value for the client to read, however
@@ -272,7 +272,10 @@ local function build()
     return {true, next, false}
   end
 
-  local function sliding_window(op, cost, capacity, rejected, state, now, b)
+  -- Two clock-aligned windows, the sliding window's or the concurrency limit's lease-long
+  -- periods, as seen at now: the current window's index and start, the time elapsed in it, its
+  -- count and the previous window's. nil when the windows sent do not hold now.
+  local function windows(state, now, b)
     local index, start, span = tonumber(ARGV[b + 1]), time(ARGV[b + 2]), time(ARGV[b + 3])
     local start1 = add(start, span)
     if cmp(now, start) < 0 or cmp(now, add(start1, span)) >= 0 then
@@ -296,7 +299,28 @@ local function build()
     elseif state[1] + 1 == index then
       previous = state[2]
     end
-    local expires = add(add(start, span), span)
+    return {index = index, start = start, span = span, elapsed = elapsed, current = current,
+      previous = previous, expires = add(add(start, span), span)}
+  end
+
+  -- The two counts once a release of cost, acquired in the window ARGV[b + 4], is given back.
+  local function released(view, cost, b)
+    local acquired = tonumber(ARGV[b + 4])
+    local current, previous = view.current, view.previous
+    if acquired == view.index then
+      current = math.max(current - cost, 0)
+    elseif acquired + 1 == view.index then
+      previous = math.max(previous - cost, 0)
+    end
+    return current, previous
+  end
+
+  local function sliding_window(op, cost, capacity, rejected, state, now, b)
+    local view = windows(state, now, b)
+    if not view then
+      return nil
+    end
+    local current, previous, span = view.current, view.previous, view.span
     if op == 'a' then
       current = current + cost
       local admits
@@ -306,20 +330,15 @@ local function build()
         admits = true
       else
         -- previous × (span − elapsed) ≤ (capacity − current) × span
-        local weighted = multiply(count_limbs(previous), time_limbs(sub(span, elapsed)))
+        local weighted = multiply(count_limbs(previous), time_limbs(sub(span, view.elapsed)))
         local room = multiply(count_limbs(capacity - current), time_limbs(span))
         admits = compare_limbs(weighted, room) <= 0
       end
-      local next = {index, current, previous, expires}
+      local next = {view.index, current, previous, view.expires}
       return {admits, next, rejected and next}
     end
-    local acquired = tonumber(ARGV[b + 4])
-    if acquired == index then
-      current = math.max(current - cost, 0)
-    elseif acquired + 1 == index then
-      previous = math.max(previous - cost, 0)
-    end
-    return {true, {index, current, previous, expires}, false}
+    current, previous = released(view, cost, b)
+    return {true, {view.index, current, previous, view.expires}, false}
   end
 
   local function token_bucket(op, rejected, state, now, b)
@@ -344,14 +363,24 @@ local function build()
     return {true, bucket(fmax(fsub(tat, weight, den), at)), false}
   end
 
+  -- Holds count by the lease-long period they were taken in: in flight is what this period and
+  -- the last took and did not give back.
   local function concurrency(op, cost, capacity, state, now, b)
-    if op == 'a' then
-      local in_flight = state[2] + cost
-      return {in_flight <= capacity, {0, in_flight, 0, add(now, time(ARGV[b + 1]))}, false}
+    local view = windows(state, now, b)
+    if not view then
+      return nil
     end
-    local in_flight = math.max(state[2] - cost, 0)
-    local expires = in_flight == 0 and now or state[4]
-    return {true, {state[1], in_flight, state[3], expires}, false}
+    if op == 'a' then
+      local current = view.current + cost
+      return {current + view.previous <= capacity,
+        {view.index, current, view.previous, view.expires}, false}
+    end
+    local current, previous = released(view, cost, b)
+    local expires = view.expires
+    if current == 0 and previous == 0 then
+      expires = now
+    end
+    return {true, {view.index, current, previous, expires}, false}
   end
 
   local function evaluate(raw, now, b)

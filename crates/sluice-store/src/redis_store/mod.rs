@@ -1054,7 +1054,7 @@ fn push_args(call: &mut Call, transition: &Transition<'_>, estimate: Timestamp) 
                 acquired.index,
             ];
         }
-        Algorithm::SlidingWindow => {
+        Algorithm::SlidingWindow | Algorithm::Concurrency => {
             let index = estimate.as_nanos() / span;
             extra[..4].copy_from_slice(&[
                 index,
@@ -1073,7 +1073,6 @@ fn push_args(call: &mut Call, transition: &Transition<'_>, estimate: Timestamp) 
                 terms.denominator,
             ]);
         }
-        Algorithm::Concurrency => extra[0] = span,
     }
     for value in extra {
         call.arg(value);
