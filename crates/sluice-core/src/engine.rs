@@ -5,7 +5,6 @@
 //! results are exact and no input can overflow or panic. Limit construction bounds capacities by
 //! 2^48 and spans by 2^62 ns, which keeps every product below 2^116.
 
-
 use smallvec::SmallVec;
 
 use crate::calendar::Window;

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use sluice_contract::ErrorCode;
 use sluice_policy::KeyStatus;
-use sluice_service::{AdminError, KeyError, NewKey, OverrideSpec, Service};
+use sluice_service::{AdminError, KeyError, LiveService, NewKey, OverrideSpec};
 use sluice_store::{CounterStore, RecordStore};
 use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
@@ -33,7 +33,8 @@ const MAX_BODY: usize = 64 * 1024;
 
 /// What the admin API needs besides the service.
 pub struct Admin<S> {
-    service: Arc<Service<S>>,
+    /// Each admin request acts through the service in force when it arrives.
+    services: Arc<LiveService<S>>,
     /// SHA-256 of the token: compared in constant time, and the token itself is not kept.
     token_hash: [u8; 32],
     /// Renders the metrics registry, when one is installed.
@@ -41,10 +42,11 @@ pub struct Admin<S> {
 }
 
 impl<S: CounterStore + RecordStore + 'static> Admin<S> {
-    /// The admin API over `service`, answering only requests bearing `token`.
-    pub fn new(service: Arc<Service<S>>, token: &str) -> Admin<S> {
+    /// The admin API over the service `services` has in force, answering only requests
+    /// bearing `token`.
+    pub fn new(services: Arc<LiveService<S>>, token: &str) -> Admin<S> {
         Admin {
-            service,
+            services,
             token_hash: Sha256::digest(token.as_bytes()).into(),
             metrics: None,
         }
@@ -127,7 +129,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
         }
         let body = read_body(request).await?;
         let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
-        let service = &self.service;
+        let service = &self.services.current();
         match (&method, segments.as_slice()) {
             (&Method::GET, ["metrics"]) => {
                 let text = self

@@ -31,7 +31,7 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::Clock;
-use sluice_service::{BodyNeed, Service, Verdict, is_json};
+use sluice_service::{BodyNeed, LiveService, Service, Verdict, is_json};
 use sluice_store::CounterStore;
 use tokio::net::TcpListener;
 
@@ -91,20 +91,46 @@ impl Default for GatewayConfig {
     }
 }
 
-/// The gateway over one service.
+/// The gateway over the service in force.
 pub struct Gateway<S> {
-    service: Arc<Service<S>>,
+    services: Arc<LiveService<S>>,
     config: GatewayConfig,
     ids: RequestIds,
     clock: Arc<dyn Clock>,
 }
 
-/// What one accept loop's requests share: the gateway, and the loop's own upstream connections
-/// and timers (one clone per request for all three).
+/// What one accept loop's requests share: the gateway, the service they are decided under, and
+/// the loop's own upstream connections and timers (one clone per request for all).
 struct Lane<S> {
     gateway: Arc<Gateway<S>>,
+    /// The service in force when the lane was made, at `generation` of the gateway's services.
+    service: Arc<Service<S>>,
+    generation: u64,
     pool: Option<Arc<Pool>>,
     timers: Deadlines,
+}
+
+impl<S> Lane<S> {
+    /// The loop's lane for its next request: `lane` while its service is still in force, else
+    /// one with the service now in force (and the same connections and timers) in its place.
+    fn next(lane: &std::sync::Mutex<Arc<Lane<S>>>) -> Arc<Lane<S>> {
+        let mut lane = lane
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let services = &lane.gateway.services;
+        let generation = services.generation();
+        if generation != lane.generation {
+            let service = services.current();
+            *lane = Arc::new(Lane {
+                gateway: Arc::clone(&lane.gateway),
+                service,
+                generation,
+                pool: lane.pool.clone(),
+                timers: lane.timers.clone(),
+            });
+        }
+        Arc::clone(&lane)
+    }
 }
 
 /// Largest decision-API request body: a full batch of checks with bodies.
@@ -113,12 +139,28 @@ const MAX_CHECK_BODY: usize = 8 * 1024 * 1024;
 impl<S: CounterStore + 'static> Gateway<S> {
     /// A gateway in front of `service`, reading `clock` only to time requests for the log.
     pub fn new(service: Arc<Service<S>>, config: GatewayConfig, clock: Arc<dyn Clock>) -> Self {
+        Gateway::live(Arc::new(LiveService::new(service)), config, clock)
+    }
+
+    /// A gateway in front of whichever service `services` has in force: each request is
+    /// decided under the one in force when it arrives.
+    pub fn live(
+        services: Arc<LiveService<S>>,
+        config: GatewayConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
         Gateway {
-            service,
+            services,
             config,
             ids: RequestIds::new(),
             clock,
         }
+    }
+
+    /// The services this gateway serves: [`LiveService::replace`] puts a reloaded policy in
+    /// force.
+    pub fn services(&self) -> &Arc<LiveService<S>> {
+        &self.services
     }
 
     /// Serves `listeners`, one thread each with its own single-threaded runtime, until `stop`
@@ -205,7 +247,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 .min(self.config.upstream_timeout)
                 .min(self.config.send_timeout),
         );
-        let lane = Arc::new(Lane {
+        let generation = self.services.generation();
+        let lanes = Arc::new(std::sync::Mutex::new(Arc::new(Lane {
+            service: self.services.current(),
+            generation,
             pool: self.config.upstream.as_ref().map(|upstream| {
                 Pool::new(
                     upstream.address().to_owned(),
@@ -215,13 +260,13 @@ impl<S: CounterStore + 'static> Gateway<S> {
             }),
             timers: timers.clone(),
             gateway: self,
-        });
+        })));
         server::serve(
             listener,
             limits,
             timers,
             move |request, peer: Arc<Peer>| {
-                let lane = Arc::clone(&lane);
+                let lane = Lane::next(&lanes);
                 async move { lane.gateway.handle(&lane, request, &peer).await }
             },
             shutdown,
@@ -254,7 +299,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
             // Degraded stays 200: every gateway shares the store, so taking them all out of
             // rotation would stop the routes that fail open too.
-            (_, "/readyz") if self.service.is_degraded() => plain(
+            (_, "/readyz") if lane.service.is_degraded() => plain(
                 StatusCode::OK,
                 "degraded: the counter store is not answering; routes fail open or closed as \
                  their policy says\n",
@@ -263,14 +308,15 @@ impl<S: CounterStore + 'static> Gateway<S> {
             (&Method::POST, "/v1/check" | "/v1/check/batch")
                 if self.config.decision_api || self.config.upstream.is_none() =>
             {
-                self.decision_api(request, path == "/v1/check/batch").await
+                self.decision_api(&lane.service, request, path == "/v1/check/batch")
+                    .await
             }
             _ => match (&lane.pool, &self.config.upstream) {
                 (Some(pool), Some(upstream)) => {
-                    self.proxy(upstream, pool, &lane.timers, request, peer, &request_id)
+                    self.proxy(lane, upstream, pool, request, peer, &request_id)
                         .await
                 }
-                _ => rejection_response(self.service.reject(
+                _ => rejection_response(lane.service.reject(
                     ErrorCode::NotFound,
                     Values::default(),
                     None,
@@ -285,16 +331,19 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
     }
 
-    async fn decision_api(&self, request: Request<Incoming>, batch: bool) -> Response<Body> {
+    async fn decision_api(
+        &self,
+        service: &Service<S>,
+        request: Request<Incoming>,
+        batch: bool,
+    ) -> Response<Body> {
         let answer = match Limited::new(request.into_body(), MAX_CHECK_BODY)
             .collect()
             .await
         {
             Err(_) => Err(check_api::too_large(MAX_CHECK_BODY)),
-            Ok(collected) if batch => {
-                check_api::check_batch(&self.service, &collected.to_bytes()).await
-            }
-            Ok(collected) => check_api::check_one(&self.service, &collected.to_bytes()).await,
+            Ok(collected) if batch => check_api::check_batch(service, &collected.to_bytes()).await,
+            Ok(collected) => check_api::check_one(service, &collected.to_bytes()).await,
         };
         match answer {
             Ok(json) => json_response(StatusCode::OK, json),
@@ -311,24 +360,23 @@ impl<S: CounterStore + 'static> Gateway<S> {
 
     async fn proxy(
         &self,
+        lane: &Lane<S>,
         upstream: &Upstream,
         pool: &Arc<Pool>,
-        timers: &Deadlines,
         request: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
     ) -> Response<Body> {
+        let service = &lane.service;
         let id = request_id.to_str().ok();
         let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
-            rejection_response(self.service.reject(code, values, status, id))
+            rejection_response(service.reject(code, values, status, id))
         };
         if request.headers().len() > self.config.max_headers {
             return reject(ErrorCode::HeadersTooLarge, Values::default(), None);
         }
         let (parts, incoming) = request.into_parts();
-        let matched = self
-            .service
-            .matched(parts.method.as_str(), parts.uri.path());
+        let matched = service.matched(parts.method.as_str(), parts.uri.path());
         let (bytes, forward) = match matched.body {
             BodyNeed::Stream => (None, Either::Right(incoming)),
             BodyNeed::Read { max } => {
@@ -362,8 +410,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 (Some(bytes.clone()), Either::Left(Full::new(bytes)))
             }
         };
-        let verdict = self
-            .service
+        let verdict = service
             .check_matched(
                 matched,
                 &sluice_service::Request {
@@ -382,7 +429,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             Verdict::Admit(admission) => admission,
         };
         let limit_headers = std::mem::take(&mut admission.headers);
-        let settling = Settling::new(&self.service, admission);
+        let settling = Settling::new(service, admission);
         let outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id) {
             Ok(outgoing) => outgoing,
             Err(_) => {
@@ -390,7 +437,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
-        let answer = timers
+        let answer = lane
+            .timers
             .timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing)))
             .await;
         let mut response = match answer {
@@ -467,8 +515,8 @@ impl Drop for AccessLine<'_> {
 /// An admitted request's settling ([`Service::finish`]), done however the request ends: by
 /// [`Settling::finish`] once the upstream answered or failed, or, when the client hangs up first
 /// and drops the request midway, as a failure from a task of its own. Without that, a client
-/// that gave up kept its concurrency slot for good under steady traffic (each new request
-/// renews the counter's lease) and was charged for a call that never succeeded.
+/// that gave up kept its concurrency slot until its lease ran out (one to two leases) and was
+/// charged for a call that never succeeded.
 struct Settling<'a, S: CounterStore + 'static> {
     service: &'a Arc<Service<S>>,
     /// `None` once settled.

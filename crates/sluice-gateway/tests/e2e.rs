@@ -10,6 +10,7 @@ mod e2e {
     mod decision_api;
     mod pixelpatrol;
     mod proxy;
+    mod reload;
     mod streampixel;
     pub mod support;
 }

@@ -9,6 +9,7 @@
 
 mod admin;
 mod keys;
+mod live;
 mod meters;
 mod probe;
 mod request;
@@ -36,6 +37,7 @@ use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
 pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
+pub use live::LiveService;
 pub use probe::{ProbeOutcome, ResourceProbe};
 pub use request::{Request, is_json, is_public};
 pub use verdict::{Admission, HeaderList, Rejection, Verdict};

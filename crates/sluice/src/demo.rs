@@ -61,7 +61,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let upstream = serve::upstream(&format!("http://{echo_address}"))?;
     let listeners = args.options.listeners(args.listen)?;
     let address = listeners.first().context("no listener")?.local_addr()?;
-    let gateway = Arc::new(Gateway::new(
+    let gateway = Arc::new(Gateway::live(
         service,
         args.options.config(Some(upstream)),
         clock,

@@ -40,7 +40,8 @@ enum Command {
     /// The gateway enforcing Streampixel's example policy in front of a built-in echo upstream,
     /// with a few sample requests (200, 429, 401, 415) shown as curl lines and their answers.
     Demo(demo::DemoArgs),
-    /// Runs the gateway: a reverse proxy with --upstream, the decision API without.
+    /// Runs the gateway: a reverse proxy with --upstream, the decision API without. SIGHUP
+    /// reloads the policy; SIGTERM drains and stops.
     Serve(serve::ServeArgs),
     /// Validates a policy file: exits 0 when it is valid, and otherwise prints every problem as
     /// file:line:column and exits 1.

@@ -1,5 +1,6 @@
 //! `sluice serve`: loads the policy (and its keys file), opens the store, binds the listener,
-//! installs the signal handlers and runs the gateway until SIGTERM or Ctrl-C.
+//! installs the signal handlers and runs the gateway until SIGTERM or Ctrl-C, reloading the
+//! policy on SIGHUP.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -10,7 +11,7 @@ use anyhow::Context;
 use sluice_core::{Clock, SystemClock};
 use sluice_gateway::{Admin, Gateway, GatewayConfig, HttpProbe, Upstream};
 use sluice_policy::Policy;
-use sluice_service::{KeyRing, Service};
+use sluice_service::{KeyRing, LiveService, Service};
 use sluice_store::{
     AnyStore, EmbeddedStore, EmbeddedStoreConfig, MemoryStore, RedisStore, RedisStoreConfig,
     RedisTarget,
@@ -173,20 +174,15 @@ impl GatewayOptions {
         &self,
         deployment: Deployment,
         clock: &Arc<dyn Clock>,
-    ) -> anyhow::Result<Arc<Service<Arc<AnyStore>>>> {
+    ) -> anyhow::Result<Arc<LiveService<Arc<AnyStore>>>> {
         let store = self.store(Arc::clone(clock)).await?;
-        let service = Service::new(deployment.policy, store, deployment.keys)
-            .with_probe(Arc::new(HttpProbe::new(self.probe_timeout)?))
-            .with_clock(Arc::clone(clock));
-        service
-            .reload()
-            .await
-            .context("cannot read the stored API keys and overrides")?;
-        let service = Arc::new(service);
-        if matches!(**service.store(), AnyStore::Redis(_)) {
-            watch_records(Arc::downgrade(&service));
+        let redis = matches!(*store, AnyStore::Redis(_));
+        let service = service_over(deployment, store, self.probe_timeout, clock).await?;
+        let services = Arc::new(LiveService::new(service));
+        if redis {
+            watch_records(Arc::downgrade(&services));
         }
-        Ok(service)
+        Ok(services)
     }
 
     /// Listeners on `address`, one per serving thread.
@@ -219,6 +215,23 @@ impl GatewayOptions {
     }
 }
 
+/// The service for `deployment` over `store`, with what the store keeps (keys, overrides) loaded.
+async fn service_over(
+    deployment: Deployment,
+    store: Arc<AnyStore>,
+    probe_timeout: Duration,
+    clock: &Arc<dyn Clock>,
+) -> anyhow::Result<Arc<Service<Arc<AnyStore>>>> {
+    let service = Service::new(deployment.policy, store, deployment.keys)
+        .with_probe(Arc::new(HttpProbe::new(probe_timeout)?))
+        .with_clock(Arc::clone(clock));
+    service
+        .reload()
+        .await
+        .context("cannot read the stored API keys and overrides")?;
+    Ok(Arc::new(service))
+}
+
 /// How often a gateway on Redis looks whether another changed the shared keys or overrides,
 /// and announces itself.
 const RECORDS_POLL: Duration = Duration::from_secs(1);
@@ -229,14 +242,14 @@ const INSTANCE_LEASE: Duration = Duration::from_secs(3);
 /// Reloads keys and overrides whenever any gateway sharing the Redis store changes them, and
 /// announces this gateway as live, so that routes falling back to local counters know how many
 /// gateways share each limit.
-fn watch_records(service: std::sync::Weak<Service<Arc<AnyStore>>>) {
+fn watch_records(services: std::sync::Weak<LiveService<Arc<AnyStore>>>) {
     let id = generate_token().unwrap_or_else(|_| std::process::id().to_string());
     tokio::spawn(async move {
         let mut seen = None;
         let mut tick = tokio::time::interval(RECORDS_POLL);
         loop {
             tick.tick().await;
-            let Some(service) = service.upgrade() else {
+            let Some(service) = services.upgrade().map(|services| services.current()) else {
                 break;
             };
             let AnyStore::Redis(redis) = &**service.store() else {
@@ -332,11 +345,12 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     crate::metrics::install()?;
     let deployment = load(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
-    if upstream.is_none() || args.options.decision_api {
+    let decision_api = upstream.is_none() || args.options.decision_api;
+    if decision_api {
         warn_of_concurrency_limits(&deployment.policy);
     }
     let clock: Arc<dyn Clock> = Arc::new(SystemClock::new());
-    let service = args.options.service(deployment, &clock).await?;
+    let services = args.options.service(deployment, &clock).await?;
     let listeners = args.options.listeners(args.listen)?;
     let mode = if upstream.is_some() {
         "proxy"
@@ -348,14 +362,68 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
     tracing::info!(listen = ?address, threads = listeners.len(), mode, "sluice is serving");
-    let admin = start_admin(&args, &service).await?;
-    let gateway = Arc::new(Gateway::new(service, args.options.config(upstream), clock));
+    let admin = start_admin(&args, &services).await?;
+    let reloads = tokio::spawn(reload_on_hangup(
+        Arc::clone(&services),
+        args.policy.clone(),
+        args.options.probe_timeout,
+        Arc::clone(&clock),
+        decision_api,
+    ));
+    let gateway = Arc::new(Gateway::live(
+        services,
+        args.options.config(upstream),
+        clock,
+    ));
     gateway.serve_threads(listeners, stop_signal()).await?;
+    reloads.abort();
     if let Some(admin) = admin {
         admin.abort();
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Reads the policy at `path` again on every SIGHUP and puts it in force over the same store:
+/// counters carry over by their limits' names, requests in flight finish under the policy they
+/// began under, and connections stay open. A policy that does not load (a syntax error, a keys
+/// file gone) is reported with its file, line and column, and the one in force stays.
+async fn reload_on_hangup(
+    services: Arc<LiveService<Arc<AnyStore>>>,
+    path: PathBuf,
+    probe_timeout: Duration,
+    clock: Arc<dyn Clock>,
+    decision_api: bool,
+) {
+    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: the policy will not reload");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        let store = Arc::clone(services.current().store());
+        let loaded = async {
+            let deployment = load(&path)?;
+            if decision_api {
+                warn_of_concurrency_limits(&deployment.policy);
+            }
+            let routes = deployment.policy.routes.len();
+            let service = service_over(deployment, store, probe_timeout, &clock).await?;
+            anyhow::Ok((service, routes))
+        };
+        match loaded.await {
+            Ok((service, routes)) => {
+                services.replace(service);
+                tracing::info!(policy = %path.display(), routes, "policy reloaded");
+            }
+            Err(error) => tracing::error!(
+                policy = %path.display(),
+                "policy not reloaded, the one in force stays: {error:#}"
+            ),
+        }
+    }
 }
 
 /// Where the admin API of a server using a data directory can be reached, for `sluice keys`.
@@ -364,7 +432,7 @@ pub(crate) const ADMIN_FILE: &str = "admin.json";
 /// Starts the admin API, when it has a token (given, or generated beside an embedded store).
 async fn start_admin(
     args: &ServeArgs,
-    service: &Arc<Service<Arc<AnyStore>>>,
+    services: &Arc<LiveService<Arc<AnyStore>>>,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let data_dir = is_directory(&args.options.store).then(|| PathBuf::from(&args.options.store));
     let token = match (&args.admin_token, &data_dir) {
@@ -390,9 +458,9 @@ async fn start_admin(
             }))?,
         )?;
     }
-    let mut admin = Admin::new(Arc::clone(service), &token);
+    let mut admin = Admin::new(Arc::clone(services), &token);
     if let Some(metrics) = crate::metrics::handle() {
-        let store = Arc::clone(service.store());
+        let store = Arc::clone(services.current().store());
         admin = admin.with_metrics(move || {
             // 1 while the counter store (Redis) is not answering.
             metrics::gauge!("sluice_store_degraded").set(

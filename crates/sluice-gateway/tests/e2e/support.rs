@@ -38,6 +38,8 @@ pub struct Seen {
 /// A running gateway with its upstream.
 pub struct Bench {
     pub address: SocketAddr,
+    gateway: Arc<Gateway<Arc<MemoryStore>>>,
+    store: Arc<MemoryStore>,
     upstream: Option<SocketAddr>,
     pub clock: ManualClock,
     pub seen: Arc<Mutex<Vec<Seen>>>,
@@ -152,22 +154,19 @@ impl Bench {
     ) -> Bench {
         let clock = ManualClock::new(START);
         let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-        let store = MemoryStore::new(Arc::clone(&shared));
-        let probe = HttpProbe::new(Duration::from_secs(2)).expect("a probe");
-        let service = Arc::new(
-            Service::new(policy, store, keys)
-                .with_probe(Arc::new(probe))
-                .with_clock(Arc::clone(&shared)),
-        );
+        let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
+        let service = service_over((policy, keys), Arc::clone(&store), &shared);
         let gateway = Arc::new(Gateway::new(service, config, shared));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let address = listener.local_addr().expect("address");
         let (stop, stopped) = oneshot::channel::<()>();
-        let served = tokio::spawn(gateway.serve(listener, async move {
+        let served = tokio::spawn(Arc::clone(&gateway).serve(listener, async move {
             let _ = stopped.await;
         }));
         Bench {
             address,
+            gateway,
+            store,
             upstream,
             clock,
             seen,
@@ -215,6 +214,18 @@ impl Bench {
             .await
     }
 
+    /// Puts the example policy `name`, its text changed by `edit`, in force over the same
+    /// counters, as `sluice serve` does on SIGHUP.
+    pub fn reload(&self, name: &str, edit: impl FnOnce(String) -> String) {
+        let clock: Arc<dyn Clock> = Arc::new(self.clock.clone());
+        let service = service_over(
+            deployment_edited(name, edit),
+            Arc::clone(&self.store),
+            &clock,
+        );
+        self.gateway.services().replace(service);
+    }
+
     /// Moves the shared clock forward.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);
@@ -229,6 +240,19 @@ impl Bench {
             served.await.expect("the gateway stops cleanly");
         }
     }
+}
+
+fn service_over(
+    (policy, keys): (Arc<sluice_policy::Policy>, KeyRing),
+    store: Arc<MemoryStore>,
+    clock: &Arc<dyn Clock>,
+) -> Arc<Service<Arc<MemoryStore>>> {
+    let probe = HttpProbe::new(Duration::from_secs(2)).expect("a probe");
+    Arc::new(
+        Service::new(policy, store, keys)
+            .with_probe(Arc::new(probe))
+            .with_clock(Arc::clone(clock)),
+    )
 }
 
 /// An upstream that records what it sees and answers as the request's `x-upstream-*` headers

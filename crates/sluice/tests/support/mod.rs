@@ -76,6 +76,18 @@ impl Server {
     }
 }
 
+#[allow(dead_code, reason = "not every test binary signals the server")]
+impl Server {
+    /// Sends the server the signal `name` (e.g. `HUP`), as an operator's `kill -s` does.
+    pub(crate) fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args(["-s", name, &self.child.0.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -s {name} failed");
+    }
+}
+
 /// A free loopback port.
 pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
