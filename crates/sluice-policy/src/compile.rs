@@ -274,19 +274,23 @@ impl Policy {
         })
     }
 
-    /// The index in `routes` of the route a request goes by (the one [`Policy::route`] finds).
+    /// The index in `routes` of the route a request goes by (the one [`Policy::route`] finds),
+    /// by the normal form of its path ([`normal_path`](crate::normal_path)).
     pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
+        let path = crate::route::normal_path(path);
         self.routes
             .iter()
-            .position(|route| route.pattern.matches(method, path).is_some())
+            .position(|route| route.pattern.matches(method, &path).is_some())
     }
 
-    /// The route a request goes by, and its path parameters: the most specific match.
+    /// The route a request goes by, and its path parameters: the most specific match for the
+    /// normal form of its path ([`normal_path`](crate::normal_path)).
     pub fn route(&self, method: &str, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
+        let path = crate::route::normal_path(path);
         self.routes.iter().find_map(|route| {
             route
                 .pattern
-                .matches(method, path)
+                .matches(method, &path)
                 .map(|params| (route, params))
         })
     }

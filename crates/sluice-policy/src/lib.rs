@@ -19,7 +19,7 @@ pub use compile::{
 pub use docs::docs;
 pub use error::{PolicyError, PolicyErrors};
 pub use keys::{KeyRecord, KeyStatus, hash_text, load_keys};
-pub use route::RoutePattern;
+pub use route::{RoutePattern, normal_path};
 pub use syntax::{
     AlgorithmName, Authentication, ClientIp, FieldRule, FieldType, IdentitySource, InactiveBlocks,
     KeyAttribute, KeySource, Ordered, QuotaCounts, QuotaPeriod, RequestRules, Service, SizeText,

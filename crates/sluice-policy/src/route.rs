@@ -1,8 +1,12 @@
 //! Route patterns (`POST /projects/{id}/builds`, `GET /static/*`, `* /*`) and which of several
 //! matching patterns wins: the most specific one.
 
+use std::borrow::Cow;
 use std::cmp::Ordering;
 use std::fmt;
+
+use iri_string::format::ToDedicatedString;
+use iri_string::types::UriStr;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Segment {
@@ -149,9 +153,55 @@ impl fmt::Display for RoutePattern {
     }
 }
 
+/// `path` as routes see it: in RFC 3986's normal form, its percent-encoded unreserved characters
+/// decoded and its `.` and `..` segments resolved (section 6.2.2), so that
+/// `/projects/%75pload-file` and `/projects/x/../upload-file` go by the route of
+/// `/projects/upload-file`, as an upstream that decodes or resolves them serves them: a client
+/// cannot step around a route's limits by spelling its path another way. Nearly every path is
+/// normal already and is borrowed as it is; one that is not a URI's path is left as it is.
+pub fn normal_path(path: &str) -> Cow<'_, str> {
+    let dotted = |segment: &str| matches!(segment, "." | "..");
+    if !path.starts_with('/') || (!path.contains('%') && !path.split('/').any(dotted)) {
+        return Cow::Borrowed(path);
+    }
+    let uri = format!("http://host{path}");
+    match UriStr::new(&uri) {
+        Ok(uri) => Cow::Owned(uri.normalize().to_dedicated_string().path_str().to_owned()),
+        Err(_) => Cow::Borrowed(path),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_are_matched_in_their_normal_form() {
+        for (path, normal) in [
+            ("/projects/upload-file", "/projects/upload-file"),
+            ("/projects/%75pload-file", "/projects/upload-file"),
+            ("/projects/%75%70load%2Dfile", "/projects/upload-file"),
+            ("/projects/./upload-file", "/projects/upload-file"),
+            ("/projects/x/../upload-file", "/projects/upload-file"),
+            (
+                "/projects/%2e%2E/projects/upload-file",
+                "/projects/upload-file",
+            ),
+            ("/../../projects/upload-file", "/projects/upload-file"),
+            // Reserved characters keep their escapes: `%2F` is not a segment's end.
+            ("/projects/upload-file%2fx", "/projects/upload-file%2Fx"),
+            ("/items/caf%C3%A9", "/items/caf%C3%A9"),
+            // Not a URI's path: left as it is.
+            ("/a b/%zz", "/a b/%zz"),
+            ("projects/../x", "projects/../x"),
+        ] {
+            assert_eq!(normal_path(path), normal, "{path}");
+        }
+        assert!(matches!(
+            normal_path("/projects/upload-file"),
+            Cow::Borrowed(_)
+        ));
+    }
 
     fn pattern(text: &str) -> RoutePattern {
         RoutePattern::parse(text).unwrap_or_else(|error| panic!("{error}"))

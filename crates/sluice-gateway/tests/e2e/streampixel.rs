@@ -93,6 +93,45 @@ async fn uploads_are_limited_to_one_per_two_minutes_per_user() {
 }
 
 #[tokio::test]
+async fn a_path_spelled_another_way_counts_against_the_same_route() {
+    // An upstream that decodes `%75` to `u`, or resolves `..`, serves these as the upload
+    // endpoint: they are counted as it, and forwarded as they were sent.
+    let bench = Bench::start("streampixel").await;
+    for (index, spelling) in [
+        "/projects/%75pload-file",
+        "/projects/./upload-file",
+        "/projects/x/../upload-file",
+        "/projects/%2E%2E/projects/upload-file",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let user = format!("user-{index}");
+        let first = bench.post(spelling, &[], &upload(ALICE, &user)).await;
+        assert_eq!(first.status, StatusCode::OK, "{spelling}: {}", first.text());
+        assert_eq!(
+            first.header("ratelimit-policy"),
+            Some(r#""upload-file";q=1;w=120"#),
+            "{spelling}"
+        );
+        let forwarded = bench
+            .seen
+            .lock()
+            .expect("seen")
+            .last()
+            .expect("seen")
+            .uri
+            .clone();
+        assert_eq!(forwarded, spelling);
+        let plain = bench
+            .post("/projects/upload-file", &[], &upload(ALICE, &user))
+            .await;
+        assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS, "{spelling}");
+    }
+    bench.stop().await;
+}
+
+#[tokio::test]
 async fn api_keys_are_checked_as_the_page_describes() {
     let bench = Bench::start("streampixel").await;
     let invalid = "Unauthorized: Invalid API Key";
