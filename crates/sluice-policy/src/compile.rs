@@ -176,6 +176,8 @@ pub struct Policy {
     pub identities: BTreeMap<String, IdentitySource>,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<TrustedProxy>,
+    /// How many leading bits of an IPv6 client address name one client (1 to 128).
+    pub ipv6_prefix: u8,
     /// API keys, when the API uses them.
     pub authentication: Option<Authentication>,
     /// Plans, by name.
@@ -431,6 +433,10 @@ impl Compiler<'_> {
     }
 }
 
+/// IPv6 clients are told apart by their /64: the network a host is given, in which it can take
+/// any address it likes.
+const DEFAULT_IPV6_PREFIX: u8 = 64;
+
 fn parse_proxy(text: &str) -> Result<TrustedProxy, String> {
     let expected =
         || format!("expected an IP address or CIDR block like `10.0.0.0/8`, found `{text}`");
@@ -465,6 +471,21 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
             Err(message) => compiler.error(proxy, message),
         }
     }
+
+    let ipv6_prefix = match &file.client_ip.ipv6_prefix {
+        None => DEFAULT_IPV6_PREFIX,
+        Some(prefix) if (1..=128).contains(&prefix.value) => prefix.value,
+        Some(prefix) => {
+            compiler.error(
+                prefix,
+                format!(
+                    "ipv6_prefix is a prefix length from 1 to 128, found {}",
+                    prefix.value
+                ),
+            );
+            DEFAULT_IPV6_PREFIX
+        }
+    };
 
     let mut plans = BTreeMap::new();
     for (name, plan) in &file.plans {
@@ -664,6 +685,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         headers: file.headers,
         identities: file.identities,
         trusted_proxies,
+        ipv6_prefix,
         authentication: file.authentication,
         plans,
         default_plan: file.default_plan.map(|plan| plan.value),

@@ -50,6 +50,10 @@ fn scope_words(policy: &Policy, scope: &Scope) -> String {
             KeyAttribute::Team => "Per team".to_owned(),
             KeyAttribute::Site => "Per site key".to_owned(),
         },
+        Some(IdentitySource::ClientIp) if policy.ipv6_prefix < 128 => format!(
+            "Per client IP address (IPv6 addresses by their /{} network)",
+            policy.ipv6_prefix
+        ),
         Some(IdentitySource::ClientIp) => "Per client IP address".to_owned(),
         None => format!("Per `{name}`"),
     }

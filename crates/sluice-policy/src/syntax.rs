@@ -242,6 +242,10 @@ pub struct ClientIp {
     /// the header is never trusted unless the policy says which proxies set it.
     #[serde(default)]
     pub trusted_proxies: Vec<Spanned<String>>,
+    /// How many leading bits of an IPv6 address name one client (64 by default: a network is
+    /// handed a /64, and one host can take any address in it). 128 counts each address.
+    #[serde(default)]
+    pub ipv6_prefix: Option<Spanned<u8>>,
 }
 
 /// Where the API key is read from, and what a key must be to pass.

@@ -86,6 +86,20 @@ fn a_bad_rate_says_what_was_expected() {
 }
 
 #[test]
+fn ipv6_clients_count_by_their_network_unless_the_policy_says_otherwise() {
+    let text = |client_ip: &str| {
+        format!(
+            "service:\n  name: Test\nidentities:\n  ip: {{ from: client_ip }}\n{client_ip}routes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 1m\n        per: ip\n"
+        )
+    };
+    let policy = |client_ip: &str| load("policy.yaml", &text(client_ip)).expect("valid");
+    assert_eq!(policy("").ipv6_prefix, 64);
+    assert_eq!(policy("client_ip:\n  ipv6_prefix: 128\n").ipv6_prefix, 128);
+    expect!["policy.yaml:6:16: ipv6_prefix is a prefix length from 1 to 128, found 129"]
+        .assert_eq(&errors_of(&text("client_ip:\n  ipv6_prefix: 129\n")));
+}
+
+#[test]
 fn every_unknown_reference_is_reported_at_its_place() {
     let text = format!(
         "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 1m\n        per: usr\n    quotas: [monthly]\n"

@@ -906,7 +906,7 @@ impl Context<'_> {
                 self.request.headers,
                 &self.policy.trusted_proxies,
             )
-            .map(|ip| Cow::Owned(ip.to_string())),
+            .map(|ip| Cow::Owned(request::client_name(ip, self.policy.ipv6_prefix))),
         }
     }
 

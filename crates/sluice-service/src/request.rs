@@ -2,7 +2,7 @@
 //! body and its fields, the client's address. Pure functions over borrowed parts of the request,
 //! so the gateway and the decision API share them exactly.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 use http::HeaderMap;
 use serde_json::{Map, Value};
@@ -75,13 +75,15 @@ pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy; then the right-most
-/// `X-Forwarded-For` address that is not itself a trusted proxy.
+/// `X-Forwarded-For` address that is not itself a trusted proxy. IPv4 addresses written as IPv6
+/// (`::ffff:192.0.2.7`, as a dual-stack listener sees IPv4 peers) are read as the IPv4 they are,
+/// so that a proxy trusted by its IPv4 block is believed on either kind of listener.
 pub(crate) fn client_ip(
     peer: Option<IpAddr>,
     headers: &HeaderMap,
     trusted: &[TrustedProxy],
 ) -> Option<IpAddr> {
-    let peer = peer?;
+    let peer = peer?.to_canonical();
     let is_trusted = |ip: IpAddr| trusted.iter().any(|block| block.contains(ip));
     if !is_trusted(peer) {
         return Some(peer);
@@ -92,7 +94,7 @@ pub(crate) fn client_ip(
             return Some(client);
         };
         for hop in text.rsplit(',') {
-            match hop.trim().parse::<IpAddr>() {
+            match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
                 Ok(ip) => {
                     client = ip;
                     if !is_trusted(ip) {
@@ -104,6 +106,22 @@ pub(crate) fn client_ip(
         }
     }
     Some(client)
+}
+
+/// The name a client address counts under: an IPv4 address whole; an IPv6 address by its
+/// `ipv6_prefix` leading bits (`2001:db8:1:2::/64`), since a host can take any address of the
+/// network it is given; whole at 128.
+pub(crate) fn client_name(ip: IpAddr, ipv6_prefix: u8) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(ip) => ip.to_string(),
+        IpAddr::V6(ip) if ipv6_prefix >= 128 => ip.to_string(),
+        IpAddr::V6(ip) => {
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(ipv6_prefix))
+                .unwrap_or(0);
+            format!("{}/{ipv6_prefix}", Ipv6Addr::from(u128::from(ip) & mask))
+        }
+    }
 }
 
 /// Checks every field rule against `body`, in the order the policy lists them.
@@ -303,6 +321,40 @@ mod tests {
             client_ip(peer("10.0.0.1"), &spoofed, &trusted),
             peer("203.0.113.9")
         );
+    }
+
+    #[test]
+    fn ipv4_peers_seen_as_ipv6_are_read_as_ipv4() {
+        let trusted = [TrustedProxy {
+            address: "10.0.0.0".parse().expect("ip"),
+            prefix: 8,
+        }];
+        let forwarded = headers(&[("x-forwarded-for", "::ffff:203.0.113.9")]);
+        let peer = |text: &str| Some(text.parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            client_ip(peer("::ffff:10.0.0.1"), &forwarded, &trusted),
+            peer("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(peer("::ffff:198.51.100.4"), &forwarded, &trusted),
+            peer("198.51.100.4")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_named_by_their_network() {
+        let name = |text: &str, prefix: u8| client_name(text.parse().expect("ip"), prefix);
+        assert_eq!(name("2001:db8:1:2:aaaa::1", 64), "2001:db8:1:2::/64");
+        assert_eq!(
+            name("2001:db8:1:2:ffff:ffff:ffff:ffff", 64),
+            "2001:db8:1:2::/64"
+        );
+        assert_eq!(name("2001:db8:1:3::1", 64), "2001:db8:1:3::/64");
+        assert_eq!(name("2001:db8:1:2ff::1", 56), "2001:db8:1:200::/56");
+        assert_eq!(name("2001:db8::7", 128), "2001:db8::7");
+        assert_eq!(name("2001:db8::7", 1), "::/1");
+        assert_eq!(name("198.51.100.4", 64), "198.51.100.4");
+        assert_eq!(name("::ffff:198.51.100.4", 64), "198.51.100.4");
     }
 
     #[test]

@@ -103,3 +103,36 @@ async fn a_failed_call_gives_its_quota_back() {
         "{over:?}"
     );
 }
+
+#[tokio::test]
+async fn an_ipv6_client_counts_by_its_network_whichever_address_it_takes() {
+    let policy = sluice_policy::load(
+        "policy.yaml",
+        "service:\n  name: Test\nidentities:\n  ip: { from: client_ip }\nroutes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 1m\n        per: ip\n",
+    )
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
+    let service = Service::new(
+        Arc::new(policy),
+        MemoryStore::new(clock),
+        KeyRing::default(),
+    );
+    let headers = HeaderMap::new();
+    let from = |peer: &str| Request {
+        method: "GET",
+        path: "/a",
+        query: None,
+        headers: &headers,
+        peer: Some(peer.parse().expect("an address")),
+        body: None,
+        request_id: None,
+    };
+    let admitted = async |peer: &str| matches!(service.check(&from(peer)).await, Verdict::Admit(_));
+    assert!(admitted("2001:db8:1:2::1").await);
+    // Another address of the same /64: the same client, already at its limit.
+    assert!(!admitted("2001:db8:1:2:9f3c:51aa:7e02:d4b1").await);
+    assert!(admitted("2001:db8:1:3::1").await);
+    // An IPv4 client as a dual-stack listener sees it is the IPv4 address it is.
+    assert!(admitted("::ffff:198.51.100.7").await);
+    assert!(!admitted("198.51.100.7").await);
+}
