@@ -3,6 +3,11 @@
 //! not, the status, the headers and the error body — without forwarding anything.
 //! `POST /v1/check/batch` takes `{"checks": [...]}` and answers `{"results": [...]}` in order.
 //!
+//! A check counts its call as done when it answers, unless it asks to `hold` its admission:
+//! then its answer carries a `hold` token, and the caller settles the call once it is over with
+//! `POST /v1/settle` (`{"hold": TOKEN, "success": BOOL}`), which gives its concurrency slots
+//! back and refunds the quotas that count only successful calls when it failed.
+//!
 //! This is sluice's own API, so mistakes in the description itself are answered in sluice's own
 //! shape (RFC 9457 problem+json with a code); the verdicts inside use the policy's envelope.
 
@@ -43,6 +48,21 @@ pub(crate) struct CheckRequest<'a> {
     /// The request's id, for envelopes that carry one.
     #[serde(default)]
     request_id: Option<String>,
+    /// Keep the admission until the caller settles it with `POST /v1/settle`.
+    #[serde(default)]
+    hold: bool,
+}
+
+/// The end of a call whose check held its admission.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettleRequest<'a> {
+    /// The token the check answered with.
+    #[serde(borrow)]
+    hold: Cow<'a, str>,
+    /// Whether the call succeeded (a 2xx): quotas that count only successes are refunded
+    /// otherwise.
+    success: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +82,9 @@ pub(crate) struct CheckResponse {
     headers: Headers,
     #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<Value>,
+    /// The token that settles the admission, for a check that held it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    hold: Option<String>,
 }
 
 /// Response headers, written as a JSON object without copying them into one.
@@ -145,6 +168,24 @@ pub(crate) async fn check_batch<S: CounterStore>(
     Ok(serde_json::to_vec(&BatchResponse { results }).unwrap_or_default())
 }
 
+/// Settles the call a held admission admitted, as described by the JSON `body`.
+pub(crate) async fn settle<S: CounterStore>(
+    service: &Service<S>,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let request: SettleRequest = serde_json::from_slice(body).map_err(|error| {
+        api_error(
+            ErrorCode::MalformedBody,
+            format!("the settle request is not valid: {error}"),
+        )
+    })?;
+    service
+        .settle_hold(&request.hold, request.success)
+        .await
+        .map_err(|error| api_error(ErrorCode::InvalidField, error.to_string()))?;
+    Ok(br#"{"settled":true}"#.to_vec())
+}
+
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         api_error(
@@ -192,15 +233,21 @@ async fn decide<S: CounterStore>(
     Ok(match service.check(&request).await {
         Verdict::Admit(mut admission) => {
             let headers = Headers(std::mem::take(&mut admission.headers));
-            // Nothing is forwarded, so the call counts as done: concurrency slots are given
-            // back and quotas stay counted.
-            service.finish(admission, true).await;
+            let hold = if check.hold {
+                Some(admission.hold_token())
+            } else {
+                // Nothing is forwarded, so the call counts as done: concurrency slots are
+                // given back and quotas stay counted.
+                service.finish(admission, true).await;
+                None
+            };
             CheckResponse {
                 allowed: true,
                 status: StatusCode::OK.as_u16(),
                 code: None,
                 headers,
                 body: None,
+                hold,
             }
         }
         Verdict::Reject(rejection) => {
@@ -215,6 +262,7 @@ async fn decide<S: CounterStore>(
                 code: Some(rejection.code.name()),
                 headers: Headers(headers),
                 body: serde_json::from_slice(&rejection.body).ok(),
+                hold: None,
             }
         }
     })

@@ -305,11 +305,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
                  their policy says\n",
             ),
             (_, "/readyz") => plain(StatusCode::OK, "ready\n"),
-            (&Method::POST, "/v1/check" | "/v1/check/batch")
+            (&Method::POST, "/v1/check" | "/v1/check/batch" | "/v1/settle")
                 if self.config.decision_api || self.config.upstream.is_none() =>
             {
-                self.decision_api(&lane.service, request, path == "/v1/check/batch")
-                    .await
+                self.decision_api(&lane.service, request, path).await
             }
             _ => match (&lane.pool, &self.config.upstream) {
                 (Some(pool), Some(upstream)) => {
@@ -335,15 +334,18 @@ impl<S: CounterStore + 'static> Gateway<S> {
         &self,
         service: &Service<S>,
         request: Request<Incoming>,
-        batch: bool,
+        path: &str,
     ) -> Response<Body> {
         let answer = match Limited::new(request.into_body(), MAX_CHECK_BODY)
             .collect()
             .await
         {
             Err(_) => Err(check_api::too_large(MAX_CHECK_BODY)),
-            Ok(collected) if batch => check_api::check_batch(service, &collected.to_bytes()).await,
-            Ok(collected) => check_api::check_one(service, &collected.to_bytes()).await,
+            Ok(collected) => match path {
+                "/v1/check/batch" => check_api::check_batch(service, &collected.to_bytes()).await,
+                "/v1/settle" => check_api::settle(service, &collected.to_bytes()).await,
+                _ => check_api::check_one(service, &collected.to_bytes()).await,
+            },
         };
         match answer {
             Ok(json) => json_response(StatusCode::OK, json),

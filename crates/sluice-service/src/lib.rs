@@ -8,6 +8,7 @@
 //! API both call [`Service::check`] and [`Service::finish`], so they decide exactly alike.
 
 mod admin;
+mod hold;
 mod keys;
 mod live;
 mod meters;
@@ -36,6 +37,7 @@ use sluice_store::{CounterStore, MemoryStore, RecordStore, StoreError};
 use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
+pub use hold::HoldError;
 pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
 pub use live::LiveService;
 pub use probe::{ProbeOutcome, ResourceProbe};
@@ -294,6 +296,14 @@ impl<S: CounterStore> Service<S> {
             // window, which is the most a store outage can cost.
             let _ = self.store.apply(&settle).await;
         }
+    }
+
+    /// Settles the admission a hold token carries ([`Admission::hold_token`]), as
+    /// [`Service::finish`] does: `success` when the call it admitted succeeded.
+    pub async fn settle_hold(&self, token: &str, success: bool) -> Result<(), HoldError> {
+        let admission = Admission::from_hold_token(token)?;
+        self.finish(admission, success).await;
+        Ok(())
     }
 
     /// A failure detected outside the service (by the gateway: a body over its size, a slow

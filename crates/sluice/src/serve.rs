@@ -305,8 +305,9 @@ pub(crate) fn upstream(text: &str) -> anyhow::Result<Upstream> {
 }
 
 /// Concurrency limits count requests in flight, and the decision API cannot know when a call it
-/// answered ends: it gives each slot back at once. Says so once, for a policy that has any, so
-/// that such a limit is not mistaken for one the decision API enforces.
+/// answered ends: it gives each slot back at once, unless the check holds it (`hold: true`) and
+/// the caller settles it (`POST /v1/settle`). Says so once, for a policy that has any, so that
+/// such a limit is not mistaken for one every check enforces.
 fn warn_of_concurrency_limits(policy: &Policy) {
     let names: Vec<&str> = policy
         .routes
@@ -319,8 +320,9 @@ fn warn_of_concurrency_limits(policy: &Policy) {
     if !names.is_empty() {
         tracing::warn!(
             limits = ?names,
-            "concurrency limits hold a slot only for requests through the proxy: the decision \
-             API gives each back as soon as it answers"
+            "concurrency limits hold a slot through the decision API only for checks that hold \
+             it (\"hold\": true) until POST /v1/settle; any other check gives it back as soon \
+             as it answers"
         );
     }
 }

@@ -23,7 +23,7 @@ routes:
         per: user
 ";
 
-const WARNING: &str = "concurrency limits hold a slot only for requests through the proxy";
+const WARNING: &str = "concurrency limits hold a slot through the decision API only for checks";
 
 /// The server's log once it serves `policy` with `extra` arguments.
 async fn log_of(dir: &Path, policy: &Path, extra: &[&str], name: &str) -> String {

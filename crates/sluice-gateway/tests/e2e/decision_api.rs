@@ -110,3 +110,123 @@ async fn a_malformed_check_is_answered_as_problem_json() {
     assert_eq!(other.status, StatusCode::NOT_FOUND);
     bench.stop().await;
 }
+
+fn held(check: serde_json::Value) -> serde_json::Value {
+    let mut check = check;
+    check["hold"] = json!(true);
+    check
+}
+
+async fn settle(bench: &Bench, token: &serde_json::Value, success: bool) {
+    let settled = bench
+        .post(
+            "/v1/settle",
+            &[],
+            &json!({"hold": token, "success": success}),
+        )
+        .await;
+    assert_eq!(settled.status, StatusCode::OK, "{}", settled.text());
+    assert_eq!(settled.json(), json!({"settled": true}));
+}
+
+#[tokio::test]
+async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "name: upload-file\n        rate: 1 per 2m\n",
+            "name: upload-file\n        rate: 1 per 30s\n        algorithm: concurrency\n",
+            1,
+        )
+    })
+    .await;
+    // Without a hold, the call counts as over when the check answers: the slot is free again.
+    for _ in 0..2 {
+        let answer = bench.post("/v1/check", &[], &check("alice")).await.json();
+        assert_eq!(answer["allowed"], true, "{answer}");
+        assert!(answer.get("hold").is_none(), "{answer}");
+    }
+    let first = bench
+        .post("/v1/check", &[], &held(check("alice")))
+        .await
+        .json();
+    assert_eq!(first["allowed"], true, "{first}");
+    let token = &first["hold"];
+    assert!(token.is_string(), "{first}");
+    let busy = bench
+        .post("/v1/check", &[], &held(check("alice")))
+        .await
+        .json();
+    assert_eq!(busy["code"], "concurrency_exceeded", "{busy}");
+    assert!(busy.get("hold").is_none(), "{busy}");
+    // Another user has a slot of its own.
+    let bob = bench
+        .post("/v1/check", &[], &held(check("bob")))
+        .await
+        .json();
+    assert_eq!(bob["allowed"], true, "{bob}");
+
+    settle(&bench, token, true).await;
+    let again = bench
+        .post("/v1/check", &[], &held(check("alice")))
+        .await
+        .json();
+    assert_eq!(again["allowed"], true, "{again}");
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_check_whose_call_failed_gets_its_quota_back() {
+    let bench = Bench::edited("pixelpatrol", |text| {
+        text.replacen("amount: 1000\n", "amount: 2\n", 1)
+    })
+    .await;
+    let moderation = || {
+        held(json!({
+            "method": "POST",
+            "path": "/submit-media",
+            "headers": {
+                "content-type": "application/json",
+                "authorization": "Bearer pp_free_demo_key",
+            },
+            "body": {"body": "Is this text acceptable?"},
+        }))
+    };
+    // Three calls admitted, one failed: the free plan's two moderations are used only now.
+    for success in [false, true, true] {
+        let answer = bench.post("/v1/check", &[], &moderation()).await.json();
+        assert_eq!(answer["allowed"], true, "{answer}");
+        settle(&bench, &answer["hold"], success).await;
+    }
+    let used_up = bench.post("/v1/check", &[], &moderation()).await.json();
+    assert_eq!(used_up["status"], 403, "{used_up}");
+    assert_eq!(used_up["code"], "quota_exceeded", "{used_up}");
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_settle_without_a_token_the_api_issued_is_answered_as_problem_json() {
+    let bench = decision_api().await;
+    for body in [
+        json!({"hold": "not-a-token", "success": true}),
+        json!({"hold": "eyJhdCI6MX0", "success": true}),
+    ] {
+        let refused = bench.post("/v1/settle", &[], &body).await;
+        assert_eq!(
+            refused.status,
+            StatusCode::BAD_REQUEST,
+            "{}",
+            refused.text()
+        );
+        assert_eq!(
+            refused.header("content-type"),
+            Some("application/problem+json")
+        );
+        assert_eq!(refused.json()["code"], "invalid_field");
+    }
+    let malformed = bench
+        .post("/v1/settle", &[], &json!({"success": true}))
+        .await;
+    assert_eq!(malformed.status, StatusCode::BAD_REQUEST);
+    assert_eq!(malformed.json()["code"], "malformed_body");
+    bench.stop().await;
+}
