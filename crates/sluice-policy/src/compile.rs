@@ -280,9 +280,12 @@ impl Policy {
     /// by the normal form of its path ([`normal_path`](crate::normal_path)).
     pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
         let path = crate::route::normal_path(path);
-        self.routes
-            .iter()
-            .position(|route| route.pattern.matches(method, &path).is_some())
+        self.routes.iter().position(|route| {
+            route
+                .pattern
+                .matches(method, &path, self.service.case_sensitive_paths)
+                .is_some()
+        })
     }
 
     /// The route a request goes by, and its path parameters: the most specific match for the
@@ -292,7 +295,7 @@ impl Policy {
         self.routes.iter().find_map(|route| {
             route
                 .pattern
-                .matches(method, &path)
+                .matches(method, &path, self.service.case_sensitive_paths)
                 .map(|params| (route, params))
         })
     }
@@ -539,7 +542,12 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
     let mut seen: BTreeSet<String> = BTreeSet::new();
     for spec in &file.routes {
         let pattern = spec.pattern.value.0.clone();
-        if !seen.insert(pattern.to_string()) {
+        let name = if file.service.case_sensitive_paths {
+            pattern.to_string()
+        } else {
+            pattern.to_string().to_ascii_lowercase()
+        };
+        if !seen.insert(name) {
             compiler.error(&spec.pattern, format!("route `{pattern}` is defined twice"));
         }
         let prefix = format!("{pattern}#");

@@ -81,8 +81,14 @@ impl RoutePattern {
         })
     }
 
-    /// The parameters if `method` and `path` (no query string) match.
-    pub fn matches(&self, method: &str, path: &str) -> Option<Vec<(String, String)>> {
+    /// The parameters if `method` and `path` (no query string) match, literal segments compared
+    /// as they are, or without regard to ASCII case unless `case_sensitive`.
+    pub fn matches(
+        &self,
+        method: &str,
+        path: &str,
+        case_sensitive: bool,
+    ) -> Option<Vec<(String, String)>> {
         if self.method.as_deref().is_some_and(|own| own != method) {
             return None;
         }
@@ -92,7 +98,9 @@ impl RoutePattern {
         for segment in &self.segments {
             let part = parts.next()?;
             match segment {
-                Segment::Literal(literal) if literal == part => {}
+                Segment::Literal(literal)
+                    if literal == part
+                        || (!case_sensitive && literal.eq_ignore_ascii_case(part)) => {}
                 Segment::Literal(_) => return None,
                 Segment::Param(name) => params.push((name.clone(), part.to_owned())),
             }
@@ -211,19 +219,22 @@ mod tests {
     fn patterns_match_literals_params_and_wildcards() {
         let upload = pattern("POST /projects/upload-file");
         assert_eq!(
-            upload.matches("POST", "/projects/upload-file"),
+            upload.matches("POST", "/projects/upload-file", true),
             Some(vec![])
         );
-        assert_eq!(upload.matches("GET", "/projects/upload-file"), None);
-        assert_eq!(upload.matches("POST", "/projects/upload-file/x"), None);
+        assert_eq!(upload.matches("GET", "/projects/upload-file", true), None);
+        assert_eq!(
+            upload.matches("POST", "/projects/upload-file/x", true),
+            None
+        );
         let item = pattern("GET /items/{id}");
         assert_eq!(
-            item.matches("GET", "/items/42"),
+            item.matches("GET", "/items/42", true),
             Some(vec![("id".into(), "42".into())])
         );
         let any = pattern("* /*");
-        assert!(any.matches("DELETE", "/").is_some());
-        assert!(any.matches("GET", "/a/b/c").is_some());
+        assert!(any.matches("DELETE", "/", true).is_some());
+        assert!(any.matches("GET", "/a/b/c", true).is_some());
         assert_eq!(any.to_string(), "* /*");
     }
 

@@ -176,6 +176,16 @@ pub struct Service {
     /// A sentence for the top of the docs.
     #[serde(default)]
     pub description: Option<String>,
+    /// Whether the API tells paths apart by case (`/Items` from `/items`). Set it to `false`
+    /// for an upstream that does not (Express and ASP.NET Core route without regard to case by
+    /// default), so that `/PROJECTS/upload-file` cannot step around the limits of
+    /// `/projects/upload-file`.
+    #[serde(default = "case_sensitive")]
+    pub case_sensitive_paths: bool,
+}
+
+fn case_sensitive() -> bool {
+    true
 }
 
 /// The error contract: envelope, and per-code words.

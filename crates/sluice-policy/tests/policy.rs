@@ -60,6 +60,31 @@ fn routes_resolve_to_the_most_specific_match() {
     assert_eq!(other.limits[0].name, "fair-use");
 }
 
+#[test]
+fn paths_match_without_regard_to_case_when_the_api_says_so() {
+    let (file, text) = example("streampixel");
+    let upload = |policy: &sluice_policy::Policy, path: &str| {
+        policy
+            .route("POST", path)
+            .is_some_and(|(route, _)| !route.unlimited)
+    };
+    let sensitive = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    assert!(upload(&sensitive, "/projects/upload-file"));
+    assert!(!upload(&sensitive, "/PROJECTS/Upload-File"));
+    let text = text.replacen("service:\n", "service:\n  case_sensitive_paths: false\n", 1);
+    let insensitive = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    assert!(upload(&insensitive, "/projects/upload-file"));
+    assert!(upload(&insensitive, "/PROJECTS/Upload-File"));
+    assert!(upload(&insensitive, "/projects/%55pload-file"));
+    // Two routes one path apart in case are then one route twice.
+    let twice = "service:\n  name: Test\n  case_sensitive_paths: false\nroutes:\n  - match: GET /a\n    unlimited: true\n  - match: GET /A\n    unlimited: true\n";
+    assert!(
+        errors_of(twice).contains("route `GET /A` is defined twice"),
+        "{}",
+        errors_of(twice)
+    );
+}
+
 fn errors_of(text: &str) -> String {
     match load("policy.yaml", text) {
         Ok(_) => "accepted".to_owned(),
