@@ -39,6 +39,11 @@ pub(crate) struct ServeArgs {
     /// it; on `--store memory` the admin API is then off.
     #[arg(long, env = "SLUICE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    /// Also reload the policy whenever the policy file, or the keys file it names, changes
+    /// (looked at once a second), as SIGHUP does: for a file another process updates, such as
+    /// a Kubernetes ConfigMap.
+    #[arg(long, env = "SLUICE_WATCH_POLICY")]
+    watch_policy: bool,
     #[command(flatten)]
     options: GatewayOptions,
 }
@@ -117,19 +122,20 @@ pub(crate) fn load(path: &Path) -> anyhow::Result<Deployment> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read policy file {}", path.display()))?;
     let keys_text = |policy: &Policy| -> anyhow::Result<Option<(String, String)>> {
-        let Some(file) = policy
-            .authentication
-            .as_ref()
-            .and_then(|auth| auth.keys_file.as_ref())
-        else {
+        let Some(keys_path) = keys_path(path, policy) else {
             return Ok(None);
         };
-        let keys_path = path.parent().unwrap_or(Path::new(".")).join(file);
         let text = std::fs::read_to_string(&keys_path)
             .with_context(|| format!("cannot read keys file {}", keys_path.display()))?;
         Ok(Some((keys_path.display().to_string(), text)))
     };
     from_text(&path.display().to_string(), &text, keys_text)
+}
+
+/// The keys file the policy at `path` names, if it names one: relative to the policy's directory.
+fn keys_path(path: &Path, policy: &Policy) -> Option<PathBuf> {
+    let file = policy.authentication.as_ref()?.keys_file.as_ref()?;
+    Some(path.parent().unwrap_or(Path::new(".")).join(file))
 }
 
 /// Validates a policy given as text, and the keys file `keys_text` finds for it.
@@ -365,12 +371,15 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .transpose()?;
     tracing::info!(listen = ?address, threads = listeners.len(), mode, "sluice is serving");
     let admin = start_admin(&args, &services).await?;
-    let reloads = tokio::spawn(reload_on_hangup(
+    let reloads = tokio::spawn(reload_policy(
         Arc::clone(&services),
-        args.policy.clone(),
-        args.options.probe_timeout,
-        Arc::clone(&clock),
-        decision_api,
+        Reload {
+            path: args.policy.clone(),
+            watch: args.watch_policy,
+            probe_timeout: args.options.probe_timeout,
+            clock: Arc::clone(&clock),
+            decision_api,
+        },
     ));
     let gateway = Arc::new(Gateway::live(
         services,
@@ -386,46 +395,100 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the policy at `path` again on every SIGHUP and puts it in force over the same store:
-/// counters carry over by their limits' names, requests in flight finish under the policy they
-/// began under, and connections stay open. A policy that does not load (a syntax error, a keys
-/// file gone) is reported with its file, line and column, and the one in force stays.
-async fn reload_on_hangup(
-    services: Arc<LiveService<Arc<AnyStore>>>,
+/// How a running server reloads its policy.
+struct Reload {
     path: PathBuf,
+    /// Also when the files change, not only on SIGHUP.
+    watch: bool,
     probe_timeout: Duration,
     clock: Arc<dyn Clock>,
     decision_api: bool,
-) {
+}
+
+/// How often `--watch-policy` looks at the files.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Reads the policy again on every SIGHUP (and, with `--watch-policy`, whenever the policy file
+/// or the keys file it names changes) and puts it in force over the same store: counters carry
+/// over by their limits' names, requests in flight finish under the policy they began under, and
+/// connections stay open. A policy that does not load (a syntax error, a keys file gone, a file
+/// caught half written) is reported with its file, line and column, and the one in force stays.
+async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, reload: Reload) {
     let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => hangups,
+        Ok(hangups) => Some(hangups),
         Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP: the policy will not reload");
-            return;
+            tracing::warn!(%error, "cannot listen for SIGHUP: the policy reloads only if watched");
+            None
         }
     };
-    while hangups.recv().await.is_some() {
+    let watched = |services: &LiveService<Arc<AnyStore>>| {
+        let mut files = vec![reload.path.clone()];
+        files.extend(keys_path(&reload.path, services.current().policy()));
+        contents(&files)
+    };
+    let mut seen = watched(&services);
+    let mut tick = tokio::time::interval(WATCH_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let hangup = async {
+            match &mut hangups {
+                Some(hangups) => hangups.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        let cause = tokio::select! {
+            received = hangup => match received {
+                Some(()) => "SIGHUP",
+                None => return,
+            },
+            _ = tick.tick(), if reload.watch => {
+                let now = watched(&services);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "a file changed"
+            }
+        };
+        let path = &reload.path;
         let store = Arc::clone(services.current().store());
         let loaded = async {
-            let deployment = load(&path)?;
-            if decision_api {
+            let deployment = load(path)?;
+            if reload.decision_api {
                 warn_of_concurrency_limits(&deployment.policy);
             }
             let routes = deployment.policy.routes.len();
-            let service = service_over(deployment, store, probe_timeout, &clock).await?;
+            let service =
+                service_over(deployment, store, reload.probe_timeout, &reload.clock).await?;
             anyhow::Ok((service, routes))
         };
         match loaded.await {
             Ok((service, routes)) => {
                 services.replace(service);
-                tracing::info!(policy = %path.display(), routes, "policy reloaded");
+                seen = watched(&services);
+                tracing::info!(policy = %path.display(), routes, cause, "policy reloaded");
             }
             Err(error) => tracing::error!(
                 policy = %path.display(),
+                cause,
                 "policy not reloaded, the one in force stays: {error:#}"
             ),
         }
     }
+}
+
+/// What `files` hold now (a hash each, `None` for one that cannot be read): what
+/// `--watch-policy` compares from one look to the next. Contents rather than modification
+/// times, which some file systems keep to the second.
+fn contents(files: &[PathBuf]) -> Vec<Option<u64>> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    files
+        .iter()
+        .map(|file| {
+            let bytes = std::fs::read(file).ok()?;
+            Some(BuildHasherDefault::<DefaultHasher>::default().hash_one(bytes))
+        })
+        .collect()
 }
 
 /// Where the admin API of a server using a data directory can be reached, for `sluice keys`.
