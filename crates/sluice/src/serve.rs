@@ -350,6 +350,14 @@ pub(crate) async fn stop_signal() {
 }
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Before anything else: a SIGHUP that found no handler would end the process.
+    let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(hangups) => Some(hangups),
+        Err(error) => {
+            tracing::warn!(%error, "cannot listen for SIGHUP: the policy reloads only if watched");
+            None
+        }
+    };
     crate::metrics::install()?;
     let deployment = load(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
@@ -374,6 +382,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let reloads = tokio::spawn(reload_policy(
         Arc::clone(&services),
         Reload {
+            hangups,
             path: args.policy.clone(),
             watch: args.watch_policy,
             probe_timeout: args.options.probe_timeout,
@@ -397,6 +406,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// How a running server reloads its policy.
 struct Reload {
+    /// SIGHUP, when it could be listened for.
+    hangups: Option<tokio::signal::unix::Signal>,
     path: PathBuf,
     /// Also when the files change, not only on SIGHUP.
     watch: bool,
@@ -413,14 +424,8 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// over by their limits' names, requests in flight finish under the policy they began under, and
 /// connections stay open. A policy that does not load (a syntax error, a keys file gone, a file
 /// caught half written) is reported with its file, line and column, and the one in force stays.
-async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, reload: Reload) {
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP: the policy reloads only if watched");
-            None
-        }
-    };
+async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Reload) {
+    let mut hangups = reload.hangups.take();
     let watched = |services: &LiveService<Arc<AnyStore>>| {
         let mut files = vec![reload.path.clone()];
         files.extend(keys_path(&reload.path, services.current().policy()));
