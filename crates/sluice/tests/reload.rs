@@ -38,11 +38,16 @@ fn day() -> u64 {
 
 /// Whether the decision API admits an upload by `user`.
 async fn admitted(client: &reqwest::Client, server: &Server, user: &str) -> bool {
+    admitted_to(client, server, "/upload", user).await
+}
+
+/// Whether the decision API admits `POST path` by `user`.
+async fn admitted_to(client: &reqwest::Client, server: &Server, path: &str, user: &str) -> bool {
     let response = client
         .post(format!("http://{}/v1/check", server.listen))
         .header("content-type", "application/json")
         .body(
-            serde_json::json!({"method": "POST", "path": "/upload", "headers": {"x-user": user}})
+            serde_json::json!({"method": "POST", "path": path, "headers": {"x-user": user}})
                 .to_string(),
         )
         .send()
@@ -148,23 +153,6 @@ async fn sighup_reloads_the_policy_and_keeps_the_one_in_force_when_the_new_one_i
     assert!(!admitted(&client, &server, third).await);
 }
 
-/// Whether the decision API admits a request to `path`.
-async fn admitted_at(client: &reqwest::Client, server: &Server, path: &str) -> bool {
-    let response = client
-        .post(format!("http://{}/v1/check", server.listen))
-        .header("content-type", "application/json")
-        .body(
-            serde_json::json!({"method": "POST", "path": path, "headers": {"x-user": "w"}})
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("the server answers");
-    let answer: serde_json::Value =
-        serde_json::from_slice(&response.bytes().await.expect("a body")).expect("JSON");
-    answer["allowed"] == true
-}
-
 #[tokio::test]
 async fn a_watched_policy_reloads_when_its_file_changes() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -183,18 +171,18 @@ async fn a_watched_policy_reloads_when_its_file_changes() {
     )
     .await;
     let client = support::client(Duration::from_secs(5));
-    assert!(!admitted_at(&client, &server, "/renamed").await);
+    assert!(!admitted_to(&client, &server, "/renamed", "w").await);
 
     std::fs::write(&file, policy(1).replace("POST /upload", "POST /renamed")).expect("written");
     let line = logged(&log, "policy reloaded", 1).await;
     assert!(line.contains("a file changed"), "{line}");
-    assert!(admitted_at(&client, &server, "/renamed").await);
+    assert!(admitted_to(&client, &server, "/renamed", "w").await);
 
     // Caught half written: said, and the one in force stays until the file is whole.
     std::fs::write(&file, "service:\n  name: [").expect("written");
     logged(&log, "policy not reloaded", 1).await;
-    assert!(!admitted_at(&client, &server, "/upload").await);
+    assert!(!admitted_to(&client, &server, "/upload", "w").await);
     std::fs::write(&file, policy(1)).expect("written");
     logged(&log, "policy reloaded", 2).await;
-    assert!(admitted_at(&client, &server, "/upload").await);
+    assert!(admitted_to(&client, &server, "/upload", "w").await);
 }
