@@ -276,28 +276,38 @@ impl Policy {
         })
     }
 
-    /// The index in `routes` of the route a request goes by (the one [`Policy::route`] finds),
-    /// by the normal form of its path ([`normal_path`](crate::normal_path)).
+    /// The index in `routes` of the route a request goes by (the one [`Policy::route`] finds).
     pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
-        let path = crate::route::normal_path(path);
-        self.routes.iter().position(|route| {
-            route
-                .pattern
-                .matches(method, &path, self.service.case_sensitive_paths)
-                .is_some()
-        })
+        self.find_route(method, path).map(|(index, _)| index)
     }
 
     /// The route a request goes by, and its path parameters: the most specific match for the
-    /// normal form of its path ([`normal_path`](crate::normal_path)).
+    /// normal form of its path ([`normal_path`](crate::normal_path)). A HEAD request goes by
+    /// a HEAD route of its path if the policy has one, and else as a GET: HEAD is GET without
+    /// the body (RFC 9110, 9.3.2), web frameworks run the GET handler for it, and a GET
+    /// route's limits would otherwise be one method away from stepping around.
     pub fn route(&self, method: &str, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
+        let (index, params) = self.find_route(method, path)?;
+        Some((self.routes.get(index)?, params))
+    }
+
+    fn find_route(&self, method: &str, path: &str) -> Option<(usize, Vec<(String, String)>)> {
         let path = crate::route::normal_path(path);
-        self.routes.iter().find_map(|route| {
-            route
-                .pattern
-                .matches(method, &path, self.service.case_sensitive_paths)
-                .map(|params| (route, params))
-        })
+        let first = |method: &str, named_only: bool| {
+            self.routes.iter().enumerate().find_map(|(index, route)| {
+                if named_only && route.pattern.method() != Some(method) {
+                    return None;
+                }
+                route
+                    .pattern
+                    .matches(method, &path, self.service.case_sensitive_paths)
+                    .map(|params| (index, params))
+            })
+        };
+        if method == "HEAD" {
+            return first("HEAD", true).or_else(|| first("GET", false));
+        }
+        first(method, false)
     }
 
     /// The message template for `code`: the policy's, or the registry's default.

@@ -61,6 +61,29 @@ fn routes_resolve_to_the_most_specific_match() {
 }
 
 #[test]
+fn a_head_request_goes_by_the_get_route_of_its_path_unless_it_has_its_own() {
+    let text = format!(
+        "{HEAD}routes:\n  - match: GET /items\n    limits:\n      - rate: 1 per 1m\n        per: user\n  - match: \"* /*\"\n    unlimited: true\n"
+    );
+    let policy = load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let pattern = |method: &str, path: &str| {
+        policy
+            .route(method, path)
+            .map(|(route, _)| route.pattern.to_string())
+    };
+    assert_eq!(pattern("HEAD", "/items").as_deref(), Some("GET /items"));
+    assert_eq!(pattern("POST", "/items").as_deref(), Some("* /*"));
+    assert_eq!(pattern("HEAD", "/other").as_deref(), Some("* /*"));
+    let own = text.replace(
+        "  - match: \"* /*\"",
+        "  - match: HEAD /items\n    unlimited: true\n  - match: \"* /*\"",
+    );
+    let policy = load("policy.yaml", &own).unwrap_or_else(|errors| panic!("{errors}"));
+    let (route, _) = policy.route("HEAD", "/items").expect("a route");
+    assert_eq!(route.pattern.to_string(), "HEAD /items");
+}
+
+#[test]
 fn paths_match_without_regard_to_case_when_the_api_says_so() {
     let (file, text) = example("streampixel");
     let upload = |policy: &sluice_policy::Policy, path: &str| {
