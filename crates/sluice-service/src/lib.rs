@@ -514,10 +514,9 @@ impl<S: CounterStore> Service<S> {
         let policy = context.policy;
         // Overrides set at run time come before the policy's own.
         let runtime = self.runtime_overrides();
-        let arrangement = runtime
-            .iter()
-            .chain(&policy.overrides)
-            .find(|rule| context.identity(&rule.identity).as_deref() == Some(rule.value.as_str()));
+        let arrangement = runtime.iter().chain(&policy.overrides).find(|rule| {
+            context.identity(&rule.identity).ok().flatten().as_deref() == Some(rule.value.as_str())
+        });
         let plan = arrangement
             .and_then(|rule| rule.plan.as_deref())
             .or_else(|| context.key.and_then(|key| key.plan.as_deref()))
@@ -871,6 +870,10 @@ impl<S: CounterStore + RecordStore> Service<S> {
     }
 }
 
+/// An identity a request gives twice, with different values.
+#[derive(Debug)]
+pub(crate) struct Ambiguous;
+
 /// Everything known about the request once it is authenticated and valid.
 struct Context<'a> {
     policy: &'a Policy,
@@ -881,17 +884,28 @@ struct Context<'a> {
 
 impl Context<'_> {
     /// The value of identity `name` for this request: `None` when the request does not carry
-    /// it. Borrowed from the request or the key where it is there verbatim.
-    fn identity(&self, name: &str) -> Option<Cow<'_, str>> {
-        match self.policy.identities.get(name)? {
-            IdentitySource::Header { name } => self
-                .request
-                .headers
-                .get(name.as_str())
-                .and_then(|value| value.to_str().ok())
-                .map(Cow::Borrowed),
+    /// it. Borrowed from the request or the key where it is there verbatim. A header or query
+    /// parameter given twice with different values is [`Ambiguous`]: which one an upstream acts
+    /// on differs from framework to framework (the first, the last, both), and counting another
+    /// than the one it acts on would let a client spend someone else's allowance instead of its
+    /// own.
+    fn identity(&self, name: &str) -> Result<Option<Cow<'_, str>>, Ambiguous> {
+        let Some(source) = self.policy.identities.get(name) else {
+            return Ok(None);
+        };
+        Ok(match source {
+            IdentitySource::Header { name } => {
+                let mut values = self.request.headers.get_all(name.as_str()).iter();
+                let first = values.next();
+                if values.any(|value| Some(value) != first) {
+                    return Err(Ambiguous);
+                }
+                first
+                    .and_then(|value| value.to_str().ok())
+                    .map(Cow::Borrowed)
+            }
             IdentitySource::Query { name } => {
-                request::query_param(self.request.query, name).map(Cow::Owned)
+                request::query_param(self.request.query, name)?.map(Cow::Owned)
             }
             IdentitySource::Body { field } => self
                 .body
@@ -917,7 +931,7 @@ impl Context<'_> {
                 &self.policy.trusted_proxies,
             )
             .map(|ip| Cow::Owned(request::client_name(ip, self.policy.ipv6_prefix))),
-        }
+        })
     }
 
     /// The counter scope of `per` for this request, e.g. `user=42`: on the stack unless long.
@@ -926,14 +940,22 @@ impl Context<'_> {
             return Ok(SmallVec::from_slice(b"*"));
         };
         match self.identity(name) {
-            Some(value) => {
+            Err(Ambiguous) => Err(Refusal::new(
+                ErrorCode::InvalidField,
+                Values {
+                    field: Some(self.source_name(name)),
+                    reason: Some("is given more than once, with different values".to_owned()),
+                    ..Values::default()
+                },
+            )),
+            Ok(Some(value)) => {
                 let mut scope = SmallVec::with_capacity(name.len() + 1 + value.len());
                 scope.extend_from_slice(name.as_bytes());
                 scope.push(b'=');
                 scope.extend_from_slice(value.as_bytes());
                 Ok(scope)
             }
-            None => Err(Refusal::new(
+            Ok(None) => Err(Refusal::new(
                 ErrorCode::MissingField,
                 Values {
                     field: Some(self.source_name(name)),

@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 use sluice_contract::{ErrorCode, Values};
 use sluice_policy::{FieldRule, FieldType, Ordered, TrustedProxy, UrlRule};
 
-use crate::{Refusal, Refused};
+use crate::{Ambiguous, Refusal, Refused};
 
 /// One HTTP request, as far as the policy looks at it.
 #[derive(Clone, Copy, Debug)]
@@ -67,11 +67,20 @@ pub(crate) fn lookup<'v>(object: &'v Map<String, Value>, path: &str) -> Option<&
     Some(value)
 }
 
-/// The first value of query parameter `name`, percent-decoded.
-pub(crate) fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query?.as_bytes())
-        .find(|(key, _)| key == name)
-        .map(|(_, value)| value.into_owned())
+/// The value of query parameter `name`, percent-decoded; [`Ambiguous`] when it is given more
+/// than once with different values.
+pub(crate) fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ambiguous> {
+    let Some(query) = query else {
+        return Ok(None);
+    };
+    let mut values = url::form_urlencoded::parse(query.as_bytes())
+        .filter(|(key, _)| key == name)
+        .map(|(_, value)| value);
+    let first = values.next();
+    if values.any(|value| Some(&value) != first.as_ref()) {
+        return Err(Ambiguous);
+    }
+    Ok(first.map(std::borrow::Cow::into_owned))
 }
 
 /// The client's address: the peer's, unless the peer is a trusted proxy; then the right-most

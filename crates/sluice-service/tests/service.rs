@@ -136,3 +136,49 @@ async fn an_ipv6_client_counts_by_its_network_whichever_address_it_takes() {
     assert!(admitted("::ffff:198.51.100.7").await);
     assert!(!admitted("198.51.100.7").await);
 }
+
+#[tokio::test]
+async fn an_identity_given_twice_with_different_values_is_refused() {
+    let policy = sluice_policy::load(
+        "policy.yaml",
+        "service:\n  name: Test\nidentities:\n  user: { from: header, name: x-user }\n  site: { from: query, name: site }\nroutes:\n  - match: GET /a\n    limits:\n      - rate: 5 per 1m\n        per: user\n      - rate: 5 per 1m\n        per: site\n",
+    )
+    .unwrap_or_else(|errors| panic!("{errors}"));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
+    let service = Service::new(
+        Arc::new(policy),
+        MemoryStore::new(clock),
+        KeyRing::default(),
+    );
+    let verdict = async |users: &[&str], query: &str| {
+        let mut headers = HeaderMap::new();
+        for user in users {
+            headers.append("x-user", user.parse().expect("a value"));
+        }
+        let request = Request {
+            method: "GET",
+            path: "/a",
+            query: Some(query),
+            headers: &headers,
+            peer: None,
+            body: None,
+            request_id: None,
+        };
+        match service.check(&request).await {
+            Verdict::Admit(_) => "admitted".to_owned(),
+            Verdict::Reject(rejection) => String::from_utf8(rejection.body).expect("UTF-8"),
+        }
+    };
+    assert_eq!(verdict(&["alice"], "site=s1").await, "admitted");
+    // The same value twice says nothing new.
+    assert_eq!(
+        verdict(&["alice", "alice"], "site=s1&site=s1").await,
+        "admitted"
+    );
+    let header = verdict(&["victim", "alice"], "site=s1").await;
+    assert!(header.contains("x-user"), "{header}");
+    assert!(header.contains("more than once"), "{header}");
+    let query = verdict(&["alice"], "site=victim&site=s1").await;
+    assert!(query.contains("site"), "{query}");
+    assert!(query.contains("more than once"), "{query}");
+}
