@@ -912,7 +912,7 @@ impl Context<'_> {
                 .and_then(|body| request::lookup(body, field))
                 .and_then(|value| match value {
                     Value::String(text) => Some(Cow::Borrowed(text.as_str())),
-                    Value::Number(number) => Some(Cow::Owned(number.to_string())),
+                    Value::Number(number) => Some(Cow::Owned(request::canonical_number(number))),
                     _ => None,
                 }),
             IdentitySource::Key { attribute } => self.key.map(|key| {

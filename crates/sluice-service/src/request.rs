@@ -67,6 +67,28 @@ pub(crate) fn lookup<'v>(object: &'v Map<String, Value>, path: &str) -> Option<&
     Some(value)
 }
 
+/// `number` in one spelling for every way JSON can write it: `42`, `42.0` and `4.2e1` are the
+/// same number to an upstream (JavaScript has no other kind; Python finds `42` by `42.0`), so
+/// they must be one identity, or a client could count as several by respelling itself.
+pub(crate) fn canonical_number(number: &serde_json::Number) -> String {
+    if let Some(integer) = number.as_i64() {
+        return integer.to_string();
+    }
+    if let Some(integer) = number.as_u64() {
+        return integer.to_string();
+    }
+    match number.as_f64() {
+        // -0.0 is 0.
+        Some(0.0) => "0".to_owned(),
+        // Integral, and exact below 2^53: written as the integer it is.
+        Some(float) if float.fract() == 0.0 && float.abs() < 9_007_199_254_740_992.0 => {
+            format!("{float:.0}")
+        }
+        Some(float) => float.to_string(),
+        None => number.to_string(),
+    }
+}
+
 /// The value of query parameter `name`, percent-decoded; [`Ambiguous`] when it is given more
 /// than once with different values.
 pub(crate) fn query_param(query: Option<&str>, name: &str) -> Result<Option<String>, Ambiguous> {
@@ -348,6 +370,28 @@ mod tests {
             client_ip(peer("::ffff:198.51.100.4"), &forwarded, &trusted),
             peer("198.51.100.4")
         );
+    }
+
+    #[test]
+    fn a_number_has_one_spelling() {
+        let canonical = |text: &str| {
+            let number: serde_json::Number = serde_json::from_str(text).expect("a number");
+            canonical_number(&number)
+        };
+        for (text, spelled) in [
+            ("42", "42"),
+            ("42.0", "42"),
+            ("4.2e1", "42"),
+            ("420e-1", "42"),
+            ("-7", "-7"),
+            ("-7.0", "-7"),
+            ("-0.0", "0"),
+            ("0.5", "0.5"),
+            ("5e-1", "0.5"),
+            ("18446744073709551615", "18446744073709551615"),
+        ] {
+            assert_eq!(canonical(text), spelled, "{text}");
+        }
     }
 
     #[test]
