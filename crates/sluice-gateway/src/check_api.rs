@@ -208,7 +208,9 @@ async fn decide<S: CounterStore>(
                 format!("`{name}` is not a valid header name"),
             )
         })?;
-        let value = HeaderValue::from_str(value).map_err(|_| {
+        // A field's value has no leading or trailing whitespace (RFC 9110, 5.5), as the proxy's
+        // parser reads it: `alice ` is the same user as `alice` through both.
+        let value = HeaderValue::from_str(value.trim_matches([' ', '\t'])).map_err(|_| {
             api_error(
                 ErrorCode::InvalidField,
                 format!("the value of header `{name}` is not a valid header value"),

@@ -230,3 +230,29 @@ async fn a_settle_without_a_token_the_api_issued_is_answered_as_problem_json() {
     assert_eq!(malformed.json()["code"], "malformed_body");
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn a_header_value_is_read_without_its_surrounding_whitespace() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "  user:\n    from: body\n    field: userId\n",
+            "  user:\n    from: header\n    name: x-user\n",
+            1,
+        )
+    })
+    .await;
+    let upload = |user: &str| {
+        let mut check = check("ignored");
+        check["headers"]["x-user"] = json!(user);
+        check
+    };
+    let first = bench.post("/v1/check", &[], &upload("alice")).await.json();
+    assert_eq!(first["allowed"], true, "{first}");
+    // The proxy's parser drops the spaces around a field's value; so does the decision API.
+    let spaced = bench
+        .post("/v1/check", &[], &upload(" alice\t"))
+        .await
+        .json();
+    assert_eq!(spaced["code"], "rate_limited", "{spaced}");
+    bench.stop().await;
+}
