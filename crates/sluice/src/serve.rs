@@ -359,7 +359,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     crate::metrics::install()?;
+    // What `--watch-policy` compares later: the policy file as it was before it was read (a
+    // change while it is read shows as a change), and the keys file it names.
+    let mut seen = contents(std::slice::from_ref(&args.policy));
     let deployment = load(&args.policy)?;
+    seen.extend(contents(
+        keys_path(&args.policy, &deployment.policy).as_slice(),
+    ));
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
     let decision_api = upstream.is_none() || args.options.decision_api;
     if decision_api {
@@ -383,6 +389,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Arc::clone(&services),
         Reload {
             hangups,
+            seen,
             path: args.policy.clone(),
             watch: args.watch_policy,
             probe_timeout: args.options.probe_timeout,
@@ -408,6 +415,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 struct Reload {
     /// SIGHUP, when it could be listened for.
     hangups: Option<tokio::signal::unix::Signal>,
+    /// The files' contents when the policy in force was read ([`contents`]).
+    seen: Vec<Option<u64>>,
     path: PathBuf,
     /// Also when the files change, not only on SIGHUP.
     watch: bool,
@@ -431,7 +440,10 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
         files.extend(keys_path(&reload.path, services.current().policy()));
         contents(&files)
     };
-    let mut seen = watched(&services);
+    let mut seen = std::mem::take(&mut reload.seen);
+    // 0 while the last reload failed, so that a policy left out is seen on a dashboard, not
+    // only in a log line.
+    metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -471,13 +483,19 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
             Ok((service, routes)) => {
                 services.replace(service);
                 seen = watched(&services);
+                metrics::counter!("sluice_policy_reloads_total", "result" => "loaded").increment(1);
+                metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);
                 tracing::info!(policy = %path.display(), routes, cause, "policy reloaded");
             }
-            Err(error) => tracing::error!(
-                policy = %path.display(),
-                cause,
-                "policy not reloaded, the one in force stays: {error:#}"
-            ),
+            Err(error) => {
+                metrics::counter!("sluice_policy_reloads_total", "result" => "failed").increment(1);
+                metrics::gauge!("sluice_policy_last_reload_successful").set(0.0);
+                tracing::error!(
+                    policy = %path.display(),
+                    cause,
+                    "policy not reloaded, the one in force stays: {error:#}"
+                );
+            }
         }
     }
 }

@@ -58,6 +58,20 @@ async fn admitted_to(client: &reqwest::Client, server: &Server, path: &str, user
     answer["allowed"] == true
 }
 
+/// The admin API's token in these tests.
+const TOKEN: &str = "reload-test-token";
+
+/// What the admin API's `/metrics` says.
+async fn metrics(client: &reqwest::Client, server: &Server) -> String {
+    let response = client
+        .get(format!("http://{}/metrics", server.admin))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("the admin API answers");
+    response.text().await.expect("a body")
+}
+
 /// Waits until the log has `count` lines containing `text`, and returns the last.
 async fn logged(log: &Path, text: &str, count: usize) -> String {
     for _ in 0..500 {
@@ -91,6 +105,8 @@ async fn sighup_reloads_the_policy_and_keeps_the_one_in_force_when_the_new_one_i
             file.to_str().expect("UTF-8"),
             "--store",
             "memory",
+            "--admin-token",
+            TOKEN,
         ],
         Some(&log),
     )
@@ -146,11 +162,32 @@ async fn sighup_reloads_the_policy_and_keeps_the_one_in_force_when_the_new_one_i
     for expected in [true, true, true, false] {
         assert_eq!(admitted(&client, &server, third).await, expected);
     }
+    let failed = metrics(&client, &server).await;
+    assert!(
+        failed.contains("sluice_policy_last_reload_successful 0"),
+        "{failed}"
+    );
+    assert!(
+        failed.contains(r#"sluice_policy_reloads_total{result="failed"} 1"#),
+        "{failed}"
+    );
     // And the server keeps serving, and reloading.
     std::fs::write(&file, policy(1)).expect("written");
     server.signal("HUP");
     logged(&log, "policy reloaded", reloads + 1).await;
     assert!(!admitted(&client, &server, third).await);
+    let loaded = metrics(&client, &server).await;
+    assert!(
+        loaded.contains("sluice_policy_last_reload_successful 1"),
+        "{loaded}"
+    );
+    assert!(
+        loaded.contains(&format!(
+            r#"sluice_policy_reloads_total{{result="loaded"}} {}"#,
+            reloads + 1
+        )),
+        "{loaded}"
+    );
 }
 
 #[tokio::test]
