@@ -28,6 +28,18 @@ fn service(name: &str) -> (Service<MemoryStore>, ManualClock) {
     (service, clock)
 }
 
+/// The service for a policy given as text, with no keys.
+fn inline(policy: &str) -> Service<MemoryStore> {
+    let policy =
+        sluice_policy::load("policy.yaml", policy).unwrap_or_else(|errors| panic!("{errors}"));
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
+    Service::new(
+        Arc::new(policy),
+        MemoryStore::new(clock),
+        KeyRing::default(),
+    )
+}
+
 async fn check(
     service: &Service<MemoryStore>,
     path: &str,
@@ -106,16 +118,8 @@ async fn a_failed_call_gives_its_quota_back() {
 
 #[tokio::test]
 async fn an_ipv6_client_counts_by_its_network_whichever_address_it_takes() {
-    let policy = sluice_policy::load(
-        "policy.yaml",
+    let service = inline(
         "service:\n  name: Test\nidentities:\n  ip: { from: client_ip }\nroutes:\n  - match: GET /a\n    limits:\n      - rate: 1 per 1m\n        per: ip\n",
-    )
-    .unwrap_or_else(|errors| panic!("{errors}"));
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
-    let service = Service::new(
-        Arc::new(policy),
-        MemoryStore::new(clock),
-        KeyRing::default(),
     );
     let headers = HeaderMap::new();
     let from = |peer: &str| Request {
@@ -139,16 +143,8 @@ async fn an_ipv6_client_counts_by_its_network_whichever_address_it_takes() {
 
 #[tokio::test]
 async fn an_identity_given_twice_with_different_values_is_refused() {
-    let policy = sluice_policy::load(
-        "policy.yaml",
+    let service = inline(
         "service:\n  name: Test\nidentities:\n  user: { from: header, name: x-user }\n  site: { from: query, name: site }\nroutes:\n  - match: GET /a\n    limits:\n      - rate: 5 per 1m\n        per: user\n      - rate: 5 per 1m\n        per: site\n",
-    )
-    .unwrap_or_else(|errors| panic!("{errors}"));
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
-    let service = Service::new(
-        Arc::new(policy),
-        MemoryStore::new(clock),
-        KeyRing::default(),
     );
     let verdict = async |users: &[&str], query: &str| {
         let mut headers = HeaderMap::new();

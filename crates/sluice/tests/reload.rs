@@ -58,6 +58,23 @@ async fn admitted_to(client: &reqwest::Client, server: &Server, path: &str, user
     answer["allowed"] == true
 }
 
+/// `sluice serve` of `text`, written to `policy.yaml` in a new directory, on the memory store
+/// with `extra` flags, logging into `server.log` beside it.
+async fn serve(text: String, extra: &[&str]) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, text).expect("written");
+    let mut args = vec![
+        "--policy",
+        file.to_str().expect("UTF-8"),
+        "--store",
+        "memory",
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(args, Some(&dir.path().join("server.log"))).await;
+    (dir, server)
+}
+
 /// The admin API's token in these tests.
 const TOKEN: &str = "reload-test-token";
 
@@ -95,22 +112,11 @@ async fn logged(log: &Path, text: &str, count: usize) -> String {
 
 #[tokio::test]
 async fn sighup_reloads_the_policy_and_keeps_the_one_in_force_when_the_new_one_is_broken() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let file = dir.path().join("policy.yaml");
-    let log = dir.path().join("server.log");
-    std::fs::write(&file, policy(1)).expect("written");
-    let server = Server::start(
-        [
-            "--policy",
-            file.to_str().expect("UTF-8"),
-            "--store",
-            "memory",
-            "--admin-token",
-            TOKEN,
-        ],
-        Some(&log),
-    )
-    .await;
+    let (dir, server) = serve(policy(1), &["--admin-token", TOKEN]).await;
+    let (file, log) = (
+        dir.path().join("policy.yaml"),
+        dir.path().join("server.log"),
+    );
     let client = support::client(Duration::from_secs(5));
 
     // A day's window: a run that straddles midnight tries again with other users.
@@ -192,21 +198,11 @@ async fn sighup_reloads_the_policy_and_keeps_the_one_in_force_when_the_new_one_i
 
 #[tokio::test]
 async fn a_watched_policy_reloads_when_its_file_changes() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let file = dir.path().join("policy.yaml");
-    let log = dir.path().join("server.log");
-    std::fs::write(&file, policy(1)).expect("written");
-    let server = Server::start(
-        [
-            "--policy",
-            file.to_str().expect("UTF-8"),
-            "--store",
-            "memory",
-            "--watch-policy",
-        ],
-        Some(&log),
-    )
-    .await;
+    let (dir, server) = serve(policy(1), &["--watch-policy"]).await;
+    let (file, log) = (
+        dir.path().join("policy.yaml"),
+        dir.path().join("server.log"),
+    );
     let client = support::client(Duration::from_secs(5));
     assert!(!admitted_to(&client, &server, "/renamed", "w").await);
 
