@@ -468,6 +468,8 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
             }
         };
         let path = &reload.path;
+        // As at start: the policy file as it was before it was read.
+        let before = contents(std::slice::from_ref(path));
         let store = Arc::clone(services.current().store());
         let loaded = async {
             let deployment = load(path)?;
@@ -481,8 +483,9 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
         };
         match loaded.await {
             Ok((service, routes)) => {
+                seen = before;
+                seen.extend(contents(keys_path(path, service.policy()).as_slice()));
                 services.replace(service);
-                seen = watched(&services);
                 metrics::counter!("sluice_policy_reloads_total", "result" => "loaded").increment(1);
                 metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);
                 tracing::info!(policy = %path.display(), routes, cause, "policy reloaded");
