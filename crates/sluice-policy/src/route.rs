@@ -169,7 +169,7 @@ impl fmt::Display for RoutePattern {
 /// normal already and is borrowed as it is; one that is not a URI's path is left as it is.
 pub fn normal_path(path: &str) -> Cow<'_, str> {
     let dotted = |segment: &str| matches!(segment, "." | "..");
-    if !path.starts_with('/') || (!path.contains('%') && !path.split('/').any(dotted)) {
+    if !path.starts_with('/') || (!has_escape_to_normalize(path) && !path.split('/').any(dotted)) {
         return Cow::Borrowed(path);
     }
     let uri = format!("http://host{path}");
@@ -177,6 +177,30 @@ pub fn normal_path(path: &str) -> Cow<'_, str> {
         Ok(uri) => Cow::Owned(uri.normalize().to_dedicated_string().path_str().to_owned()),
         Err(_) => Cow::Borrowed(path),
     }
+}
+
+/// Whether `path` has an escape that normalization changes: one of an unreserved character
+/// (`%75` is `u`), or one written in lower case (`%2f` is `%2F`). Other escapes (`%20`) stay
+/// as they are, so a path with only those is normal already.
+fn has_escape_to_normalize(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let digit = |at: usize| {
+        bytes
+            .get(at)
+            .and_then(|byte| (*byte as char).to_digit(16).map(|value| (*byte, value)))
+    };
+    bytes.iter().enumerate().any(|(at, byte)| {
+        let (b'%', Some((high, high_value)), Some((low, low_value))) =
+            (*byte, digit(at + 1), digit(at + 2))
+        else {
+            return false;
+        };
+        let decoded = char::from_u32(high_value * 16 + low_value).unwrap_or('%');
+        high.is_ascii_lowercase()
+            || low.is_ascii_lowercase()
+            || decoded.is_ascii_alphanumeric()
+            || matches!(decoded, '-' | '.' | '_' | '~')
+    })
 }
 
 #[cfg(test)]
@@ -209,6 +233,15 @@ mod tests {
             normal_path("/projects/upload-file"),
             Cow::Borrowed(_)
         ));
+        // Escapes that normalization keeps as they are cost nothing.
+        assert!(matches!(
+            normal_path("/files/my%20doc%2Fv2.pdf"),
+            Cow::Borrowed(_)
+        ));
+        assert_eq!(
+            normal_path("/files/my%20doc%2fv2.pdf"),
+            "/files/my%20doc%2Fv2.pdf"
+        );
     }
 
     fn pattern(text: &str) -> RoutePattern {
