@@ -141,7 +141,7 @@ pub(crate) async fn check_one<S: CounterStore>(
     service: &Service<S>,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
-    let check: CheckRequest = parse(body)?;
+    let check: CheckRequest = parse("check", body)?;
     let response = decide(service, check).await?;
     Ok(serde_json::to_vec(&response).unwrap_or_default())
 }
@@ -151,7 +151,7 @@ pub(crate) async fn check_batch<S: CounterStore>(
     service: &Service<S>,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
-    let batch: BatchRequest = parse(body)?;
+    let batch: BatchRequest = parse("check", body)?;
     if batch.checks.len() > MAX_BATCH {
         return Err(api_error(
             ErrorCode::InvalidField,
@@ -173,12 +173,7 @@ pub(crate) async fn settle<S: CounterStore>(
     service: &Service<S>,
     body: &[u8],
 ) -> Result<Vec<u8>, ApiError> {
-    let request: SettleRequest = serde_json::from_slice(body).map_err(|error| {
-        api_error(
-            ErrorCode::MalformedBody,
-            format!("the settle request is not valid: {error}"),
-        )
-    })?;
+    let request: SettleRequest = parse("settle", body)?;
     service
         .settle_hold(&request.hold, request.success)
         .await
@@ -186,11 +181,12 @@ pub(crate) async fn settle<S: CounterStore>(
     Ok(br#"{"settled":true}"#.to_vec())
 }
 
-fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+/// The `what` request (check, settle) `body` describes, or why it does not.
+fn parse<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         api_error(
             ErrorCode::MalformedBody,
-            format!("the check request is not valid: {error}"),
+            format!("the {what} request is not valid: {error}"),
         )
     })
 }

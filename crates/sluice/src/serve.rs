@@ -359,13 +359,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     };
     crate::metrics::install()?;
-    // What `--watch-policy` compares later: the policy file as it was before it was read (a
-    // change while it is read shows as a change), and the keys file it names.
-    let mut seen = contents(std::slice::from_ref(&args.policy));
-    let deployment = load(&args.policy)?;
-    seen.extend(contents(
-        keys_path(&args.policy, &deployment.policy).as_slice(),
-    ));
+    let (deployment, seen) = load_watched(&args.policy)?;
     let upstream = args.upstream.as_deref().map(upstream).transpose()?;
     let decision_api = upstream.is_none() || args.options.decision_api;
     if decision_api {
@@ -468,23 +462,20 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
             }
         };
         let path = &reload.path;
-        // As at start: the policy file as it was before it was read.
-        let before = contents(std::slice::from_ref(path));
         let store = Arc::clone(services.current().store());
         let loaded = async {
-            let deployment = load(path)?;
+            let (deployment, read) = load_watched(path)?;
             if reload.decision_api {
                 warn_of_concurrency_limits(&deployment.policy);
             }
             let routes = deployment.policy.routes.len();
             let service =
                 service_over(deployment, store, reload.probe_timeout, &reload.clock).await?;
-            anyhow::Ok((service, routes))
+            anyhow::Ok((service, routes, read))
         };
         match loaded.await {
-            Ok((service, routes)) => {
-                seen = before;
-                seen.extend(contents(keys_path(path, service.policy()).as_slice()));
+            Ok((service, routes, read)) => {
+                seen = read;
                 services.replace(service);
                 metrics::counter!("sluice_policy_reloads_total", "result" => "loaded").increment(1);
                 metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);
@@ -501,6 +492,15 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
             }
         }
     }
+}
+
+/// [`load`], and what `--watch-policy` compares from then on: the policy file as it was before
+/// it was read (so a change made while it is read shows as a change), and the keys file it names.
+fn load_watched(path: &Path) -> anyhow::Result<(Deployment, Vec<Option<u64>>)> {
+    let mut seen = contents(&[path.to_path_buf()]);
+    let deployment = load(path)?;
+    seen.extend(contents(keys_path(path, &deployment.policy).as_slice()));
+    Ok((deployment, seen))
 }
 
 /// What `files` hold now (a hash each, `None` for one that cannot be read): what
