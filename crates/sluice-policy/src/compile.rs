@@ -2,6 +2,7 @@
 //! [`Limit`]s, routes ordered most specific first. Every problem found is reported, each at the
 //! line and column it was written.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
@@ -12,8 +13,8 @@ use sluice_core::{Limit, MonthlyCycle, Period};
 use crate::error::{PolicyError, PolicyErrors};
 use crate::route::RoutePattern;
 use crate::syntax::{
-    AlgorithmName, Authentication, IdentitySource, LimitSpec, PolicyFile, QuotaCounts, QuotaPeriod,
-    QuotaSpec, RequestRules, Service, StoreFailure,
+    AlgorithmName, Authentication, IdentitySource, LimitSpec, PathParameters, PolicyFile,
+    QuotaCounts, QuotaPeriod, QuotaSpec, RequestRules, Service, StoreFailure,
 };
 use crate::text::Rate;
 
@@ -292,7 +293,11 @@ impl Policy {
     }
 
     fn find_route(&self, method: &str, path: &str) -> Option<(usize, Vec<(String, String)>)> {
-        let path = crate::route::normal_path(path);
+        let path = match self.service.path_parameters {
+            PathParameters::Keep => Cow::Borrowed(path),
+            PathParameters::Strip => crate::route::without_path_parameters(path),
+        };
+        let path = crate::route::normal_path(&path);
         let first = |method: &str, named_only: bool| {
             self.routes.iter().enumerate().find_map(|(index, route)| {
                 if named_only && route.pattern.method() != Some(method) {
@@ -559,6 +564,15 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         };
         if !seen.insert(name) {
             compiler.error(&spec.pattern, format!("route `{pattern}` is defined twice"));
+        }
+        if file.service.path_parameters == PathParameters::Strip && pattern.has_literal_with(';') {
+            compiler.error(
+                &spec.pattern,
+                format!(
+                    "route `{pattern}` has a `;` in a segment, which `service.path_parameters: \
+                     strip` cuts from every request's path: no request could match it"
+                ),
+            );
         }
         let prefix = format!("{pattern}#");
         let mut limits: Vec<LimitRule> = spec

@@ -22,8 +22,8 @@ pub use keys::{KeyRecord, KeyStatus, hash_text, load_keys};
 pub use route::{RoutePattern, normal_path};
 pub use syntax::{
     AlgorithmName, Authentication, ClientIp, FieldRule, FieldType, IdentitySource, InactiveBlocks,
-    KeyAttribute, KeySource, Ordered, QuotaCounts, QuotaPeriod, RequestRules, Service, SizeText,
-    StoreFailure, UrlRule,
+    KeyAttribute, KeySource, Ordered, PathParameters, QuotaCounts, QuotaPeriod, RequestRules,
+    Service, SizeText, StoreFailure, UrlRule,
 };
 pub use text::{Rate, parse_duration, parse_rate, parse_size};
 

@@ -131,6 +131,13 @@ impl RoutePattern {
             .then(self.method.is_some().cmp(&other.method.is_some()))
     }
 
+    /// Whether a literal segment has `c` in it.
+    pub(crate) fn has_literal_with(&self, c: char) -> bool {
+        self.segments
+            .iter()
+            .any(|segment| matches!(segment, Segment::Literal(literal) if literal.contains(c)))
+    }
+
     /// The method, or `None` for any.
     pub fn method(&self) -> Option<&str> {
         self.method.as_deref()
@@ -177,6 +184,23 @@ pub fn normal_path(path: &str) -> Cow<'_, str> {
         Ok(uri) => Cow::Owned(uri.normalize().to_dedicated_string().path_str().to_owned()),
         Err(_) => Cow::Borrowed(path),
     }
+}
+
+/// `path` without its segments' parameters: each segment cut at its first `;`, as a Java
+/// servlet container reads a path before it routes it (so `/x/..;/items` is `/x/../items`,
+/// and normalizes to `/items`). An escaped `%3B` is part of its segment there too, and stays.
+pub(crate) fn without_path_parameters(path: &str) -> Cow<'_, str> {
+    if !path.contains(';') {
+        return Cow::Borrowed(path);
+    }
+    let mut stripped = String::with_capacity(path.len());
+    for (index, segment) in path.split('/').enumerate() {
+        if index > 0 {
+            stripped.push('/');
+        }
+        stripped.push_str(segment.split_once(';').map_or(segment, |(name, _)| name));
+    }
+    Cow::Owned(stripped)
 }
 
 /// Whether `path` has an escape that normalization changes: one of an unreserved character
@@ -242,6 +266,28 @@ mod tests {
             normal_path("/files/my%20doc%2fv2.pdf"),
             "/files/my%20doc%2Fv2.pdf"
         );
+    }
+
+    #[test]
+    fn path_parameters_are_cut_from_every_segment() {
+        for (path, stripped) in [
+            ("/projects/upload-file", "/projects/upload-file"),
+            ("/projects/upload-file;x=1", "/projects/upload-file"),
+            ("/projects;a/upload-file;b;c/", "/projects/upload-file/"),
+            ("/x/..;/projects/upload-file", "/x/../projects/upload-file"),
+            ("/;/projects", "//projects"),
+            ("/items%3Bv2", "/items%3Bv2"),
+        ] {
+            assert_eq!(without_path_parameters(path), stripped, "{path}");
+        }
+        assert_eq!(
+            normal_path(&without_path_parameters("/x/..;/projects/upload-file")),
+            "/projects/upload-file"
+        );
+        assert!(matches!(
+            without_path_parameters("/projects/upload-file"),
+            Cow::Borrowed(_)
+        ));
     }
 
     fn pattern(text: &str) -> RoutePattern {

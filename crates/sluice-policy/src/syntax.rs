@@ -182,10 +182,28 @@ pub struct Service {
     /// `/projects/upload-file`.
     #[serde(default = "case_sensitive")]
     pub case_sensitive_paths: bool,
+    /// What a `;` in a path segment is to the API: part of the segment (`keep`, the default),
+    /// or the start of path parameters that the upstream drops before it routes (`strip`), as
+    /// Java servlet containers (Tomcat, Jetty, Undertow) and the frameworks on them do. Set it
+    /// to `strip` for such an upstream, so that `/projects/upload-file;x=1` and
+    /// `/x/..;/projects/upload-file` cannot step around the limits of `/projects/upload-file`.
+    #[serde(default)]
+    pub path_parameters: PathParameters,
 }
 
 fn case_sensitive() -> bool {
     true
+}
+
+/// What a `;` in a path segment is to the API (`service.path_parameters`).
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum PathParameters {
+    /// Part of the segment: `/items;v2` is a path of its own.
+    #[default]
+    Keep,
+    /// The start of the segment's parameters, dropped before routing: `/items;v2` is `/items`.
+    Strip,
 }
 
 /// The error contract: envelope, and per-code words.

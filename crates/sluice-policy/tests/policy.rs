@@ -108,6 +108,44 @@ fn paths_match_without_regard_to_case_when_the_api_says_so() {
     );
 }
 
+#[test]
+fn path_parameters_are_cut_before_matching_when_the_api_says_so() {
+    let (file, text) = example("streampixel");
+    let upload = |policy: &sluice_policy::Policy, path: &str| {
+        policy
+            .route("POST", path)
+            .is_some_and(|(route, _)| !route.unlimited)
+    };
+    let kept = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    assert!(upload(&kept, "/projects/upload-file"));
+    assert!(!upload(&kept, "/projects/upload-file;x=1"));
+    let text = text.replacen("service:\n", "service:\n  path_parameters: strip\n", 1);
+    let stripped = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
+    for path in [
+        "/projects/upload-file",
+        "/projects/upload-file;x=1",
+        "/projects;v=2/upload-file;jsessionid=abc",
+        "/x/..;/projects/upload-file",
+        "/projects/%75pload-file;x",
+    ] {
+        assert!(upload(&stripped, path), "{path}");
+    }
+    // A route no request could match is an error at its line and column.
+    let never = "service:\n  name: Test\n  path_parameters: strip\nroutes:\n  - match: GET /items;v2\n    unlimited: true\n";
+    let errors = errors_of(never);
+    assert!(
+        errors.contains("policy.yaml:5:12") && errors.contains("no request could match it"),
+        "{errors}"
+    );
+    // Anything else is refused, naming what is allowed.
+    let unknown = "service:\n  name: Test\n  path_parameters: drop\n";
+    assert!(
+        errors_of(unknown).contains("keep"),
+        "{}",
+        errors_of(unknown)
+    );
+}
+
 fn errors_of(text: &str) -> String {
     match load("policy.yaml", text) {
         Ok(_) => "accepted".to_owned(),

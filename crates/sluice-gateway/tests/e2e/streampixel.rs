@@ -132,6 +132,43 @@ async fn a_path_spelled_another_way_counts_against_the_same_route() {
 }
 
 #[tokio::test]
+async fn path_parameters_count_against_the_route_when_the_upstream_drops_them() {
+    // A Java servlet container routes `/projects/upload-file;x=1`, and resolves `..;`, as if the
+    // `;` parameters were not there: with `path_parameters: strip` they count as the upload
+    // endpoint, and are forwarded as they were sent.
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen("service:\n", "service:\n  path_parameters: strip\n", 1)
+    })
+    .await;
+    for (index, spelling) in [
+        "/projects/upload-file;jsessionid=0",
+        "/projects;v=2/upload-file;x",
+        "/x/..;/projects/upload-file",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let user = format!("user-{index}");
+        let first = bench.post(spelling, &[], &upload(ALICE, &user)).await;
+        assert_eq!(first.status, StatusCode::OK, "{spelling}: {}", first.text());
+        let forwarded = bench
+            .seen
+            .lock()
+            .expect("seen")
+            .last()
+            .expect("seen")
+            .uri
+            .clone();
+        assert_eq!(forwarded, spelling);
+        let plain = bench
+            .post("/projects/upload-file", &[], &upload(ALICE, &user))
+            .await;
+        assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS, "{spelling}");
+    }
+    bench.stop().await;
+}
+
+#[tokio::test]
 async fn api_keys_are_checked_as_the_page_describes() {
     let bench = Bench::start("streampixel").await;
     let invalid = "Unauthorized: Invalid API Key";
