@@ -135,6 +135,8 @@ error_codes! {
     StoreUnavailable = "store_unavailable",
     /// An unexpected failure inside sluice.
     Internal = "internal",
+    /// The body is compressed in a way the gateway cannot read.
+    UnsupportedEncoding = "unsupported_encoding",
 }
 
 impl ErrorCode {
@@ -151,7 +153,9 @@ impl ErrorCode {
             | ErrorCode::InvalidApiKey
             | ErrorCode::RevokedApiKey
             | ErrorCode::WrongEnvironment => StatusCode::UNAUTHORIZED,
-            ErrorCode::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::UnsupportedMediaType | ErrorCode::UnsupportedEncoding => {
+                StatusCode::UNSUPPORTED_MEDIA_TYPE
+            }
             ErrorCode::MalformedBody | ErrorCode::MissingField | ErrorCode::InvalidField => {
                 StatusCode::BAD_REQUEST
             }
@@ -181,6 +185,7 @@ impl ErrorCode {
             | ErrorCode::WrongEnvironment => GrpcCode::Unauthenticated,
             ErrorCode::Forbidden | ErrorCode::SubscriptionInactive => GrpcCode::PermissionDenied,
             ErrorCode::UnsupportedMediaType
+            | ErrorCode::UnsupportedEncoding
             | ErrorCode::MalformedBody
             | ErrorCode::MissingField
             | ErrorCode::InvalidField
@@ -231,6 +236,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "Upstream error",
             ErrorCode::StoreUnavailable => "Service unavailable",
             ErrorCode::Internal => "Internal server error",
+            ErrorCode::UnsupportedEncoding => "Unsupported content encoding",
         }
     }
 
@@ -267,6 +273,7 @@ impl ErrorCode {
             ErrorCode::UpstreamError => "Internal server error",
             ErrorCode::StoreUnavailable => "Service temporarily unavailable",
             ErrorCode::Internal => "Internal server error",
+            ErrorCode::UnsupportedEncoding => "Content-Encoding must be gzip, deflate or identity",
         }
     }
 
@@ -329,6 +336,10 @@ impl ErrorCode {
                  than admit them unlimited."
             }
             ErrorCode::Internal => "An unexpected failure inside sluice.",
+            ErrorCode::UnsupportedEncoding => {
+                "The route reads the body and its `Content-Encoding` is one the gateway cannot \
+                 decode; `Accept-Encoding` lists the ones it can."
+            }
         }
     }
 
@@ -357,6 +368,7 @@ impl ErrorCode {
             | ErrorCode::Forbidden
             | ErrorCode::SubscriptionInactive
             | ErrorCode::UnsupportedMediaType
+            | ErrorCode::UnsupportedEncoding
             | ErrorCode::MalformedBody
             | ErrorCode::NotFound
             | ErrorCode::HeadersTooLarge

@@ -12,6 +12,7 @@ mod admin;
 mod affinity;
 mod body;
 mod check_api;
+mod coding;
 mod deadline;
 mod echo;
 mod pool;
@@ -44,6 +45,7 @@ pub use proxy::Upstream;
 pub use request_id::RequestIds;
 
 use crate::body::{full, json_response, rejection_response};
+use crate::coding::Undecodable;
 use crate::deadline::Deadlines;
 use crate::pool::Pool;
 use crate::proxy::Peer;
@@ -395,6 +397,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     // Refused before a byte of it is read.
                     return reject(ErrorCode::BodyTooLarge, too_large, None);
                 }
+                if coding::supported(&parts.headers).is_err() {
+                    return unsupported_encoding(reject);
+                }
                 let limit = usize::try_from(max).unwrap_or(usize::MAX);
                 let read = tokio::time::timeout(
                     self.config.body_read_timeout,
@@ -409,7 +414,19 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     Ok(Err(_)) => return reject(ErrorCode::MalformedBody, Values::default(), None),
                     Ok(Ok(collected)) => collected.to_bytes(),
                 };
-                (Some(bytes.clone()), Either::Left(Full::new(bytes)))
+                // The policy reads the content; the upstream gets the bytes as sent.
+                let content = match coding::decode(&parts.headers, &bytes, limit) {
+                    Ok(None) => bytes.clone(),
+                    Ok(Some(decoded)) => Bytes::from(decoded),
+                    Err(Undecodable::TooLarge) => {
+                        return reject(ErrorCode::BodyTooLarge, too_large, None);
+                    }
+                    Err(Undecodable::Corrupt) => {
+                        return reject(ErrorCode::MalformedBody, Values::default(), None);
+                    }
+                    Err(Undecodable::Unsupported) => return unsupported_encoding(reject),
+                };
+                (Some(content), Either::Left(Full::new(bytes)))
             }
         };
         let verdict = service
@@ -581,6 +598,19 @@ pub fn bind_listeners(
         listeners.push(bind(address)?);
     }
     Ok(listeners)
+}
+
+/// The refusal of a body coded in a way the gateway cannot decode, with the codings it can
+/// (RFC 9110, 12.5.3).
+fn unsupported_encoding(
+    reject: impl FnOnce(ErrorCode, Values, Option<StatusCode>) -> Response<Body>,
+) -> Response<Body> {
+    let mut response = reject(ErrorCode::UnsupportedEncoding, Values::default(), None);
+    response.headers_mut().insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static(coding::ACCEPTED),
+    );
+    response
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

@@ -168,6 +168,87 @@ async fn path_parameters_count_against_the_route_when_the_upstream_drops_them() 
     bench.stop().await;
 }
 
+fn gzip(content: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(content).expect("write");
+    encoder.finish().expect("finish")
+}
+
+#[tokio::test]
+async fn a_compressed_body_is_read_as_the_upstream_reads_it() {
+    let bench = Bench::start("streampixel").await;
+    let path = "/projects/upload-file";
+    let send = |coding: &'static str, body: Vec<u8>| {
+        let bench = &bench;
+        async move {
+            let headers = [
+                ("content-type", "application/json"),
+                ("content-encoding", coding),
+            ];
+            bench.send("POST", path, &headers, body).await
+        }
+    };
+    // A gzip upload counts against its user, and goes upstream compressed, as sent.
+    let coded = gzip(&serde_json::to_vec(&upload(ALICE, "zoe")).expect("json"));
+    let first = send("gzip", coded.clone()).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.text());
+    let seen = bench
+        .seen
+        .lock()
+        .expect("seen")
+        .last()
+        .expect("seen")
+        .clone();
+    assert_eq!(seen.body, coded);
+    assert_eq!(seen.headers["content-encoding"], "gzip");
+    let again = bench.post(path, &[], &upload(ALICE, "zoe")).await;
+    assert_message(
+        &again,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Rate limit exceeded. Try again in 2 minutes.",
+    );
+    // Its fields are checked as a plain body's are.
+    let mut missing = upload(ALICE, "yuri");
+    missing.as_object_mut().expect("object").remove("userId");
+    let reply = send("gzip", gzip(&serde_json::to_vec(&missing).expect("json"))).await;
+    assert_message(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "Missing required field: userId",
+    );
+    // A coding the gateway cannot read is refused, naming the ones it can.
+    let reply = send("br", b"not brotli".to_vec()).await;
+    assert_message(
+        &reply,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "Content-Encoding must be gzip, deflate or identity",
+    );
+    assert_eq!(
+        reply.header("accept-encoding"),
+        Some("gzip, deflate, identity")
+    );
+    // Bytes that are not gzip are a malformed body.
+    let reply = send("gzip", b"{\"userId\":\"x\"}".to_vec()).await;
+    assert_message(
+        &reply,
+        StatusCode::BAD_REQUEST,
+        "Request body must be a JSON object",
+    );
+    // 8 MB of content in a few KB of gzip stops at the route's 64 KB.
+    let mut bomb = serde_json::to_vec(&upload(ALICE, "xena")).expect("json");
+    bomb.extend(std::iter::repeat_n(b' ', 8 << 20));
+    let bomb = gzip(&bomb);
+    assert!(bomb.len() < 64 << 10, "{}", bomb.len());
+    let reply = send("gzip", bomb).await;
+    assert_message(
+        &reply,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "Request body exceeds 64 KB",
+    );
+    bench.stop().await;
+}
+
 #[tokio::test]
 async fn api_keys_are_checked_as_the_page_describes() {
     let bench = Bench::start("streampixel").await;

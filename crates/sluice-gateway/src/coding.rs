@@ -1,0 +1,221 @@
+//! A request body's content codings (RFC 9110, 8.4), for the routes whose policy reads the body:
+//! a client may send its JSON gzip- or deflate-compressed, as the frameworks behind the gateway
+//! accept (Express's JSON parser does by default), and the policy must read the fields the
+//! upstream will read. The body is decoded never past the route's size limit, however small the
+//! compressed bytes (a decompression bomb stops there); what is forwarded stays as sent.
+
+use std::io::Read;
+
+use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
+use http::HeaderMap;
+use http::header::CONTENT_ENCODING;
+
+/// The codings the gateway decodes, for `Accept-Encoding` on a refusal (RFC 9110, 12.5.3).
+pub(crate) const ACCEPTED: &str = "gzip, deflate, identity";
+
+/// One content coding of a body, in the order the client applied them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Coding {
+    Gzip,
+    Deflate,
+}
+
+/// Why a body's content could not be had.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Undecodable {
+    /// A coding the gateway does not decode (`br`, `zstd`, a misspelling).
+    Unsupported,
+    /// The content is larger than the limit.
+    TooLarge,
+    /// The bytes are not what their coding says.
+    Corrupt,
+}
+
+/// The codings `headers` declare, in the order they were applied; `identity` is none.
+fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Undecodable> {
+    let mut codings = Vec::new();
+    for value in headers.get_all(CONTENT_ENCODING) {
+        let value = value.to_str().map_err(|_| Undecodable::Unsupported)?;
+        for name in value
+            .split(',')
+            .map(str::trim)
+            .filter(|name| !name.is_empty())
+        {
+            if name.eq_ignore_ascii_case("gzip") || name.eq_ignore_ascii_case("x-gzip") {
+                codings.push(Coding::Gzip);
+            } else if name.eq_ignore_ascii_case("deflate") {
+                codings.push(Coding::Deflate);
+            } else if !name.eq_ignore_ascii_case("identity") {
+                return Err(Undecodable::Unsupported);
+            }
+        }
+    }
+    Ok(codings)
+}
+
+/// Whether `headers` declare only codings the gateway decodes: checked before a byte of the body
+/// is read, so that one it cannot decode is refused at once.
+pub(crate) fn supported(headers: &HeaderMap) -> Result<(), Undecodable> {
+    codings(headers).map(drop)
+}
+
+/// The content of `body` as `headers` declare it coded, at most `limit` bytes of it; `None` when
+/// it is not coded at all (the body is its content).
+pub(crate) fn decode(
+    headers: &HeaderMap,
+    body: &[u8],
+    limit: usize,
+) -> Result<Option<Vec<u8>>, Undecodable> {
+    let codings = codings(headers)?;
+    let Some((&last, earlier)) = codings.split_last() else {
+        return Ok(None);
+    };
+    let mut content = decode_one(last, body, limit)?;
+    // Codings are undone in the reverse of the order they were applied.
+    for &coding in earlier.iter().rev() {
+        content = decode_one(coding, &content, limit)?;
+    }
+    Ok(Some(content))
+}
+
+fn decode_one(coding: Coding, coded: &[u8], limit: usize) -> Result<Vec<u8>, Undecodable> {
+    let reader: Box<dyn Read + '_> = match coding {
+        Coding::Gzip => Box::new(MultiGzDecoder::new(coded)),
+        // RFC 9110's deflate is the zlib format; some clients send the raw deflate stream, and
+        // the two are told apart by zlib's two-byte header (RFC 1950: method 8, a check sum).
+        Coding::Deflate if is_zlib(coded) => Box::new(ZlibDecoder::new(coded)),
+        Coding::Deflate => Box::new(DeflateDecoder::new(coded)),
+    };
+    let mut content = Vec::new();
+    // One byte past the limit tells a content that is too large from one that just fits.
+    let read = reader
+        .take(u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut content);
+    match read {
+        Err(_) => Err(Undecodable::Corrupt),
+        Ok(length) if length > limit => Err(Undecodable::TooLarge),
+        Ok(_) => Ok(content),
+    }
+}
+
+fn is_zlib(coded: &[u8]) -> bool {
+    match coded {
+        [first, second, ..] => {
+            first & 0x0f == 8 && (u16::from(*first) << 8 | u16::from(*second)) % 31 == 0
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use flate2::Compression;
+    use flate2::write::{DeflateEncoder, GzEncoder, ZlibEncoder};
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn coded_as(names: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for name in names {
+            headers.append(
+                CONTENT_ENCODING,
+                HeaderValue::from_str(name).expect("value"),
+            );
+        }
+        headers
+    }
+
+    fn gzip(content: &[u8]) -> Vec<u8> {
+        let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(content).expect("write");
+        encoder.finish().expect("finish")
+    }
+
+    fn zlib(content: &[u8]) -> Vec<u8> {
+        let mut encoder = ZlibEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(content).expect("write");
+        encoder.finish().expect("finish")
+    }
+
+    fn raw_deflate(content: &[u8]) -> Vec<u8> {
+        let mut encoder = DeflateEncoder::new(Vec::new(), Compression::default());
+        encoder.write_all(content).expect("write");
+        encoder.finish().expect("finish")
+    }
+
+    const JSON: &[u8] = br#"{"userId":"alice"}"#;
+
+    #[test]
+    fn a_body_with_no_coding_is_its_own_content() {
+        assert_eq!(decode(&HeaderMap::new(), JSON, 100), Ok(None));
+        assert_eq!(decode(&coded_as(&["identity"]), JSON, 100), Ok(None));
+    }
+
+    #[test]
+    fn gzip_and_both_kinds_of_deflate_are_decoded() {
+        for (names, coded) in [
+            (&["gzip"][..], gzip(JSON)),
+            (&["X-GZip"][..], gzip(JSON)),
+            (&["deflate"][..], zlib(JSON)),
+            (&["deflate"][..], raw_deflate(JSON)),
+            // Two members, as `cat a.gz b.gz` makes.
+            (
+                &["gzip"][..],
+                [gzip(b"{\"userId\":"), gzip(b"\"alice\"}")].concat(),
+            ),
+            // Applied in order, undone in reverse: deflate first, then gzip.
+            (&["deflate, gzip"][..], gzip(&zlib(JSON))),
+            (&["deflate", "identity", "gzip"][..], gzip(&zlib(JSON))),
+        ] {
+            assert_eq!(
+                decode(&coded_as(names), &coded, 100),
+                Ok(Some(JSON.to_vec())),
+                "{names:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn content_past_the_limit_is_too_large_however_small_the_coded_bytes() {
+        let bomb = gzip(&vec![b' '; 10 << 20]);
+        assert!(bomb.len() < 20 << 10, "{}", bomb.len());
+        assert_eq!(
+            decode(&coded_as(&["gzip"]), &bomb, 100 << 10),
+            Err(Undecodable::TooLarge)
+        );
+        // Exactly at the limit is within it.
+        assert_eq!(
+            decode(&coded_as(&["gzip"]), &gzip(JSON), JSON.len()),
+            Ok(Some(JSON.to_vec()))
+        );
+        assert_eq!(
+            decode(&coded_as(&["gzip"]), &gzip(JSON), JSON.len() - 1),
+            Err(Undecodable::TooLarge)
+        );
+    }
+
+    #[test]
+    fn unknown_codings_and_corrupt_bytes_are_told_apart() {
+        for names in [&["br"][..], &["gzip, zstd"][..], &["compress"][..]] {
+            assert_eq!(supported(&coded_as(names)), Err(Undecodable::Unsupported));
+            assert_eq!(
+                decode(&coded_as(names), JSON, 100),
+                Err(Undecodable::Unsupported)
+            );
+        }
+        assert_eq!(supported(&coded_as(&["gzip", "identity"])), Ok(()));
+        assert_eq!(
+            decode(&coded_as(&["gzip"]), JSON, 100),
+            Err(Undecodable::Corrupt)
+        );
+        let mut truncated = gzip(JSON);
+        truncated.truncate(truncated.len() - 4);
+        assert_eq!(
+            decode(&coded_as(&["gzip"]), &truncated, 100),
+            Err(Undecodable::Corrupt)
+        );
+    }
+}
