@@ -56,8 +56,12 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(
 fn first_line(message: &str) -> String {
     let line = message.lines().next().unwrap_or(message);
     let line = line.strip_prefix("error: ").unwrap_or(line);
-    match line.split_once(": ") {
-        Some((prefix, rest)) if prefix.starts_with("line ") => rest.to_owned(),
-        _ => line.to_owned(),
-    }
+    let line = match line.split_once(": ") {
+        Some((prefix, rest)) if prefix.starts_with("line ") => rest,
+        _ => line,
+    };
+    // Advice meant for a program calling serde-saphyr, not for whoever writes the file.
+    line.strip_suffix(", set DuplicateKeyPolicy in Options if acceptable")
+        .unwrap_or(line)
+        .to_owned()
 }

@@ -146,6 +146,12 @@ fn path_parameters_are_cut_before_matching_when_the_api_says_so() {
     );
 }
 
+#[test]
+fn a_key_given_twice_is_named_at_its_second_place() {
+    let errors = errors_of("service:\n  name: x\n  name: y\n");
+    assert_eq!(errors, "policy.yaml:3:3: duplicate mapping key: name");
+}
+
 fn errors_of(text: &str) -> String {
     match load("policy.yaml", text) {
         Ok(_) => "accepted".to_owned(),
