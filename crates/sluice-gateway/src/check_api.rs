@@ -195,6 +195,19 @@ async fn decide<S: CounterStore>(
     service: &Service<S>,
     check: CheckRequest<'_>,
 ) -> Result<CheckResponse, ApiError> {
+    // What no HTTP request could carry is the caller's mistake, not a request to decide on.
+    if http::Method::from_bytes(check.method.as_bytes()).is_err() {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!("`{}` is not an HTTP method", check.method),
+        ));
+    }
+    if !check.path.starts_with('/') {
+        return Err(api_error(
+            ErrorCode::InvalidField,
+            format!("the path `{}` does not start with `/`", check.path),
+        ));
+    }
     let mut headers = HeaderMap::with_capacity(check.headers.len());
     for (name, value) in &check.headers {
         let value: &str = value;

@@ -105,6 +105,29 @@ async fn a_malformed_check_is_answered_as_problem_json() {
             .contains("invalid type"),
         "{body}"
     );
+    // A method or a path no HTTP request could carry is named.
+    for (check, detail) in [
+        (
+            r#"{"method": "P OST", "path": "/projects"}"#,
+            "`P OST` is not an HTTP method",
+        ),
+        (
+            r#"{"method": "GET", "path": "projects"}"#,
+            "the path `projects` does not start with `/`",
+        ),
+    ] {
+        let reply = bench
+            .send(
+                "POST",
+                "/v1/check",
+                &[("content-type", "application/json")],
+                check,
+            )
+            .await;
+        assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{check}");
+        assert_eq!(reply.json()["code"], "invalid_field", "{check}");
+        assert_eq!(reply.json()["detail"], detail, "{check}");
+    }
     // Without an upstream, nothing else is served.
     let other = bench.send("GET", "/projects", &[], "").await;
     assert_eq!(other.status, StatusCode::NOT_FOUND);
