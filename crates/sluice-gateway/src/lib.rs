@@ -256,6 +256,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             pool: self.config.upstream.as_ref().map(|upstream| {
                 Pool::new(
                     upstream.address().to_owned(),
+                    upstream.tls().cloned(),
                     timers.clone(),
                     self.config.upstream_timeout,
                 )

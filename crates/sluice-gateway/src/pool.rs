@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use crate::body::Outgoing;
 use crate::deadline::{Deadlines, Stall};
+use crate::proxy::UpstreamTls;
 
 /// Idle connections kept per pool; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -51,6 +52,8 @@ impl std::fmt::Display for UpstreamError {
 #[derive(Debug)]
 pub(crate) struct Pool {
     address: String,
+    /// For an `https://` upstream, how its connections speak TLS.
+    tls: Option<UpstreamTls>,
     /// The accept loop's timers, and how long a response's body may pause between two parts.
     timers: Deadlines,
     body_idle: Duration,
@@ -67,12 +70,19 @@ struct Idle {
 }
 
 impl Pool {
-    /// A pool for the upstream at `address` (`host:port`), with a task on the current runtime
-    /// that closes connections left idle, ending when the pool is dropped. A response body that
-    /// sends nothing for `body_idle` (timed by `timers`) ends in an error.
-    pub(crate) fn new(address: String, timers: Deadlines, body_idle: Duration) -> Arc<Pool> {
+    /// A pool for the upstream at `address` (`host:port`), over TLS when `tls` says how, with a
+    /// task on the current runtime that closes connections left idle, ending when the pool is
+    /// dropped. A response body that sends nothing for `body_idle` (timed by `timers`) ends in
+    /// an error.
+    pub(crate) fn new(
+        address: String,
+        tls: Option<UpstreamTls>,
+        timers: Deadlines,
+        body_idle: Duration,
+    ) -> Arc<Pool> {
         let pool = Arc::new(Pool {
             address,
+            tls,
             timers,
             body_idle,
             idle: Mutex::new(Vec::new()),
@@ -186,16 +196,44 @@ impl Pool {
                 Ok(connected) => connected.map_err(UpstreamError::Connect)?,
             };
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(UpstreamError::Exchange)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended");
-            }
-        });
-        Ok(sender)
+        let Some(tls) = &self.tls else {
+            return handshake(stream).await;
+        };
+        // A TLS handshake that fails (an untrusted certificate, another name) is a failure to
+        // connect, as one that hangs is.
+        let secured = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tls.connector.connect(tls.name.clone(), stream),
+        )
+        .await
+        .map_err(|_| {
+            UpstreamError::Connect(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "no TLS session with {} within {CONNECT_TIMEOUT:?}",
+                    self.address
+                ),
+            ))
+        })?
+        .map_err(UpstreamError::Connect)?;
+        handshake(secured).await
     }
+}
+
+/// Opens an HTTP/1.1 client connection over `io`, driven by a task of its own.
+async fn handshake<T>(io: T) -> Result<SendRequest<Outgoing>, UpstreamError>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(UpstreamError::Exchange)?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%error, "upstream connection ended");
+        }
+    });
+    Ok(sender)
 }
 
 /// Every `IDLE_SWEEP`, closes the connections not used since the sweep before.
@@ -362,6 +400,7 @@ mod tests {
         let timeout = Duration::from_secs(30);
         Pool::new(
             address.to_string(),
+            None,
             Deadlines::for_timeouts(timeout),
             timeout,
         )

@@ -3,12 +3,16 @@
 //! against the contract on the way back.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Uri};
 use http::{Request, request};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 
 use crate::body::Outgoing;
 use crate::request_id::X_REQUEST_ID;
@@ -110,40 +114,90 @@ pub struct Upstream {
     /// The `Host` the upstream is sent: its host, and its port unless the scheme's default.
     host: HeaderValue,
     base_path: String,
+    /// For an `https://` upstream, how its connections speak TLS.
+    tls: Option<UpstreamTls>,
+}
+
+/// TLS to an `https://` upstream: rustls, the certificate checked against Mozilla's roots (and
+/// any the deployment adds, a private CA's) for the upstream's own name, which is also sent as
+/// SNI; ALPN offers HTTP/1.1 only, the one protocol the pool speaks.
+#[derive(Clone)]
+pub(crate) struct UpstreamTls {
+    pub(crate) connector: TlsConnector,
+    pub(crate) name: ServerName<'static>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
-    /// The upstream at `uri` (`http://host:port` with an optional base path).
+    /// The upstream at `uri` (`http://host:port` or `https://host:port`, with an optional base
+    /// path); an `https://` one's certificate is checked against Mozilla's roots.
     pub fn new(uri: &Uri) -> Result<Upstream, String> {
+        Upstream::trusting(uri, None)
+    }
+
+    /// As [`Upstream::new`]; an `https://` upstream's certificate may also be signed by one of
+    /// the certificates in `ca_pem` (PEM), a private CA's.
+    pub fn trusting(uri: &Uri, ca_pem: Option<&[u8]>) -> Result<Upstream, String> {
         let scheme = uri
             .scheme()
             .cloned()
             .ok_or_else(|| format!("upstream `{uri}` needs a scheme, like http://host:port"))?;
-        if scheme != http::uri::Scheme::HTTP {
+        let https = if scheme == http::uri::Scheme::HTTP {
+            false
+        } else if scheme == http::uri::Scheme::HTTPS {
+            true
+        } else {
             return Err(format!(
-                "upstream `{uri}`: only http:// upstreams are supported; terminate TLS in front"
+                "upstream `{uri}`: only http:// and https:// upstreams are supported"
+            ));
+        };
+        if ca_pem.is_some() && !https {
+            return Err(format!(
+                "upstream `{uri}`: a CA to trust applies only to an https:// upstream"
             ));
         }
         let authority = uri
             .authority()
             .ok_or_else(|| format!("upstream `{uri}` needs a host"))?;
-        let port = authority.port_u16().unwrap_or(80);
-        let host = match port {
-            80 => authority.host().to_owned(),
-            port => format!("{}:{port}", authority.host()),
+        let default_port = if https { 443 } else { 80 };
+        let port = authority.port_u16().unwrap_or(default_port);
+        let host = if port == default_port {
+            authority.host().to_owned()
+        } else {
+            format!("{}:{port}", authority.host())
         };
         let host = HeaderValue::from_str(&host)
             .map_err(|_| format!("upstream `{uri}`: its host is not a valid Host header"))?;
+        let tls = match https {
+            true => Some(
+                upstream_tls(authority.host(), ca_pem)
+                    .map_err(|why| format!("upstream `{uri}`: {why}"))?,
+            ),
+            false => None,
+        };
         Ok(Upstream {
             address: format!("{}:{port}", authority.host()),
             host,
             base_path: uri.path().trim_end_matches('/').to_owned(),
+            tls,
         })
     }
 
     /// Where to connect: `host:port`.
     pub(crate) fn address(&self) -> &str {
         &self.address
+    }
+
+    /// How to speak TLS to it, for an `https://` upstream.
+    pub(crate) fn tls(&self) -> Option<&UpstreamTls> {
+        self.tls.as_ref()
     }
 
     /// The request target sent upstream (origin form): the base path, then the request's path
@@ -158,6 +212,41 @@ impl Upstream {
         let tail = path_and_query.map_or("/", PathAndQuery::as_str);
         Ok(Uri::try_from(format!("{}{tail}", self.base_path))?)
     }
+}
+
+/// TLS to the upstream named `host` (a name, or an IP address, bracketed if IPv6), trusting
+/// Mozilla's roots and the certificates of `ca_pem`.
+fn upstream_tls(host: &str, ca_pem: Option<&[u8]>) -> Result<UpstreamTls, String> {
+    let mut roots = RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(pem) = ca_pem {
+        let certificates = CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| format!("the CA file is not PEM certificates: {error}"))?;
+        if certificates.is_empty() {
+            return Err("the CA file holds no PEM certificate".to_owned());
+        }
+        for certificate in certificates {
+            roots
+                .add(certificate)
+                .map_err(|error| format!("a certificate of the CA file is unusable: {error}"))?;
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|error| error.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(bare.to_owned())
+        .map_err(|_| format!("`{host}` is not a name TLS can check a certificate for"))?;
+    Ok(UpstreamTls {
+        connector: TlsConnector::from(Arc::new(config)),
+        name,
+    })
 }
 
 /// The request to send upstream for a client's request `parts` and `body`.
@@ -299,6 +388,33 @@ mod tests {
         );
         assert_eq!(bare.target(None).unwrap().to_string(), "/");
         assert_eq!(bare.address(), "api.example.com:80");
-        assert!(Upstream::new(&"https://example.com".parse().unwrap()).is_err());
+        assert!(Upstream::new(&"ftp://example.com".parse().unwrap()).is_err());
+    }
+
+    #[test]
+    fn an_https_upstream_is_reached_on_443_by_its_name() {
+        let secure = Upstream::new(&"https://api.example.com/v1".parse().unwrap()).expect("valid");
+        assert_eq!(secure.address(), "api.example.com:443");
+        assert_eq!(secure.host, "api.example.com");
+        assert_eq!(
+            secure.tls().map(|tls| format!("{:?}", tls.name)),
+            Some(r#"DnsName("api.example.com")"#.to_owned())
+        );
+        let other_port = Upstream::new(&"https://[::1]:8443".parse().unwrap()).expect("valid");
+        assert_eq!(other_port.host, "[::1]:8443");
+        assert!(other_port.tls().is_some());
+        assert!(
+            Upstream::new(&"http://api.example.com".parse().unwrap())
+                .expect("valid")
+                .tls()
+                .is_none()
+        );
+        // A CA file that is not one is named, as is a CA for an upstream without TLS.
+        let uri: Uri = "https://api.example.com".parse().unwrap();
+        let error = Upstream::trusting(&uri, Some(b"not a certificate")).unwrap_err();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let plain: Uri = "http://api.example.com".parse().unwrap();
+        let error = Upstream::trusting(&plain, Some(b"")).unwrap_err();
+        assert!(error.contains("only to an https:// upstream"), "{error}");
     }
 }

@@ -8,6 +8,7 @@
 mod e2e {
     mod bad_input;
     mod decision_api;
+    mod https_upstream;
     mod pixelpatrol;
     mod proxy;
     mod reload;

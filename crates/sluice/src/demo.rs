@@ -58,7 +58,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .options
         .service(Deployment { policy, keys }, &clock)
         .await?;
-    let upstream = serve::upstream(&format!("http://{echo_address}"))?;
+    let upstream = serve::upstream(&format!("http://{echo_address}"), None)?;
     let listeners = args.options.listeners(args.listen)?;
     let address = listeners.first().context("no listener")?.local_addr()?;
     let gateway = Arc::new(Gateway::live(

@@ -28,8 +28,18 @@ pub(crate) struct ServeArgs {
     #[arg(long, env = "SLUICE_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
     /// The API to proxy admitted requests to, e.g. http://127.0.0.1:9000 (a base path is kept).
+    /// An https:// upstream's certificate is checked against Mozilla's roots for its name.
     #[arg(long, env = "SLUICE_UPSTREAM", value_name = "URL")]
     upstream: Option<String>,
+    /// Certificates (PEM) to trust besides Mozilla's roots for an https:// upstream: a private
+    /// CA's.
+    #[arg(
+        long,
+        env = "SLUICE_UPSTREAM_CA",
+        value_name = "FILE",
+        requires = "upstream"
+    )]
+    upstream_ca: Option<PathBuf>,
     /// Address of the admin API (usage, resets, overrides, keys, metrics). Keep it on loopback
     /// or a private network.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
@@ -302,12 +312,12 @@ pub(crate) async fn open_store(spec: &str, clock: Arc<dyn Clock>) -> anyhow::Res
     Ok(AnyStore::Embedded(store))
 }
 
-/// Parses `--upstream`.
-pub(crate) fn upstream(text: &str) -> anyhow::Result<Upstream> {
+/// Parses `--upstream`, trusting the certificates `ca_pem` (`--upstream-ca`) too.
+pub(crate) fn upstream(text: &str, ca_pem: Option<&[u8]>) -> anyhow::Result<Upstream> {
     let uri: http::Uri = text
         .parse()
         .with_context(|| format!("--upstream `{text}` is not a URL"))?;
-    Upstream::new(&uri).map_err(|message| anyhow::anyhow!(message))
+    Upstream::trusting(&uri, ca_pem).map_err(|message| anyhow::anyhow!(message))
 }
 
 /// Concurrency limits count requests in flight, and the decision API cannot know when a call it
@@ -360,7 +370,18 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     crate::metrics::install()?;
     let (deployment, seen) = load_watched(&args.policy)?;
-    let upstream = args.upstream.as_deref().map(upstream).transpose()?;
+    let ca = match &args.upstream_ca {
+        Some(file) => Some(
+            std::fs::read(file)
+                .with_context(|| format!("cannot read --upstream-ca {}", file.display()))?,
+        ),
+        None => None,
+    };
+    let upstream = args
+        .upstream
+        .as_deref()
+        .map(|text| upstream(text, ca.as_deref()))
+        .transpose()?;
     let decision_api = upstream.is_none() || args.options.decision_api;
     if decision_api {
         warn_of_concurrency_limits(&deployment.policy);
