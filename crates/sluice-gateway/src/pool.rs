@@ -102,7 +102,9 @@ impl Pool {
         loop {
             let (mut sender, reused) = match self.take() {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting (a TLS handshake's state among it) is rare, and would
+                // otherwise make every request's future as large as the handshake's.
+                None => (Box::pin(self.connect()).await?, false),
             };
             // Pooled connections were ready when they came back; one may have closed since.
             if reused && !sender.is_ready() && sender.ready().await.is_err() {
