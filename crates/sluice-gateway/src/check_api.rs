@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 use sluice_contract::{Envelope, ErrorCode, ErrorReply};
-use sluice_service::{Request, Service, Verdict};
+use sluice_service::{CorsAnswer, Request, Service, Verdict};
 use sluice_store::CounterStore;
 
 /// Most checks one batch may carry.
@@ -231,6 +231,21 @@ async fn decide<S: CounterStore>(
         Some((path, query)) => (path, Some(query)),
         None => (&*check.path, None),
     };
+    let cors = match service.cors(&check.method, &headers) {
+        // A preflight the gateway answers itself, counting nothing.
+        CorsAnswer::Preflight(list) => {
+            return Ok(CheckResponse {
+                allowed: true,
+                status: StatusCode::NO_CONTENT.as_u16(),
+                code: None,
+                headers: Headers(list),
+                body: None,
+                hold: None,
+            });
+        }
+        CorsAnswer::Actual(list) => list,
+        CorsAnswer::None => Vec::new(),
+    };
     let body = check.body.map(|body| body.get().as_bytes());
     let request = Request {
         method: &check.method,
@@ -243,7 +258,9 @@ async fn decide<S: CounterStore>(
     };
     Ok(match service.check(&request).await {
         Verdict::Admit(mut admission) => {
-            let headers = Headers(std::mem::take(&mut admission.headers));
+            let mut headers = std::mem::take(&mut admission.headers);
+            headers.extend(cors);
+            let headers = Headers(headers);
             let hold = if check.hold {
                 Some(admission.hold_token())
             } else {
@@ -267,6 +284,7 @@ async fn decide<S: CounterStore>(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static(rejection.content_type),
             ));
+            headers.extend(cors);
             CheckResponse {
                 allowed: false,
                 status: rejection.status.as_u16(),

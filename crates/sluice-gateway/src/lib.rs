@@ -32,7 +32,7 @@ use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::Clock;
-use sluice_service::{BodyNeed, LiveService, Service, Verdict, is_json};
+use sluice_service::{BodyNeed, CorsAnswer, LiveService, Service, Verdict, is_json};
 use sluice_store::CounterStore;
 use tokio::net::TcpListener;
 
@@ -298,7 +298,14 @@ impl<S: CounterStore + 'static> Gateway<S> {
             method: &method,
             path,
         };
+        let cors = lane.service.cors(method.as_str(), request.headers());
         let mut response = match (&method, path) {
+            // A preflight is answered here: it is neither counted nor forwarded.
+            _ if matches!(cors, CorsAnswer::Preflight(_)) => {
+                let mut response = Response::new(full(""));
+                *response.status_mut() = StatusCode::NO_CONTENT;
+                response
+            }
             (_, "/healthz") => plain(StatusCode::OK, "ok\n"),
             // Degraded stays 200: every gateway shares the store, so taking them all out of
             // rotation would stop the routes that fail open too.
@@ -329,6 +336,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let CorsAnswer::Actual(list) | CorsAnswer::Preflight(list) = cors {
+            add_cors(response.headers_mut(), list);
+        }
         line.write(response.status().as_u16());
         response
     }
@@ -599,6 +609,18 @@ pub fn bind_listeners(
         listeners.push(bind(address)?);
     }
     Ok(listeners)
+}
+
+/// Adds CORS's headers to an answer: `Vary` and the exposed headers beside any the upstream
+/// sent, the others only where the upstream sent none of its own.
+fn add_cors(headers: &mut http::HeaderMap, list: sluice_service::HeaderList) {
+    for (name, value) in list {
+        if name == header::VARY || name == header::ACCESS_CONTROL_EXPOSE_HEADERS {
+            headers.append(name, value);
+        } else if !headers.contains_key(&name) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// The refusal of a body coded in a way the gateway cannot decode, with the codings it can

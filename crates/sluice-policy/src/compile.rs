@@ -191,9 +191,70 @@ pub struct Policy {
     pub penalties: Vec<PenaltyRule>,
     /// Routes, most specific first.
     pub routes: Vec<Route>,
+    /// How browsers on other origins may call the API, if they may.
+    pub cors: Option<Cors>,
     messages: BTreeMap<ErrorCode, Template>,
     titles: BTreeMap<ErrorCode, String>,
     types: BTreeMap<ErrorCode, String>,
+}
+
+/// How the API answers browsers calling it from pages of other origins (CORS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cors {
+    /// The origins allowed (`https://app.example.com`, in lower case).
+    pub origins: Vec<String>,
+    /// Whether any origin is (`*`).
+    pub any_origin: bool,
+    /// Whether pages may call with credentials (never with any origin).
+    pub credentials: bool,
+    /// The methods a preflight may ask for, as `Access-Control-Allow-Methods` lists them.
+    pub methods: String,
+    /// The request headers a preflight may ask for, as `Access-Control-Allow-Headers` lists
+    /// them; `None` allows whichever it asks for.
+    pub headers: Option<String>,
+    /// How long, in seconds, a browser may keep a preflight's answer.
+    pub max_age: Option<u64>,
+}
+
+impl Cors {
+    /// Whether pages of `origin` (an `Origin` header's value) may call the API.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.any_origin
+            || self
+                .origins
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin))
+    }
+}
+
+/// The methods a preflight may ask for unless the policy lists them.
+const DEFAULT_CORS_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE";
+
+/// `origin` if it is one an `Origin` header can carry (`scheme://host[:port]`), in lower case.
+fn parse_origin(origin: &str) -> Result<String, String> {
+    let expected = || {
+        format!(
+            "an origin is scheme://host[:port] as browsers send it, like \
+             https://app.example.com (no path, no trailing slash), or `*`; found `{origin}`"
+        )
+    };
+    let (scheme, rest) = origin.split_once("://").ok_or_else(expected)?;
+    let host_ok = !rest.is_empty()
+        && rest
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+    if !matches!(scheme, "http" | "https") || !host_ok {
+        return Err(expected());
+    }
+    Ok(origin.to_ascii_lowercase())
+}
+
+/// Whether `token` is an HTTP token (RFC 9110, 5.6.2): a method's or a header's name.
+fn is_token(token: &str) -> bool {
+    !token.is_empty()
+        && token
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// The engine's limit for `rate` counted by `algorithm`.
@@ -505,6 +566,85 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         }
     };
 
+    let cors = file.cors.as_ref().map(|spec| {
+        let any = spec
+            .allow_origins
+            .value
+            .iter()
+            .any(|origin| origin.value == "*");
+        if spec.allow_origins.value.is_empty() {
+            compiler.error(
+                &spec.allow_origins,
+                "list the origins allowed, like https://app.example.com, or `*` for any".to_owned(),
+            );
+        }
+        let mut origins = Vec::new();
+        for origin in &spec.allow_origins.value {
+            if origin.value == "*" {
+                continue;
+            }
+            match parse_origin(&origin.value) {
+                Ok(parsed) => origins.push(parsed),
+                Err(message) => compiler.error(origin, message),
+            }
+        }
+        if any {
+            origins.clear();
+        }
+        let credentials = spec.allow_credentials.as_ref().is_some_and(|on| on.value);
+        if let Some(on) = &spec.allow_credentials
+            && on.value
+            && any
+        {
+            compiler.error(
+                on,
+                "browsers refuse credentials from an API that allows any origin (`*`): list \
+                 the origins instead"
+                    .to_owned(),
+            );
+        }
+        for method in &spec.allow_methods {
+            if !is_token(&method.value) || method.value.bytes().any(|b| b.is_ascii_lowercase()) {
+                compiler.error(
+                    method,
+                    format!(
+                        "expected an upper-case HTTP method, found `{}`",
+                        method.value
+                    ),
+                );
+            }
+        }
+        for header in &spec.allow_headers {
+            if !is_token(&header.value) {
+                compiler.error(
+                    header,
+                    format!("expected a header name or `*`, found `{}`", header.value),
+                );
+            }
+        }
+        let join = |items: &[Spanned<String>]| {
+            items
+                .iter()
+                .map(|item| item.value.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        Cors {
+            origins,
+            any_origin: any,
+            credentials,
+            methods: if spec.allow_methods.is_empty() {
+                DEFAULT_CORS_METHODS.to_owned()
+            } else {
+                join(&spec.allow_methods)
+            },
+            headers: (!spec.allow_headers.is_empty()
+                && spec.allow_headers.iter().all(|header| header.value != "*"))
+            .then(|| join(&spec.allow_headers)),
+            max_age: spec.max_age.map(|age| age.0.as_secs()),
+        }
+    });
+
     let mut plans = BTreeMap::new();
     for (name, plan) in &file.plans {
         let limits = plan
@@ -724,6 +864,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         overrides,
         penalties,
         routes,
+        cors,
         messages: file
             .errors
             .messages

@@ -14,7 +14,8 @@ mod syntax;
 mod text;
 
 pub use compile::{
-    LimitRule, OverrideRule, PenaltyRule, PlanRule, Policy, QuotaRule, Route, Scope, TrustedProxy,
+    Cors, LimitRule, OverrideRule, PenaltyRule, PlanRule, Policy, QuotaRule, Route, Scope,
+    TrustedProxy,
 };
 pub use docs::docs;
 pub use error::{PolicyError, PolicyErrors};

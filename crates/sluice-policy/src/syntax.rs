@@ -161,7 +161,30 @@ pub(crate) struct PolicyFile {
     pub fair_use: Vec<LimitSpec>,
     #[serde(default)]
     pub penalties: Vec<Penalty>,
+    #[serde(default)]
+    pub cors: Option<CorsSpec>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// Browsers calling the API from pages of other origins (CORS, as the Fetch standard defines
+/// it): which origins may, and what their preflights may ask for.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CorsSpec {
+    /// `https://app.example.com`, as browsers send it in `Origin`; or `*` for any origin.
+    pub allow_origins: Spanned<Vec<Spanned<String>>>,
+    /// Whether pages may call with cookies or HTTP authentication (not with `*`).
+    #[serde(default)]
+    pub allow_credentials: Option<Spanned<bool>>,
+    /// Methods a preflight may ask for; by default the usual ones.
+    #[serde(default)]
+    pub allow_methods: Vec<Spanned<String>>,
+    /// Request headers a preflight may ask for; by default (or with `*`) whichever it asks for.
+    #[serde(default)]
+    pub allow_headers: Vec<Spanned<String>>,
+    /// How long a browser may keep a preflight's answer.
+    #[serde(default)]
+    pub max_age: Option<DurationText>,
 }
 
 /// Who the API is.

@@ -152,6 +152,55 @@ fn a_key_given_twice_is_named_at_its_second_place() {
     assert_eq!(errors, "policy.yaml:3:3: duplicate mapping key: name");
 }
 
+#[test]
+fn cors_lists_origins_and_what_preflights_may_ask() {
+    let text = "service:\n  name: Test\ncors:\n  allow_origins: [https://App.example.com, http://localhost:3000]\n  allow_credentials: true\n  allow_headers: [content-type, authorization]\n  max_age: 10m\nroutes:\n  - match: \"* /*\"\n    unlimited: true\n";
+    let policy = load("policy.yaml", text).unwrap_or_else(|errors| panic!("{errors}"));
+    let cors = policy.cors.expect("cors");
+    assert!(cors.allows("https://app.example.com"));
+    assert!(cors.allows("http://localhost:3000"));
+    assert!(!cors.allows("https://evil.example.com"));
+    assert!(!cors.allows("null"));
+    assert!(cors.credentials);
+    assert_eq!(cors.methods, "GET, HEAD, POST, PUT, PATCH, DELETE");
+    assert_eq!(cors.headers.as_deref(), Some("content-type, authorization"));
+    assert_eq!(cors.max_age, Some(600));
+
+    let any = "service:\n  name: Test\ncors:\n  allow_origins: [\"*\"]\n  allow_headers: [\"*\"]\nroutes: []\n";
+    let cors = load("policy.yaml", any).expect("loads").cors.expect("cors");
+    assert!(cors.allows("https://anyone.example"));
+    assert_eq!(cors.headers, None);
+
+    for (text, location, message) in [
+        (
+            "service:\n  name: T\ncors:\n  allow_origins: [https://app.example.com/]\nroutes: []\n",
+            "policy.yaml:4:19",
+            "an origin is scheme://host[:port]",
+        ),
+        (
+            "service:\n  name: T\ncors:\n  allow_origins: [\"*\"]\n  allow_credentials: true\nroutes: []\n",
+            "policy.yaml:5:22",
+            "browsers refuse credentials",
+        ),
+        (
+            "service:\n  name: T\ncors:\n  allow_origins: []\nroutes: []\n",
+            "policy.yaml:4:18",
+            "list the origins allowed",
+        ),
+        (
+            "service:\n  name: T\ncors:\n  allow_origins: [\"*\"]\n  allow_methods: [get]\nroutes: []\n",
+            "policy.yaml:5:19",
+            "expected an upper-case HTTP method",
+        ),
+    ] {
+        let errors = errors_of(text);
+        assert!(
+            errors.contains(location) && errors.contains(message),
+            "{text}\n{errors}"
+        );
+    }
+}
+
 fn errors_of(text: &str) -> String {
     match load("policy.yaml", text) {
         Ok(_) => "accepted".to_owned(),

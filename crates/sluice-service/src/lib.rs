@@ -8,6 +8,7 @@
 //! API both call [`Service::check`] and [`Service::finish`], so they decide exactly alike.
 
 mod admin;
+mod cors;
 mod hold;
 mod keys;
 mod live;
@@ -37,6 +38,7 @@ use sluice_store::{CounterStore, MemoryStore, RecordStore, StoreError};
 use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
+pub use cors::CorsAnswer;
 pub use hold::HoldError;
 pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
 pub use live::LiveService;
@@ -210,6 +212,11 @@ impl<S: CounterStore> Service<S> {
     /// The policy enforced.
     pub fn policy(&self) -> &Policy {
         &self.policy
+    }
+
+    /// What CORS asks of a request with `method` and `headers` (see [`CorsAnswer`]).
+    pub fn cors(&self, method: &str, headers: &http::HeaderMap) -> CorsAnswer {
+        cors::answer(self.policy.cors.as_ref(), method, headers)
     }
 
     /// The counter store.

@@ -279,3 +279,37 @@ async fn a_header_value_is_read_without_its_surrounding_whitespace() {
     assert_eq!(spaced["code"], "rate_limited", "{spaced}");
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn a_check_from_an_allowed_origin_answers_with_the_cors_headers_too() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "\nroutes:\n",
+            "\ncors:\n  allow_origins: [https://console.streampixel.io]\nroutes:\n",
+            1,
+        )
+    })
+    .await;
+    let origin = "https://console.streampixel.io";
+    let mut from_page = check("page");
+    from_page["headers"]["origin"] = json!(origin);
+    let answer = bench.post("/v1/check", &[], &from_page).await.json();
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert_eq!(answer["headers"]["access-control-allow-origin"], origin);
+    assert!(answer["headers"]["ratelimit"].is_string(), "{answer}");
+    // A preflight is answered as the gateway answers it: 204, counting nothing.
+    let preflight = json!({
+        "method": "OPTIONS",
+        "path": "/projects/upload-file",
+        "headers": {"origin": origin, "access-control-request-method": "POST"},
+    });
+    let answer = bench.post("/v1/check", &[], &preflight).await.json();
+    assert_eq!(answer["allowed"], true, "{answer}");
+    assert_eq!(answer["status"], 204, "{answer}");
+    assert_eq!(answer["headers"]["access-control-allow-origin"], origin);
+    assert!(
+        answer["headers"]["access-control-allow-methods"].is_string(),
+        "{answer}"
+    );
+    bench.stop().await;
+}

@@ -250,6 +250,84 @@ async fn a_compressed_body_is_read_as_the_upstream_reads_it() {
 }
 
 #[tokio::test]
+async fn pages_of_an_allowed_origin_can_call_and_read_the_limits() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "\nroutes:\n",
+            "\ncors:\n  allow_origins: [https://console.streampixel.io]\n  max_age: 10m\nroutes:\n",
+            1,
+        )
+    })
+    .await;
+    let path = "/projects/upload-file";
+    let origin = ("origin", "https://console.streampixel.io");
+    // The preflight, which carries no key and no body, is answered by the gateway.
+    let preflight = bench
+        .send(
+            "OPTIONS",
+            path,
+            &[
+                origin,
+                ("access-control-request-method", "POST"),
+                ("access-control-request-headers", "content-type"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(
+        preflight.status,
+        StatusCode::NO_CONTENT,
+        "{}",
+        preflight.text()
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-origin"),
+        Some("https://console.streampixel.io")
+    );
+    assert_eq!(
+        preflight.header("access-control-allow-headers"),
+        Some("content-type")
+    );
+    assert_eq!(preflight.header("access-control-max-age"), Some("600"));
+    assert!(bench.seen.lock().expect("seen").is_empty());
+    // The upload, and the 429 after it, can both be read by the page, limits and all.
+    for (status, header) in [
+        (StatusCode::OK, "ratelimit"),
+        (StatusCode::TOO_MANY_REQUESTS, "retry-after"),
+    ] {
+        let reply = bench.post(path, &[origin], &upload(ALICE, "page")).await;
+        assert_eq!(reply.status, status, "{}", reply.text());
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://console.streampixel.io")
+        );
+        assert_eq!(reply.header("vary"), Some("Origin"));
+        let exposed = reply
+            .header("access-control-expose-headers")
+            .expect("exposed")
+            .to_ascii_lowercase();
+        assert!(exposed.contains(header), "{exposed}");
+        assert!(reply.header(header).is_some(), "{:?}", reply.headers);
+    }
+    // Another origin is told nothing, and its preflight is a request like any other.
+    let other = ("origin", "https://evil.example.com");
+    let reply = bench.post(path, &[other], &upload(ALICE, "other")).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.header("access-control-allow-origin"), None);
+    let refused = bench
+        .send(
+            "OPTIONS",
+            path,
+            &[other, ("access-control-request-method", "POST")],
+            "",
+        )
+        .await;
+    assert_eq!(refused.header("access-control-allow-origin"), None);
+    assert_ne!(refused.status, StatusCode::NO_CONTENT);
+    bench.stop().await;
+}
+
+#[tokio::test]
 async fn api_keys_are_checked_as_the_page_describes() {
     let bench = Bench::start("streampixel").await;
     let invalid = "Unauthorized: Invalid API Key";
