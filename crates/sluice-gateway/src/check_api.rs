@@ -244,6 +244,7 @@ async fn decide<S: CounterStore>(
             });
         }
         CorsAnswer::Actual(list) => list,
+        CorsAnswer::Vary => vec![(http::header::VARY, HeaderValue::from_static("Origin"))],
         CorsAnswer::None => Vec::new(),
     };
     let body = check.body.map(|body| body.get().as_bytes());

@@ -336,8 +336,15 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        if let CorsAnswer::Actual(list) | CorsAnswer::Preflight(list) = cors {
-            add_cors(response.headers_mut(), list);
+        match cors {
+            CorsAnswer::Actual(list) | CorsAnswer::Preflight(list) => {
+                add_cors(response.headers_mut(), list);
+            }
+            CorsAnswer::Vary => {
+                let origin = HeaderValue::from_static("Origin");
+                response.headers_mut().append(header::VARY, origin);
+            }
+            CorsAnswer::None => {}
         }
         line.write(response.status().as_u16());
         response

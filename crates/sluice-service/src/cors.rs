@@ -22,8 +22,12 @@ const EXPOSED: &str = "RateLimit, RateLimit-Policy, X-RateLimit-Limit, X-RateLim
 /// What CORS asks of one request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CorsAnswer {
-    /// Nothing: the policy allows no other origin, or the request comes from none it allows.
+    /// Nothing: the policy allows no other origin.
     None,
+    /// The request comes from no origin the policy allows (or from none at all): its answer
+    /// carries only `Vary: Origin`, so that a shared cache does not hand it to a page of an
+    /// origin that is allowed, nor the other way round.
+    Vary,
     /// A preflight from an allowed origin: answer it with 204 and these headers, and nothing
     /// else.
     Preflight(HeaderList),
@@ -36,12 +40,12 @@ pub(crate) fn answer(cors: Option<&Cors>, method: &str, headers: &HeaderMap) -> 
     let Some(cors) = cors else {
         return CorsAnswer::None;
     };
-    let Some(origin) = headers.get(ORIGIN) else {
-        return CorsAnswer::None;
+    let Some(origin) = headers
+        .get(ORIGIN)
+        .filter(|origin| origin.to_str().is_ok_and(|origin| cors.allows(origin)))
+    else {
+        return CorsAnswer::Vary;
     };
-    if !origin.to_str().is_ok_and(|origin| cors.allows(origin)) {
-        return CorsAnswer::None;
-    }
     let mut list: HeaderList = Vec::with_capacity(6);
     // The origin itself rather than `*`, so that credentials work and caches keep answers
     // apart by `Vary: Origin`.
@@ -170,12 +174,12 @@ mod tests {
         ]);
         assert_eq!(
             answer(Some(&cors(false, None)), "OPTIONS", &other),
-            CorsAnswer::None
+            CorsAnswer::Vary
         );
         let same_site = request(&[]);
         assert_eq!(
             answer(Some(&cors(false, None)), "GET", &same_site),
-            CorsAnswer::None
+            CorsAnswer::Vary
         );
         let allowed = request(&[("origin", "https://app.example.com")]);
         assert_eq!(answer(None, "GET", &allowed), CorsAnswer::None);

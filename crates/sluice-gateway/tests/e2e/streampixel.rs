@@ -314,6 +314,7 @@ async fn pages_of_an_allowed_origin_can_call_and_read_the_limits() {
     let reply = bench.post(path, &[other], &upload(ALICE, "other")).await;
     assert_eq!(reply.status, StatusCode::OK);
     assert_eq!(reply.header("access-control-allow-origin"), None);
+    assert_eq!(reply.header("vary"), Some("Origin"));
     let refused = bench
         .send(
             "OPTIONS",
