@@ -68,6 +68,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
         };
         server::serve(
             listener,
+            None,
             limits,
             Deadlines::for_timeouts(limits.header_read_timeout),
             move |request, _peer| {

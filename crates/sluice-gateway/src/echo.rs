@@ -23,6 +23,7 @@ pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()
     };
     serve(
         listener,
+        None,
         limits,
         Deadlines::for_timeouts(limits.header_read_timeout),
         |request: http::Request<hyper::body::Incoming>, _peer| async move {

@@ -20,6 +20,7 @@ mod probe;
 mod proxy;
 mod request_id;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -43,6 +44,7 @@ pub use echo::serve_echo;
 pub use probe::HttpProbe;
 pub use proxy::Upstream;
 pub use request_id::RequestIds;
+pub use tls::ServerTls;
 
 use crate::body::{full, json_response, rejection_response};
 use crate::coding::Undecodable;
@@ -75,6 +77,8 @@ pub struct GatewayConfig {
     /// Whether [`Gateway::serve_threads`] pins each serving thread to a CPU of its own when
     /// there is one thread per CPU the process may run on (otherwise the kernel places them).
     pub pin_threads: bool,
+    /// TLS on the listener, for a gateway that is the edge; `None` serves plain HTTP.
+    pub tls: Option<Arc<ServerTls>>,
 }
 
 impl Default for GatewayConfig {
@@ -89,6 +93,7 @@ impl Default for GatewayConfig {
             drain_timeout: Duration::from_secs(10),
             max_headers: 100,
             pin_threads: true,
+            tls: None,
         }
     }
 }
@@ -249,6 +254,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 .min(self.config.upstream_timeout)
                 .min(self.config.send_timeout),
         );
+        let tls = self.config.tls.as_ref().map(|tls| tls.acceptor());
         let generation = self.services.generation();
         let lanes = Arc::new(std::sync::Mutex::new(Arc::new(Lane {
             service: self.services.current(),
@@ -266,6 +272,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
         })));
         server::serve(
             listener,
+            tls,
             limits,
             timers,
             move |request, peer: Arc<Peer>| {

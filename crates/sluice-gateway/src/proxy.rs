@@ -63,6 +63,7 @@ pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[derive(Debug)]
 pub(crate) struct Peer {
     address: SocketAddr,
+    https: bool,
     forwarding: OnceLock<Forwarding>,
 }
 
@@ -75,9 +76,11 @@ struct Forwarding {
 }
 
 impl Peer {
-    pub(crate) fn new(address: SocketAddr) -> Peer {
+    /// The client at `address`, which reached the gateway over TLS when `https`.
+    pub(crate) fn new(address: SocketAddr, https: bool) -> Peer {
         Peer {
             address,
+            https,
             forwarding: OnceLock::new(),
         }
     }
@@ -90,10 +93,11 @@ impl Peer {
         self.forwarding.get_or_init(|| {
             let client = self.address.ip().to_string();
             // RFC 7239 §6: an IPv6 node is bracketed and quoted.
+            let proto = if self.https { "https" } else { "http" };
             let forwarded = if self.address.is_ipv6() {
-                format!("for=\"[{client}]\";proto=http")
+                format!("for=\"[{client}]\";proto={proto}")
             } else {
-                format!("for={client};proto=http")
+                format!("for={client};proto={proto}")
             };
             Forwarding {
                 // An IP address's text is always a valid header value.

@@ -19,6 +19,7 @@ use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
 
 use crate::body::Body;
 use crate::deadline::{Deadlines, Stall};
@@ -40,8 +41,11 @@ pub(crate) struct ConnectionLimits {
 
 /// Serves `listener` with `handle` until `shutdown` completes, then stops accepting and waits up
 /// to the drain timeout for open requests to finish. The header-read timeouts run on `timers`.
+/// With `tls`, each connection speaks TLS first; a client that has not finished its handshake
+/// within the header-read timeout is disconnected, as one slow to send its headers is.
 pub(crate) async fn serve<H, F>(
     listener: TcpListener,
+    tls: Option<TlsAcceptor>,
     limits: ConnectionLimits,
     timers: Deadlines,
     handle: H,
@@ -72,24 +76,52 @@ pub(crate) async fn serve<H, F>(
         };
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
-        let client = Arc::new(Peer::new(peer));
+        let client = Arc::new(Peer::new(peer, tls.is_some()));
         let service = hyper::service::service_fn(move |request| {
             // Boxed so that hyper moves a pointer, not the whole request state machine.
             let response = Box::pin(handle(request, Arc::clone(&client)));
             async move { Ok::<_, Infallible>(response.await) }
         });
-        let io = Paced {
-            io: TokioIo::new(stream),
-            timers: timers.clone(),
-            limit: limits.send_timeout,
-            stall: Stall::default(),
+        let Some(acceptor) = &tls else {
+            let io = Paced {
+                io: TokioIo::new(stream),
+                timers: timers.clone(),
+                limit: limits.send_timeout,
+                stall: Stall::default(),
+            };
+            let connection = graceful.watch(builder.serve_connection(io, service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    log_ended(&error, peer);
+                }
+            });
+            continue;
         };
-        let connection = graceful.watch(builder.serve_connection(io, service));
+        let (acceptor, watcher, builder) = (acceptor.clone(), graceful.watcher(), builder.clone());
+        let timers = timers.clone();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                // hyper's own words say where (e.g. writing a body); the cause says why.
-                let cause = std::error::Error::source(&error).map(ToString::to_string);
-                tracing::debug!(%error, cause, %peer, "connection ended with an error");
+            let secured =
+                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
+                    .await
+                {
+                    Ok(Ok(secured)) => secured,
+                    Ok(Err(error)) => {
+                        tracing::debug!(%error, %peer, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake not finished in time");
+                        return;
+                    }
+                };
+            let io = Paced {
+                io: TokioIo::new(secured),
+                timers,
+                limit: limits.send_timeout,
+                stall: Stall::default(),
+            };
+            if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
+                log_ended(&error, peer);
             }
         });
     }
@@ -100,6 +132,12 @@ pub(crate) async fn serve<H, F>(
             tracing::warn!("requests still open after the drain timeout were cut");
         }
     }
+}
+
+fn log_ended(error: &hyper::Error, peer: std::net::SocketAddr) {
+    // hyper's own words say where (e.g. writing a body); the cause says why.
+    let cause = std::error::Error::source(error).map(ToString::to_string);
+    tracing::debug!(%error, cause, %peer, "connection ended with an error");
 }
 
 /// A client's connection whose writes wait at most `limit` for the client to take some of what

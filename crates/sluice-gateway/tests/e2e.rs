@@ -14,4 +14,5 @@ mod e2e {
     mod reload;
     mod streampixel;
     pub mod support;
+    mod tls_listener;
 }

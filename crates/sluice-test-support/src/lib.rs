@@ -8,12 +8,14 @@
 //! - `tests/tidy.rs` (in this crate): the project's rules, checked by plain tests.
 
 mod alloc;
+mod certs;
 pub mod conformance;
 mod logs;
 mod redis;
 mod rng;
 
 pub use alloc::CountingAllocator;
+pub use certs::TestCert;
 pub use logs::CapturedLogs;
 pub use redis::{RedisCluster, RedisServer};
 pub use rng::Rng;

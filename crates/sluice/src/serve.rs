@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use sluice_core::{Clock, SystemClock};
-use sluice_gateway::{Admin, Gateway, GatewayConfig, HttpProbe, Upstream};
+use sluice_gateway::{Admin, Gateway, GatewayConfig, HttpProbe, ServerTls, Upstream};
 use sluice_policy::Policy;
 use sluice_service::{KeyRing, LiveService, Service};
 use sluice_store::{
@@ -40,6 +40,23 @@ pub(crate) struct ServeArgs {
         requires = "upstream"
     )]
     upstream_ca: Option<PathBuf>,
+    /// Serve HTTPS with this certificate chain (PEM, the server's own first), for a gateway that
+    /// is the edge. SIGHUP reads it and --tls-key again (a renewed certificate needs no restart).
+    #[arg(
+        long,
+        env = "SLUICE_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(
+        long,
+        env = "SLUICE_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
     /// Address of the admin API (usage, resets, overrides, keys, metrics). Keep it on loopback
     /// or a private network.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
@@ -382,6 +399,24 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(|text| upstream(text, ca.as_deref()))
         .transpose()?;
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => {
+            let (chain, private) = read_tls(cert, key)?;
+            let server = ServerTls::from_pem(&chain, &private).map_err(|why| {
+                anyhow::anyhow!(
+                    "--tls-cert {} / --tls-key {}: {why}",
+                    cert.display(),
+                    key.display()
+                )
+            })?;
+            Some(TlsFiles {
+                server: Arc::new(server),
+                cert: cert.clone(),
+                key: key.clone(),
+            })
+        }
+        _ => None,
+    };
     let decision_api = upstream.is_none() || args.options.decision_api;
     if decision_api {
         warn_of_concurrency_limits(&deployment.policy);
@@ -398,7 +433,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .first()
         .map(std::net::TcpListener::local_addr)
         .transpose()?;
-    tracing::info!(listen = ?address, threads = listeners.len(), mode, "sluice is serving");
+    tracing::info!(
+        listen = ?address,
+        threads = listeners.len(),
+        mode,
+        tls = tls.is_some(),
+        "sluice is serving"
+    );
     let admin = start_admin(&args, &services).await?;
     let reloads = tokio::spawn(reload_policy(
         Arc::clone(&services),
@@ -410,13 +451,14 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
             probe_timeout: args.options.probe_timeout,
             clock: Arc::clone(&clock),
             decision_api,
+            tls: tls.clone(),
         },
     ));
-    let gateway = Arc::new(Gateway::live(
-        services,
-        args.options.config(upstream),
-        clock,
-    ));
+    let config = GatewayConfig {
+        tls: tls.map(|files| files.server),
+        ..args.options.config(upstream)
+    };
+    let gateway = Arc::new(Gateway::live(services, config, clock));
     gateway.serve_threads(listeners, stop_signal()).await?;
     reloads.abort();
     if let Some(admin) = admin {
@@ -438,6 +480,43 @@ struct Reload {
     probe_timeout: Duration,
     clock: Arc<dyn Clock>,
     decision_api: bool,
+    /// The listener's certificate, read again with the policy.
+    tls: Option<TlsFiles>,
+}
+
+/// The listener's TLS and the files it was read from.
+#[derive(Clone)]
+struct TlsFiles {
+    server: Arc<ServerTls>,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+/// The certificate chain and key files' contents.
+fn read_tls(cert: &Path, key: &Path) -> anyhow::Result<(Vec<u8>, Vec<u8>)> {
+    let chain = std::fs::read(cert)
+        .with_context(|| format!("cannot read --tls-cert {}", cert.display()))?;
+    let private =
+        std::fs::read(key).with_context(|| format!("cannot read --tls-key {}", key.display()))?;
+    Ok((chain, private))
+}
+
+/// Puts the certificate files' contents in force for new connections; on an error, the
+/// certificate in force stays.
+fn reload_tls(files: &TlsFiles) {
+    let loaded = read_tls(&files.cert, &files.key).and_then(|(chain, private)| {
+        files
+            .server
+            .reload(&chain, &private)
+            .map_err(|why| anyhow::anyhow!(why))
+    });
+    match loaded {
+        Ok(()) => tracing::info!(cert = %files.cert.display(), "certificate reloaded"),
+        Err(error) => tracing::error!(
+            cert = %files.cert.display(),
+            "certificate not reloaded, the one in force stays: {error:#}"
+        ),
+    }
 }
 
 /// How often `--watch-policy` looks at the files.
@@ -453,9 +532,19 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
     let watched = |services: &LiveService<Arc<AnyStore>>| {
         let mut files = vec![reload.path.clone()];
         files.extend(keys_path(&reload.path, services.current().policy()));
+        if let Some(tls) = &reload.tls {
+            files.extend([tls.cert.clone(), tls.key.clone()]);
+        }
         contents(&files)
     };
-    let mut seen = std::mem::take(&mut reload.seen);
+    // The certificate files, after the policy's, as `watched` lists them.
+    let with_tls = |mut seen: Vec<Option<u64>>, tls: &Option<TlsFiles>| {
+        if let Some(tls) = tls {
+            seen.extend(contents(&[tls.cert.clone(), tls.key.clone()]));
+        }
+        seen
+    };
+    let mut seen = with_tls(std::mem::take(&mut reload.seen), &reload.tls);
     // 0 while the last reload failed, so that a policy left out is seen on a dashboard, not
     // only in a log line.
     metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);
@@ -482,6 +571,9 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
                 "a file changed"
             }
         };
+        if let Some(tls) = &reload.tls {
+            reload_tls(tls);
+        }
         let path = &reload.path;
         let store = Arc::clone(services.current().store());
         let loaded = async {
@@ -496,7 +588,7 @@ async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Re
         };
         match loaded.await {
             Ok((service, routes, read)) => {
-                seen = read;
+                seen = with_tls(read, &reload.tls);
                 services.replace(service);
                 metrics::counter!("sluice_policy_reloads_total", "result" => "loaded").increment(1);
                 metrics::gauge!("sluice_policy_last_reload_successful").set(1.0);

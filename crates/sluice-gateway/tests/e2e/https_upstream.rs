@@ -10,13 +10,15 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use serde_json::json;
 use sluice_gateway::{GatewayConfig, Upstream};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
-use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+use sluice_test_support::TestCert;
 
 use super::support::Bench;
 
@@ -34,17 +36,11 @@ struct TlsUpstream {
 }
 
 async fn tls_upstream(name: &str) -> TlsUpstream {
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("CA key"))
-        .expect("CA certificate");
-    let key = KeyPair::generate().expect("key");
-    let certificate = CertificateParams::new(vec![name.to_owned()])
-        .expect("params")
-        .signed_by(&key, &ca)
-        .expect("certificate");
-    let chain: Vec<CertificateDer<'static>> = vec![certificate.der().clone()];
-    let private = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let cert = TestCert::new(name);
+    let chain = CertificateDer::pem_slice_iter(cert.chain_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .expect("chain");
+    let private = PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).expect("key");
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -93,7 +89,7 @@ async fn tls_upstream(name: &str) -> TlsUpstream {
     });
     TlsUpstream {
         port,
-        ca_pem: ca.pem(),
+        ca_pem: cert.ca_pem,
         connections,
         hosts,
     }
