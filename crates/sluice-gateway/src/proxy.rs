@@ -33,6 +33,7 @@ const HOP_BY_HOP: [HeaderName; 9] = [
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Removes hop-by-hop headers, including any the `Connection` header names; and, from a message
 /// framed by `Transfer-Encoding`, its `Content-Length`, which that framing overrode and which
@@ -298,6 +299,11 @@ pub(crate) fn upstream_request(
     }
     if let Some(host) = host {
         headers.insert(X_FORWARDED_HOST, host);
+    }
+    if peer.https {
+        // The gateway is the edge and knows: whatever the client claimed is replaced. (On a
+        // plain listener, behind a balancer that ended TLS, the balancer's value passes on.)
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     }
     headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     parts.uri = uri;

@@ -52,6 +52,7 @@ async fn post_over_tls(
     tokio::spawn(connection);
     let request = Request::post(path)
         .header("host", "localhost")
+        .header("x-forwarded-proto", "http")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(
             serde_json::to_vec(body).expect("json"),
@@ -80,17 +81,18 @@ async fn the_gateway_serves_https_with_a_certificate_it_can_replace() {
     let bench = Bench::with("streampixel", |config| config.tls = Some(Arc::clone(&tls))).await;
     let status = post_over_tls(&bench, &first.ca_pem, "/projects/list", &poll()).await;
     assert_eq!(status, Ok(StatusCode::OK));
-    let forwarded = bench
+    let seen = bench
         .seen
         .lock()
         .expect("seen")
         .last()
         .expect("seen")
-        .headers["forwarded"]
-        .to_str()
-        .expect("ASCII")
-        .to_owned();
+        .headers
+        .clone();
+    let forwarded = seen["forwarded"].to_str().expect("ASCII");
     assert!(forwarded.contains(";proto=https"), "{forwarded}");
+    // Apps that redirect plain HTTP to HTTPS read this one; a client's own claim is replaced.
+    assert_eq!(seen["x-forwarded-proto"], "https");
 
     // Renewed: new connections get the new certificate; a client that trusts only the old
     // CA no longer connects.
