@@ -36,9 +36,9 @@ pub(crate) struct CheckRequest<'a> {
     /// The path, optionally with `?query`.
     #[serde(borrow)]
     path: Cow<'a, str>,
-    /// Request headers, by name.
+    /// Request headers, by name: a value, or the values of a header the request repeats.
     #[serde(default, borrow)]
-    headers: BTreeMap<Cow<'a, str>, Cow<'a, str>>,
+    headers: BTreeMap<Cow<'a, str>, Values<'a>>,
     /// The JSON body, if any, as it was written.
     #[serde(default, borrow)]
     body: Option<&'a RawValue>,
@@ -51,6 +51,56 @@ pub(crate) struct CheckRequest<'a> {
     /// Keep the admission until the caller settles it with `POST /v1/settle`.
     #[serde(default)]
     hold: bool,
+}
+
+/// A header's value, or its values when the request repeats it (`["a", "b"]`), so that a check
+/// sees a repeated identity header as the proxy does (and refuses two different ones).
+#[derive(Debug)]
+enum Values<'a> {
+    One(Cow<'a, str>),
+    Many(Vec<Cow<'a, str>>),
+}
+
+impl Values<'_> {
+    fn iter(&self) -> impl Iterator<Item = &str> {
+        let (one, many) = match self {
+            Values::One(value) => (Some(&**value), &[][..]),
+            Values::Many(values) => (None, &values[..]),
+        };
+        one.into_iter().chain(many.iter().map(|value| &**value))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Values<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Values<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string, or an array of strings")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                value: &'de str,
+            ) -> Result<Self::Value, E> {
+                Ok(Values::One(Cow::Borrowed(value)))
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(Values::One(Cow::Owned(value.to_owned())))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut values = Vec::new();
+                while let Some(value) = seq.next_element::<String>()? {
+                    values.push(Cow::Owned(value));
+                }
+                Ok(Values::Many(values))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
 }
 
 /// The end of a call whose check held its admission.
@@ -209,23 +259,24 @@ async fn decide<S: CounterStore>(
         ));
     }
     let mut headers = HeaderMap::with_capacity(check.headers.len());
-    for (name, value) in &check.headers {
-        let value: &str = value;
+    for (name, values) in &check.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             api_error(
                 ErrorCode::InvalidField,
                 format!("`{name}` is not a valid header name"),
             )
         })?;
-        // A field's value has no leading or trailing whitespace (RFC 9110, 5.5), as the proxy's
-        // parser reads it: `alice ` is the same user as `alice` through both.
-        let value = HeaderValue::from_str(value.trim_matches([' ', '\t'])).map_err(|_| {
-            api_error(
-                ErrorCode::InvalidField,
-                format!("the value of header `{name}` is not a valid header value"),
-            )
-        })?;
-        headers.append(name, value);
+        for value in values.iter() {
+            // A field's value has no leading or trailing whitespace (RFC 9110, 5.5), as the
+            // proxy's parser reads it: `alice ` is the same user as `alice` through both.
+            let value = HeaderValue::from_str(value.trim_matches([' ', '\t'])).map_err(|_| {
+                api_error(
+                    ErrorCode::InvalidField,
+                    format!("the value of header `{name}` is not a valid header value"),
+                )
+            })?;
+            headers.append(name.clone(), value);
+        }
     }
     let (path, query) = match check.path.split_once('?') {
         Some((path, query)) => (path, Some(query)),

@@ -313,3 +313,38 @@ async fn a_check_from_an_allowed_origin_answers_with_the_cors_headers_too() {
     );
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn a_header_the_request_repeats_is_checked_as_the_proxy_checks_it() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "  user:\n    from: body\n    field: userId\n",
+            "  user:\n    from: header\n    name: x-user\n",
+            1,
+        )
+    })
+    .await;
+    let with_users = |users: serde_json::Value| {
+        let mut check = check("alice");
+        check["headers"]["x-user"] = users;
+        check
+    };
+    // The same value twice is one user; two different ones could be either to an upstream.
+    let same = bench
+        .post("/v1/check", &[], &with_users(json!(["alice", "alice"])))
+        .await
+        .json();
+    assert_eq!(same["allowed"], true, "{same}");
+    let two = bench
+        .post("/v1/check", &[], &with_users(json!(["bob", "carol"])))
+        .await
+        .json();
+    assert_eq!(two["allowed"], false, "{two}");
+    assert_eq!(two["status"], 400, "{two}");
+    assert_eq!(two["code"], "invalid_field", "{two}");
+    // Anything but a string or strings is the caller's mistake.
+    let wrong = bench.post("/v1/check", &[], &with_users(json!(7))).await;
+    assert_eq!(wrong.status, StatusCode::BAD_REQUEST);
+    assert_eq!(wrong.json()["code"], "malformed_body");
+    bench.stop().await;
+}
