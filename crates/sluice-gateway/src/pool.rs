@@ -19,9 +19,16 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
+use tokio_rustls::client::TlsStream;
+use tokio_util::either::Either;
+
 use crate::body::Outgoing;
 use crate::deadline::{Deadlines, Stall};
 use crate::proxy::UpstreamTls;
+
+/// A connection to the upstream, plain or TLS: one type, so that hyper's client code is built
+/// (and inlined) once, as it was before TLS, rather than once for each.
+type UpstreamIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Idle connections kept per pool; more are closed when they come back.
 const MAX_IDLE: usize = 1024;
@@ -199,7 +206,7 @@ impl Pool {
             };
         stream.set_nodelay(true).map_err(UpstreamError::Connect)?;
         let Some(tls) = &self.tls else {
-            return handshake(stream).await;
+            return handshake(UpstreamIo::Left(stream)).await;
         };
         // A TLS handshake that fails (an untrusted certificate, another name) is a failure to
         // connect, as one that hangs is.
@@ -218,15 +225,12 @@ impl Pool {
             ))
         })?
         .map_err(UpstreamError::Connect)?;
-        handshake(secured).await
+        handshake(UpstreamIo::Right(Box::new(secured))).await
     }
 }
 
 /// Opens an HTTP/1.1 client connection over `io`, driven by a task of its own.
-async fn handshake<T>(io: T) -> Result<SendRequest<Outgoing>, UpstreamError>
-where
-    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
-{
+async fn handshake(io: UpstreamIo) -> Result<SendRequest<Outgoing>, UpstreamError> {
     let (sender, connection) = http1::handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Exchange)?;

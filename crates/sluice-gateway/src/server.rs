@@ -18,12 +18,18 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_util::either::Either;
 
 use crate::body::Body;
 use crate::deadline::{Deadlines, Stall};
 use crate::proxy::Peer;
+
+/// A client's connection, plain or TLS: one type, so that hyper's server code is built (and
+/// inlined) once, as it was before TLS, rather than once for each.
+type ClientIo = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// How connections are served.
 #[derive(Clone, Copy, Debug)]
@@ -84,7 +90,7 @@ pub(crate) async fn serve<H, F>(
         });
         let Some(acceptor) = &tls else {
             let io = Paced {
-                io: TokioIo::new(stream),
+                io: TokioIo::new(ClientIo::Left(stream)),
                 timers: timers.clone(),
                 limit: limits.send_timeout,
                 stall: Stall::default(),
@@ -115,7 +121,7 @@ pub(crate) async fn serve<H, F>(
                     }
                 };
             let io = Paced {
-                io: TokioIo::new(secured),
+                io: TokioIo::new(ClientIo::Right(Box::new(secured))),
                 timers,
                 limit: limits.send_timeout,
                 stall: Stall::default(),
