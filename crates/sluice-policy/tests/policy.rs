@@ -83,22 +83,24 @@ fn a_head_request_goes_by_the_get_route_of_its_path_unless_it_has_its_own() {
     assert_eq!(route.pattern.to_string(), "HEAD /items");
 }
 
+/// Whether a POST to `path` goes by a limited route (the upload endpoint's), not the catch-all.
+fn upload_route(policy: &sluice_policy::Policy, path: &str) -> bool {
+    policy
+        .route("POST", path)
+        .is_some_and(|(route, _)| !route.unlimited)
+}
+
 #[test]
 fn paths_match_without_regard_to_case_when_the_api_says_so() {
     let (file, text) = example("streampixel");
-    let upload = |policy: &sluice_policy::Policy, path: &str| {
-        policy
-            .route("POST", path)
-            .is_some_and(|(route, _)| !route.unlimited)
-    };
     let sensitive = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
-    assert!(upload(&sensitive, "/projects/upload-file"));
-    assert!(!upload(&sensitive, "/PROJECTS/Upload-File"));
+    assert!(upload_route(&sensitive, "/projects/upload-file"));
+    assert!(!upload_route(&sensitive, "/PROJECTS/Upload-File"));
     let text = text.replacen("service:\n", "service:\n  case_sensitive_paths: false\n", 1);
     let insensitive = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
-    assert!(upload(&insensitive, "/projects/upload-file"));
-    assert!(upload(&insensitive, "/PROJECTS/Upload-File"));
-    assert!(upload(&insensitive, "/projects/%55pload-file"));
+    assert!(upload_route(&insensitive, "/projects/upload-file"));
+    assert!(upload_route(&insensitive, "/PROJECTS/Upload-File"));
+    assert!(upload_route(&insensitive, "/projects/%55pload-file"));
     // Two routes one path apart in case are then one route twice.
     let twice = "service:\n  name: Test\n  case_sensitive_paths: false\nroutes:\n  - match: GET /a\n    unlimited: true\n  - match: GET /A\n    unlimited: true\n";
     assert!(
@@ -111,14 +113,9 @@ fn paths_match_without_regard_to_case_when_the_api_says_so() {
 #[test]
 fn path_parameters_are_cut_before_matching_when_the_api_says_so() {
     let (file, text) = example("streampixel");
-    let upload = |policy: &sluice_policy::Policy, path: &str| {
-        policy
-            .route("POST", path)
-            .is_some_and(|(route, _)| !route.unlimited)
-    };
     let kept = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
-    assert!(upload(&kept, "/projects/upload-file"));
-    assert!(!upload(&kept, "/projects/upload-file;x=1"));
+    assert!(upload_route(&kept, "/projects/upload-file"));
+    assert!(!upload_route(&kept, "/projects/upload-file;x=1"));
     let text = text.replacen("service:\n", "service:\n  path_parameters: strip\n", 1);
     let stripped = load(&file, &text).unwrap_or_else(|errors| panic!("{errors}"));
     for path in [
@@ -128,7 +125,7 @@ fn path_parameters_are_cut_before_matching_when_the_api_says_so() {
         "/x/..;/projects/upload-file",
         "/projects/%75pload-file;x",
     ] {
-        assert!(upload(&stripped, path), "{path}");
+        assert!(upload_route(&stripped, path), "{path}");
     }
     // A route no request could match is an error at its line and column.
     let never = "service:\n  name: Test\n  path_parameters: strip\nroutes:\n  - match: GET /items;v2\n    unlimited: true\n";

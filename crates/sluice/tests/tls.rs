@@ -30,6 +30,18 @@ fn trusting(ca_pem: &str) -> reqwest::Client {
         .expect("a client")
 }
 
+/// Whether `url` answers `client` within about ten seconds: the server is up, or has taken a
+/// new certificate.
+async fn answers(client: &reqwest::Client, url: &str) -> bool {
+    for _ in 0..500 {
+        if client.get(url).send().await.is_ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    false
+}
+
 #[tokio::test]
 async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -58,16 +70,10 @@ async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
         .spawn()
         .expect("the binary runs");
     let url = format!("https://localhost:{}/healthz", listen.port());
-    let first = trusting(&first_ca);
-    let mut up = false;
-    for _ in 0..500 {
-        if first.get(&url).send().await.is_ok() {
-            up = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(up, "the server did not come up over HTTPS on {listen}");
+    assert!(
+        answers(&trusting(&first_ca), &url).await,
+        "the server did not come up over HTTPS on {listen}"
+    );
     // Plain HTTP is not served on the TLS listener.
     let plain = trusting(&first_ca)
         .get(format!("http://localhost:{}/healthz", listen.port()))
@@ -81,16 +87,10 @@ async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
         .status()
         .expect("kill runs");
     assert!(status.success());
-    let renewed = trusting(&renewed_ca);
-    let mut taken = false;
-    for _ in 0..500 {
-        if renewed.get(&url).send().await.is_ok() {
-            taken = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(taken, "the renewed certificate was not put in force");
+    assert!(
+        answers(&trusting(&renewed_ca), &url).await,
+        "the renewed certificate was not put in force"
+    );
     assert!(trusting(&first_ca).get(&url).send().await.is_err());
     let _ = child.kill();
     let _ = child.wait();

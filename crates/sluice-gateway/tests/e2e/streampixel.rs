@@ -92,20 +92,10 @@ async fn uploads_are_limited_to_one_per_two_minutes_per_user() {
     bench.stop().await;
 }
 
-#[tokio::test]
-async fn a_path_spelled_another_way_counts_against_the_same_route() {
-    // An upstream that decodes `%75` to `u`, or resolves `..`, serves these as the upload
-    // endpoint: they are counted as it, and forwarded as they were sent.
-    let bench = Bench::start("streampixel").await;
-    for (index, spelling) in [
-        "/projects/%75pload-file",
-        "/projects/./upload-file",
-        "/projects/x/../upload-file",
-        "/projects/%2E%2E/projects/upload-file",
-    ]
-    .into_iter()
-    .enumerate()
-    {
+/// Each of `spellings` goes by the upload route (a first upload admitted, with its limit's
+/// headers, and the plain path's next one denied) and is forwarded as it was sent.
+async fn counts_as_the_upload_route(bench: &Bench, spellings: &[&str]) {
+    for (index, spelling) in spellings.iter().enumerate() {
         let user = format!("user-{index}");
         let first = bench.post(spelling, &[], &upload(ALICE, &user)).await;
         assert_eq!(first.status, StatusCode::OK, "{spelling}: {}", first.text());
@@ -114,20 +104,29 @@ async fn a_path_spelled_another_way_counts_against_the_same_route() {
             Some(r#""upload-file";q=1;w=120"#),
             "{spelling}"
         );
-        let forwarded = bench
-            .seen
-            .lock()
-            .expect("seen")
-            .last()
-            .expect("seen")
-            .uri
-            .clone();
-        assert_eq!(forwarded, spelling);
+        assert_eq!(bench.last_seen().uri, *spelling);
         let plain = bench
             .post("/projects/upload-file", &[], &upload(ALICE, &user))
             .await;
         assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS, "{spelling}");
     }
+}
+
+#[tokio::test]
+async fn a_path_spelled_another_way_counts_against_the_same_route() {
+    // An upstream that decodes `%75` to `u`, or resolves `..`, serves these as the upload
+    // endpoint: they are counted as it, and forwarded as they were sent.
+    let bench = Bench::start("streampixel").await;
+    counts_as_the_upload_route(
+        &bench,
+        &[
+            "/projects/%75pload-file",
+            "/projects/./upload-file",
+            "/projects/x/../upload-file",
+            "/projects/%2E%2E/projects/upload-file",
+        ],
+    )
+    .await;
     bench.stop().await;
 }
 
@@ -140,31 +139,15 @@ async fn path_parameters_count_against_the_route_when_the_upstream_drops_them() 
         text.replacen("service:\n", "service:\n  path_parameters: strip\n", 1)
     })
     .await;
-    for (index, spelling) in [
-        "/projects/upload-file;jsessionid=0",
-        "/projects;v=2/upload-file;x",
-        "/x/..;/projects/upload-file",
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let user = format!("user-{index}");
-        let first = bench.post(spelling, &[], &upload(ALICE, &user)).await;
-        assert_eq!(first.status, StatusCode::OK, "{spelling}: {}", first.text());
-        let forwarded = bench
-            .seen
-            .lock()
-            .expect("seen")
-            .last()
-            .expect("seen")
-            .uri
-            .clone();
-        assert_eq!(forwarded, spelling);
-        let plain = bench
-            .post("/projects/upload-file", &[], &upload(ALICE, &user))
-            .await;
-        assert_eq!(plain.status, StatusCode::TOO_MANY_REQUESTS, "{spelling}");
-    }
+    counts_as_the_upload_route(
+        &bench,
+        &[
+            "/projects/upload-file;jsessionid=0",
+            "/projects;v=2/upload-file;x",
+            "/x/..;/projects/upload-file",
+        ],
+    )
+    .await;
     bench.stop().await;
 }
 
@@ -193,13 +176,7 @@ async fn a_compressed_body_is_read_as_the_upstream_reads_it() {
     let coded = gzip(&serde_json::to_vec(&upload(ALICE, "zoe")).expect("json"));
     let first = send("gzip", coded.clone()).await;
     assert_eq!(first.status, StatusCode::OK, "{}", first.text());
-    let seen = bench
-        .seen
-        .lock()
-        .expect("seen")
-        .last()
-        .expect("seen")
-        .clone();
+    let seen = bench.last_seen();
     assert_eq!(seen.body, coded);
     assert_eq!(seen.headers["content-encoding"], "gzip");
     let again = bench.post(path, &[], &upload(ALICE, "zoe")).await;

@@ -226,6 +226,16 @@ impl Bench {
         self.gateway.services().replace(service);
     }
 
+    /// What the upstream saw of the last request it was sent.
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .expect("seen")
+            .last()
+            .expect("the upstream saw a request")
+            .clone()
+    }
+
     /// Moves the shared clock forward.
     pub fn advance(&self, by: Duration) {
         self.clock.advance(by);

@@ -81,14 +81,7 @@ async fn the_gateway_serves_https_with_a_certificate_it_can_replace() {
     let bench = Bench::with("streampixel", |config| config.tls = Some(Arc::clone(&tls))).await;
     let status = post_over_tls(&bench, &first.ca_pem, "/projects/list", &poll()).await;
     assert_eq!(status, Ok(StatusCode::OK));
-    let seen = bench
-        .seen
-        .lock()
-        .expect("seen")
-        .last()
-        .expect("seen")
-        .headers
-        .clone();
+    let seen = bench.last_seen().headers;
     let forwarded = seen["forwarded"].to_str().expect("ASCII");
     assert!(forwarded.contains(";proto=https"), "{forwarded}");
     // Apps that redirect plain HTTP to HTTPS read this one; a client's own claim is replaced.
