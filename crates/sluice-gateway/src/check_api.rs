@@ -294,9 +294,7 @@ async fn decide<S: CounterStore>(
                 hold: None,
             });
         }
-        CorsAnswer::Actual(list) => list,
-        CorsAnswer::Vary => vec![(http::header::VARY, HeaderValue::from_static("Origin"))],
-        CorsAnswer::None => Vec::new(),
+        CorsAnswer::Headers(list) => list,
     };
     let body = check.body.map(|body| body.get().as_bytes());
     let request = Request {

@@ -15,27 +15,30 @@ pub(crate) const ACCEPTED: &str = "gzip, deflate, identity";
 
 /// One content coding of a body, in the order the client applied them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Coding {
+pub(crate) enum Coding {
     Gzip,
     Deflate,
 }
 
+/// A coding the gateway does not decode (`br`, `zstd`, a misspelling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Unsupported;
+
 /// Why a body's content could not be had.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Undecodable {
-    /// A coding the gateway does not decode (`br`, `zstd`, a misspelling).
-    Unsupported,
     /// The content is larger than the limit.
     TooLarge,
     /// The bytes are not what their coding says.
     Corrupt,
 }
 
-/// The codings `headers` declare, in the order they were applied; `identity` is none.
-fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Undecodable> {
+/// The codings `headers` declare, in the order they were applied; `identity` is none. Read
+/// before a byte of the body is, so that one the gateway cannot decode is refused at once.
+pub(crate) fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Unsupported> {
     let mut codings = Vec::new();
     for value in headers.get_all(CONTENT_ENCODING) {
-        let value = value.to_str().map_err(|_| Undecodable::Unsupported)?;
+        let value = value.to_str().map_err(|_| Unsupported)?;
         for name in value
             .split(',')
             .map(str::trim)
@@ -46,27 +49,20 @@ fn codings(headers: &HeaderMap) -> Result<Vec<Coding>, Undecodable> {
             } else if name.eq_ignore_ascii_case("deflate") {
                 codings.push(Coding::Deflate);
             } else if !name.eq_ignore_ascii_case("identity") {
-                return Err(Undecodable::Unsupported);
+                return Err(Unsupported);
             }
         }
     }
     Ok(codings)
 }
 
-/// Whether `headers` declare only codings the gateway decodes: checked before a byte of the body
-/// is read, so that one it cannot decode is refused at once.
-pub(crate) fn supported(headers: &HeaderMap) -> Result<(), Undecodable> {
-    codings(headers).map(drop)
-}
-
-/// The content of `body` as `headers` declare it coded, at most `limit` bytes of it; `None` when
-/// it is not coded at all (the body is its content).
+/// The content of `body`, coded with `codings` ([`codings`]), at most `limit` bytes of it;
+/// `None` when it is not coded at all (the body is its content).
 pub(crate) fn decode(
-    headers: &HeaderMap,
+    codings: &[Coding],
     body: &[u8],
     limit: usize,
 ) -> Result<Option<Vec<u8>>, Undecodable> {
-    let codings = codings(headers)?;
     let Some((&last, earlier)) = codings.split_last() else {
         return Ok(None);
     };
@@ -128,6 +124,15 @@ mod tests {
         headers
     }
 
+    /// `body` decoded as `headers` declare it coded (with codings the gateway decodes).
+    fn decode_as(
+        headers: &HeaderMap,
+        body: &[u8],
+        limit: usize,
+    ) -> Result<Option<Vec<u8>>, Undecodable> {
+        decode(&codings(headers).expect("supported codings"), body, limit)
+    }
+
     fn gzip(content: &[u8]) -> Vec<u8> {
         let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
         encoder.write_all(content).expect("write");
@@ -150,8 +155,8 @@ mod tests {
 
     #[test]
     fn a_body_with_no_coding_is_its_own_content() {
-        assert_eq!(decode(&HeaderMap::new(), JSON, 100), Ok(None));
-        assert_eq!(decode(&coded_as(&["identity"]), JSON, 100), Ok(None));
+        assert_eq!(decode_as(&HeaderMap::new(), JSON, 100), Ok(None));
+        assert_eq!(decode_as(&coded_as(&["identity"]), JSON, 100), Ok(None));
     }
 
     #[test]
@@ -171,7 +176,7 @@ mod tests {
             (&["deflate", "identity", "gzip"][..], gzip(&zlib(JSON))),
         ] {
             assert_eq!(
-                decode(&coded_as(names), &coded, 100),
+                decode_as(&coded_as(names), &coded, 100),
                 Ok(Some(JSON.to_vec())),
                 "{names:?}"
             );
@@ -183,16 +188,16 @@ mod tests {
         let bomb = gzip(&vec![b' '; 10 << 20]);
         assert!(bomb.len() < 20 << 10, "{}", bomb.len());
         assert_eq!(
-            decode(&coded_as(&["gzip"]), &bomb, 100 << 10),
+            decode_as(&coded_as(&["gzip"]), &bomb, 100 << 10),
             Err(Undecodable::TooLarge)
         );
         // Exactly at the limit is within it.
         assert_eq!(
-            decode(&coded_as(&["gzip"]), &gzip(JSON), JSON.len()),
+            decode_as(&coded_as(&["gzip"]), &gzip(JSON), JSON.len()),
             Ok(Some(JSON.to_vec()))
         );
         assert_eq!(
-            decode(&coded_as(&["gzip"]), &gzip(JSON), JSON.len() - 1),
+            decode_as(&coded_as(&["gzip"]), &gzip(JSON), JSON.len() - 1),
             Err(Undecodable::TooLarge)
         );
     }
@@ -200,21 +205,17 @@ mod tests {
     #[test]
     fn unknown_codings_and_corrupt_bytes_are_told_apart() {
         for names in [&["br"][..], &["gzip, zstd"][..], &["compress"][..]] {
-            assert_eq!(supported(&coded_as(names)), Err(Undecodable::Unsupported));
-            assert_eq!(
-                decode(&coded_as(names), JSON, 100),
-                Err(Undecodable::Unsupported)
-            );
+            assert_eq!(codings(&coded_as(names)), Err(Unsupported));
         }
-        assert_eq!(supported(&coded_as(&["gzip", "identity"])), Ok(()));
+        assert_eq!(codings(&coded_as(&["gzip", "identity"])).map(drop), Ok(()));
         assert_eq!(
-            decode(&coded_as(&["gzip"]), JSON, 100),
+            decode_as(&coded_as(&["gzip"]), JSON, 100),
             Err(Undecodable::Corrupt)
         );
         let mut truncated = gzip(JSON);
         truncated.truncate(truncated.len() - 4);
         assert_eq!(
-            decode(&coded_as(&["gzip"]), &truncated, 100),
+            decode_as(&coded_as(&["gzip"]), &truncated, 100),
             Err(Undecodable::Corrupt)
         );
     }

@@ -343,16 +343,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
         response
             .headers_mut()
             .insert(X_REQUEST_ID.clone(), request_id.clone());
-        match cors {
-            CorsAnswer::Actual(list) | CorsAnswer::Preflight(list) => {
-                add_cors(response.headers_mut(), list);
-            }
-            CorsAnswer::Vary => {
-                let origin = HeaderValue::from_static("Origin");
-                response.headers_mut().append(header::VARY, origin);
-            }
-            CorsAnswer::None => {}
-        }
+        let (CorsAnswer::Preflight(list) | CorsAnswer::Headers(list)) = cors;
+        add_cors(response.headers_mut(), list);
         line.write(response.status().as_u16());
         response
     }
@@ -422,9 +414,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     // Refused before a byte of it is read.
                     return reject(ErrorCode::BodyTooLarge, too_large, None);
                 }
-                if coding::supported(&parts.headers).is_err() {
+                let Ok(codings) = coding::codings(&parts.headers) else {
                     return unsupported_encoding(reject);
-                }
+                };
                 let limit = usize::try_from(max).unwrap_or(usize::MAX);
                 let read = tokio::time::timeout(
                     self.config.body_read_timeout,
@@ -440,7 +432,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     Ok(Ok(collected)) => collected.to_bytes(),
                 };
                 // The policy reads the content; the upstream gets the bytes as sent.
-                let content = match coding::decode(&parts.headers, &bytes, limit) {
+                let content = match coding::decode(&codings, &bytes, limit) {
                     Ok(None) => bytes.clone(),
                     Ok(Some(decoded)) => Bytes::from(decoded),
                     Err(Undecodable::TooLarge) => {
@@ -449,7 +441,6 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     Err(Undecodable::Corrupt) => {
                         return reject(ErrorCode::MalformedBody, Values::default(), None);
                     }
-                    Err(Undecodable::Unsupported) => return unsupported_encoding(reject),
                 };
                 (Some(content), Either::Left(Full::new(bytes)))
             }

@@ -18,7 +18,6 @@ use hyper::body::{Body as HttpBody, Frame, Incoming, SizeHint};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-
 use tokio_rustls::client::TlsStream;
 use tokio_util::either::Either;
 

@@ -591,9 +591,8 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         if any {
             origins.clear();
         }
-        let credentials = spec.allow_credentials.as_ref().is_some_and(|on| on.value);
-        if let Some(on) = &spec.allow_credentials
-            && on.value
+        let credentials = spec.allow_credentials.as_ref().filter(|on| on.value);
+        if let Some(on) = credentials
             && any
         {
             compiler.error(
@@ -632,7 +631,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         Cors {
             origins,
             any_origin: any,
-            credentials,
+            credentials: credentials.is_some(),
             methods: if spec.allow_methods.is_empty() {
                 DEFAULT_CORS_METHODS.to_owned()
             } else {

@@ -22,29 +22,26 @@ const EXPOSED: &str = "RateLimit, RateLimit-Policy, X-RateLimit-Limit, X-RateLim
 /// What CORS asks of one request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CorsAnswer {
-    /// Nothing: the policy allows no other origin.
-    None,
-    /// The request comes from no origin the policy allows (or from none at all): its answer
-    /// carries only `Vary: Origin`, so that a shared cache does not hand it to a page of an
-    /// origin that is allowed, nor the other way round.
-    Vary,
     /// A preflight from an allowed origin: answer it with 204 and these headers, and nothing
     /// else.
     Preflight(HeaderList),
-    /// A request from an allowed origin: add these to its answer, whatever the answer is.
-    Actual(HeaderList),
+    /// Add these to the request's answer, whatever the answer is: for an allowed origin, what
+    /// lets its page read it; for a request from no origin the policy allows (or from none),
+    /// only `Vary: Origin`, so that a shared cache keeps the two apart; none at all when the
+    /// policy allows no other origin.
+    Headers(HeaderList),
 }
 
 /// The answer `cors` gives a request with `method` and `headers`.
 pub(crate) fn answer(cors: Option<&Cors>, method: &str, headers: &HeaderMap) -> CorsAnswer {
     let Some(cors) = cors else {
-        return CorsAnswer::None;
+        return CorsAnswer::Headers(HeaderList::new());
     };
     let Some(origin) = headers
         .get(ORIGIN)
         .filter(|origin| origin.to_str().is_ok_and(|origin| cors.allows(origin)))
     else {
-        return CorsAnswer::Vary;
+        return CorsAnswer::Headers(vec![(VARY, HeaderValue::from_static("Origin"))]);
     };
     let mut list: HeaderList = Vec::with_capacity(6);
     // The origin itself rather than `*`, so that credentials work and caches keep answers
@@ -63,7 +60,7 @@ pub(crate) fn answer(cors: Option<&Cors>, method: &str, headers: &HeaderMap) -> 
             ACCESS_CONTROL_EXPOSE_HEADERS,
             HeaderValue::from_static(EXPOSED),
         ));
-        return CorsAnswer::Actual(list);
+        return CorsAnswer::Headers(list);
     }
     if let Ok(methods) = HeaderValue::from_str(&cors.methods) {
         list.push((ACCESS_CONTROL_ALLOW_METHODS, methods));
@@ -152,7 +149,7 @@ mod tests {
     fn an_allowed_origin_may_read_the_rate_limit_headers() {
         let headers = request(&[("origin", "https://app.example.com")]);
         for method in ["POST", "OPTIONS"] {
-            let CorsAnswer::Actual(list) = answer(Some(&cors(false, None)), method, &headers)
+            let CorsAnswer::Headers(list) = answer(Some(&cors(false, None)), method, &headers)
             else {
                 panic!("an actual request");
             };
@@ -172,16 +169,20 @@ mod tests {
             ("origin", "https://evil.example.com"),
             ("access-control-request-method", "POST"),
         ]);
+        let only_vary = CorsAnswer::Headers(vec![(VARY, HeaderValue::from_static("Origin"))]);
         assert_eq!(
             answer(Some(&cors(false, None)), "OPTIONS", &other),
-            CorsAnswer::Vary
+            only_vary
         );
         let same_site = request(&[]);
         assert_eq!(
             answer(Some(&cors(false, None)), "GET", &same_site),
-            CorsAnswer::Vary
+            only_vary
         );
         let allowed = request(&[("origin", "https://app.example.com")]);
-        assert_eq!(answer(None, "GET", &allowed), CorsAnswer::None);
+        assert_eq!(
+            answer(None, "GET", &allowed),
+            CorsAnswer::Headers(HeaderList::new())
+        );
     }
 }

@@ -529,20 +529,17 @@ const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// caught half written) is reported with its file, line and column, and the one in force stays.
 async fn reload_policy(services: Arc<LiveService<Arc<AnyStore>>>, mut reload: Reload) {
     let mut hangups = reload.hangups.take();
-    let watched = |services: &LiveService<Arc<AnyStore>>| {
-        let mut files = vec![reload.path.clone()];
-        files.extend(keys_path(&reload.path, services.current().policy()));
-        if let Some(tls) = &reload.tls {
-            files.extend([tls.cert.clone(), tls.key.clone()]);
-        }
-        contents(&files)
-    };
-    // The certificate files, after the policy's, as `watched` lists them.
+    // What `--watch-policy` compares: the policy's files, then the certificate's.
     let with_tls = |mut seen: Vec<Option<u64>>, tls: &Option<TlsFiles>| {
         if let Some(tls) = tls {
             seen.extend(contents(&[tls.cert.clone(), tls.key.clone()]));
         }
         seen
+    };
+    let watched = |services: &LiveService<Arc<AnyStore>>| {
+        let mut files = vec![reload.path.clone()];
+        files.extend(keys_path(&reload.path, services.current().policy()));
+        with_tls(contents(&files), &reload.tls)
     };
     let mut seen = with_tls(std::mem::take(&mut reload.seen), &reload.tls);
     // 0 while the last reload failed, so that a policy left out is seen on a dashboard, not

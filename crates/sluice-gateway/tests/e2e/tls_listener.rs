@@ -110,20 +110,18 @@ async fn the_gateway_serves_https_with_a_certificate_it_can_replace() {
     bench.stop().await;
 }
 
-#[tokio::test]
+// Paused time: the header-read timeout (10 s by default) passes as soon as nothing else is left
+// to do, and the guard after it fails the test if the gateway left the connection open.
+#[tokio::test(start_paused = true)]
 async fn a_client_that_does_not_finish_its_handshake_is_disconnected() {
     let cert = TestCert::new("localhost");
     let tls = Arc::new(
         ServerTls::from_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).expect("TLS"),
     );
-    let bench = Bench::with("streampixel", |config| {
-        config.tls = Some(tls);
-        config.header_read_timeout = Duration::from_millis(200);
-    })
-    .await;
+    let bench = Bench::with("streampixel", |config| config.tls = Some(tls)).await;
     let mut silent = TcpStream::connect(bench.address).await.expect("connect");
     let mut buffer = [0_u8; 16];
-    let read = tokio::time::timeout(Duration::from_secs(10), silent.read(&mut buffer))
+    let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buffer))
         .await
         .expect("closed by the gateway, not left open");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
