@@ -1,27 +1,34 @@
 //! The accept loop shared by the gateway and the built-in echo upstream: HTTP/1.1 connections
 //! with a bound on how long a client may take to send its headers and on how long it may leave a
-//! response unread, and a graceful stop that drains requests in flight within a bound.
+//! response unread, and a graceful stop that drains requests in flight within a bound. On a TLS
+//! listener, a client that asks for HTTP/2 (ALPN `h2`) gets it, its requests put in HTTP/1.1's
+//! terms for the policy and the upstream.
 //!
 //! HTTP/1 is served directly rather than through hyper-util's auto (HTTP/1 + h2c) builder: the
 //! auto builder reads the protocol preface with no timer, so a client that connects and sends
-//! nothing would hold its connection forever.
+//! nothing would hold its connection forever. Over TLS the protocol is settled in the handshake,
+//! which is bounded; an HTTP/2 connection is then closed once it has had no request open and
+//! sent nothing for a header-read timeout (within two, as it is looked at once per timeout).
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{HeaderValue, Request, Response, header};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::body::Body;
 use crate::deadline::{Deadlines, Stall};
@@ -65,7 +72,13 @@ pub(crate) async fn serve<H, F>(
         .timer(timers.clone())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(timers.clone())
+        .max_header_list_size(MAX_HTTP2_HEADER_LIST);
     let graceful = GracefulShutdown::new();
+    // HTTP/2 connections are stopped by hand (GOAWAY, then a wait for their streams), since an
+    // idle one is closed the same way.
+    let (stopping, http2_connections) = (CancellationToken::new(), TaskTracker::new());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -83,12 +96,12 @@ pub(crate) async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let client = Arc::new(Peer::new(peer, tls.is_some()));
-        let service = hyper::service::service_fn(move |request| {
-            // Boxed so that hyper moves a pointer, not the whole request state machine.
-            let response = Box::pin(handle(request, Arc::clone(&client)));
-            async move { Ok::<_, Infallible>(response.await) }
-        });
         let Some(acceptor) = &tls else {
+            let service = hyper::service::service_fn(move |request| {
+                // Boxed so that hyper moves a pointer, not the whole request state machine.
+                let response = Box::pin(handle(request, Arc::clone(&client)));
+                async move { Ok::<_, Infallible>(response.await) }
+            });
             let io = Paced {
                 io: TokioIo::new(ClientIo::Left(stream)),
                 timers: timers.clone(),
@@ -104,6 +117,7 @@ pub(crate) async fn serve<H, F>(
             continue;
         };
         let (acceptor, watcher, builder) = (acceptor.clone(), graceful.watcher(), builder.clone());
+        let (h2, stopping, tracker) = (h2.clone(), stopping.clone(), http2_connections.clone());
         let timers = timers.clone();
         tokio::spawn(async move {
             let secured =
@@ -120,23 +134,241 @@ pub(crate) async fn serve<H, F>(
                         return;
                     }
                 };
+            let http2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
             let io = Paced {
                 io: TokioIo::new(ClientIo::Right(Box::new(secured))),
                 timers,
                 limit: limits.send_timeout,
                 stall: Stall::default(),
             };
+            if http2 {
+                // Tracked from here: a stop does not end before this connection has.
+                let _tracked = tracker.token();
+                drop(watcher);
+                serve_http2(h2, io, handle, client, limits, stopping).await;
+                return;
+            }
+            let service = hyper::service::service_fn(move |request| {
+                let response = Box::pin(handle(request, Arc::clone(&client)));
+                async move { Ok::<_, Infallible>(response.await) }
+            });
             if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
                 log_ended(&error, peer);
             }
         });
     }
     drop(listener);
+    stopping.cancel();
+    http2_connections.close();
     tokio::select! {
-        () = graceful.shutdown() => {}
+        ((), ()) = async { tokio::join!(graceful.shutdown(), http2_connections.wait()) } => {}
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("requests still open after the drain timeout were cut");
         }
+    }
+}
+
+/// The largest header section an HTTP/2 client may send, decoded: above hyper's 16 KiB default,
+/// which a browser's cookies can pass, and in line with what HTTP/1.1 clients may send.
+const MAX_HTTP2_HEADER_LIST: u32 = 64 * 1024;
+
+/// Serves one HTTP/2 connection until it ends: on a stop, or once it has been idle for a
+/// header-read timeout, it is told to go away (GOAWAY) and given the drain timeout to finish
+/// the streams it has open.
+async fn serve_http2<H, F>(
+    builder: http2::Builder<TokioExecutor>,
+    io: Paced<TokioIo<ClientIo>>,
+    handle: H,
+    client: Arc<Peer>,
+    limits: ConnectionLimits,
+    stopping: CancellationToken,
+) where
+    H: Fn(Request<Incoming>, Arc<Peer>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    let activity = Arc::new(Activity::default());
+    let peer = client.address();
+    let service = {
+        let activity = Arc::clone(&activity);
+        hyper::service::service_fn(move |mut request: Request<Incoming>| {
+            let open = Open::new(&activity);
+            in_http1_terms(&mut request);
+            let response = Box::pin(handle(request, Arc::clone(&client)));
+            async move {
+                // The stream counts as open until its response body is done with.
+                Ok::<_, Infallible>(response.await.map(|body| Tracked { body, _open: open }))
+            }
+        })
+    };
+    let io = Noted {
+        io,
+        activity: Arc::clone(&activity),
+    };
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let going = async {
+        tokio::select! {
+            () = stopping.cancelled() => {}
+            () = async {
+                loop {
+                    tokio::time::sleep(limits.header_read_timeout).await;
+                    if activity.idle() {
+                        break;
+                    }
+                }
+            } => {}
+        }
+    };
+    let ended = tokio::select! {
+        ended = connection.as_mut() => Some(ended),
+        () = going => None,
+    };
+    let ended = match ended {
+        Some(ended) => ended,
+        None => {
+            connection.as_mut().graceful_shutdown();
+            match tokio::time::timeout(limits.drain_timeout, connection).await {
+                Ok(ended) => ended,
+                Err(_) => return,
+            }
+        }
+    };
+    if let Err(error) = ended {
+        log_ended(&error, peer);
+    }
+}
+
+/// An HTTP/2 request put in the terms HTTP/1.1 gives it, which is how the policy reads headers
+/// and how an HTTP/1.1 upstream must receive it: its `:authority` is its `Host` (RFC 9113,
+/// 8.3.1), and cookies sent as several fields are one field again (8.2.3).
+fn in_http1_terms(request: &mut Request<Incoming>) {
+    if let Some(authority) = request.uri().authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        request.headers_mut().insert(header::HOST, host);
+    }
+    let headers = request.headers_mut();
+    let mut cookies = headers.get_all(header::COOKIE).iter();
+    if let (Some(first), Some(_)) = (cookies.next(), cookies.next()) {
+        let mut joined = first.as_bytes().to_vec();
+        for cookie in headers.get_all(header::COOKIE).iter().skip(1) {
+            joined.extend_from_slice(b"; ");
+            joined.extend_from_slice(cookie.as_bytes());
+        }
+        if let Ok(value) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+/// What an HTTP/2 connection is doing: streams open, and whether the client has sent anything
+/// or a stream has ended since the connection was last looked at.
+#[derive(Default)]
+struct Activity {
+    open: AtomicUsize,
+    stirred: AtomicBool,
+}
+
+impl Activity {
+    /// No stream open, nothing read and no stream ended since the last look: a client that has
+    /// just had a slow answer is not told to go away as it sends its next request.
+    fn idle(&self) -> bool {
+        let stirred = self.stirred.swap(false, Ordering::Relaxed);
+        self.open.load(Ordering::Relaxed) == 0 && !stirred
+    }
+}
+
+/// One open stream of [`Activity`], for as long as this lives.
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: &Arc<Activity>) -> Open {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Open(Arc::clone(activity))
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.stirred.store(true, Ordering::Relaxed);
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its stream counted as open until hyper is done with it.
+struct Tracked {
+    body: Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = <Body as hyper::body::Body>::Data;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection whose reads are noted in its [`Activity`].
+struct Noted<T> {
+    io: T,
+    activity: Arc<Activity>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Noted<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if result.is_ready() {
+            this.activity.stirred.store(true, Ordering::Relaxed);
+        }
+        result
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Noted<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -226,5 +458,26 @@ impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Paced<T> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_is_idle_only_after_a_look_with_nothing_open_read_or_ended_since() {
+        let activity = Arc::new(Activity::default());
+        assert!(activity.idle(), "a connection that has done nothing");
+        let open = Open::new(&activity);
+        assert!(!activity.idle(), "a stream open");
+        assert!(!activity.idle(), "a stream still open");
+        drop(open);
+        // An answer just ended: the client may be sending its next request.
+        assert!(!activity.idle(), "a stream ended since the last look");
+        assert!(activity.idle());
+        activity.stirred.store(true, Ordering::Relaxed);
+        assert!(!activity.idle(), "bytes read since the last look");
+        assert!(activity.idle());
     }
 }

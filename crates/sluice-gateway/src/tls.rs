@@ -1,5 +1,6 @@
-//! TLS on the gateway's own listener, for a deployment where sluice is the edge: HTTP/1.1 over
-//! rustls (on ring, as the upstream side builds it), with a certificate that can be replaced
+//! TLS on the gateway's own listener, for a deployment where sluice is the edge: HTTP/2 or
+//! HTTP/1.1, as the client asks (ALPN), over rustls (on ring, as the upstream side builds it),
+//! with a certificate that can be replaced
 //! while serving ([`ServerTls::reload`]: certificates are renewed every few weeks, and a renewal
 //! must not need a restart). A connection takes the certificate in force when it says hello.
 
@@ -16,6 +17,7 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 /// The gateway's certificate and key, replaceable while serving.
 pub struct ServerTls {
     current: Arc<Current>,
+    config: ServerConfig,
     acceptor: TlsAcceptor,
 }
 
@@ -33,7 +35,8 @@ impl ResolvesServerCert for Current {
 
 impl ServerTls {
     /// TLS with the certificate chain `chain_pem` (the server's own first) and its private key
-    /// `key_pem` (PKCS#8, PKCS#1 or SEC1), both PEM.
+    /// `key_pem` (PKCS#8, PKCS#1 or SEC1), both PEM. HTTP/2 is offered, and HTTP/1.1 to a
+    /// client that does not ask for it.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerTls, String> {
         let current = Arc::new(Current(RwLock::new(Arc::new(certified_key(
             chain_pem, key_pem,
@@ -44,11 +47,19 @@ impl ServerTls {
             .map_err(|error| error.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls {
             current,
-            acceptor: TlsAcceptor::from(Arc::new(config)),
+            acceptor: TlsAcceptor::from(Arc::new(config.clone())),
+            config,
         })
+    }
+
+    /// The same, offering HTTP/1.1 only.
+    pub fn http1_only(mut self) -> ServerTls {
+        self.config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.acceptor = TlsAcceptor::from(Arc::new(self.config.clone()));
+        self
     }
 
     /// Puts a new certificate and key in force for the connections opened from now on; on an

@@ -123,7 +123,7 @@ impl Bench {
     }
 
     /// `deployment` in front of a fresh recording upstream, configured by `adjust`.
-    async fn launch(
+    pub async fn launch(
         deployment: (Arc<sluice_policy::Policy>, KeyRing),
         adjust: impl FnOnce(&mut GatewayConfig),
     ) -> Bench {
