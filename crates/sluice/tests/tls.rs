@@ -1,10 +1,13 @@
-//! `sluice serve --tls-cert --tls-key`: the gateway serves HTTPS, and SIGHUP puts a renewed
-//! certificate in force without a restart.
+//! `sluice serve --tls-cert --tls-key`: the gateway serves HTTPS, HTTP/2 to clients that ask
+//! for it unless `--http2 off`, and SIGHUP puts a renewed certificate in force without a
+//! restart.
 
 mod support;
 
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice_test_support::TestCert;
@@ -42,37 +45,89 @@ async fn answers(client: &reqwest::Client, url: &str) -> bool {
     false
 }
 
-#[tokio::test]
-async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    let first_ca = write_cert(&cert, &key);
-    let policy = dir.path().join("policy.yaml");
+/// The protocol a client offering `offers` settles on (ALPN) with the server on `port`, which
+/// must present a certificate of the CA `ca_pem`.
+async fn negotiated(ca_pem: &str, port: u16, offers: &[&[u8]]) -> Option<Vec<u8>> {
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(certificate.expect("PEM")).expect("a root");
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = offers.iter().map(|offer| offer.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let secured = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").expect("a name"), tcp)
+        .await
+        .expect("a TLS connection");
+    secured.get_ref().1.alpn_protocol().map(<[u8]>::to_vec)
+}
+
+/// `sluice serve` over HTTPS with `cert` and `key` and `flags`, once it answers clients that
+/// trust `ca_pem`; and its listener.
+async fn serve_https(
+    dir: &Path,
+    (cert, key): (&Path, &Path),
+    ca_pem: &str,
+    flags: &[&str],
+) -> (Child, SocketAddr) {
+    let policy = dir.join("policy.yaml");
     std::fs::write(
         &policy,
         "service:\n  name: Test\nroutes:\n  - match: \"* /*\"\n    unlimited: true\n",
     )
     .expect("written");
     let (listen, admin) = (free_port(), free_port());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+    let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
         .arg("serve")
         .arg("--policy")
         .arg(&policy)
         .arg("--tls-cert")
-        .arg(&cert)
+        .arg(cert)
         .arg("--tls-key")
-        .arg(&key)
+        .arg(key)
         .args(["--store", "memory", "--threads", "1"])
         .args(["--listen", &listen.to_string()])
         .args(["--admin-listen", &admin.to_string()])
+        .args(flags)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("the binary runs");
     let url = format!("https://localhost:{}/healthz", listen.port());
     assert!(
-        answers(&trusting(&first_ca), &url).await,
+        answers(&trusting(ca_pem), &url).await,
         "the server did not come up over HTTPS on {listen}"
+    );
+    (child, listen)
+}
+
+#[tokio::test]
+async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let first_ca = write_cert(&cert, &key);
+    let (mut child, listen) = serve_https(dir.path(), (&cert, &key), &first_ca, &[]).await;
+    let url = format!("https://localhost:{}/healthz", listen.port());
+    // HTTP/2 for a client that asks for it; HTTP/1.1 for one that asks for nothing else.
+    let port = listen.port();
+    let offers: [&[u8]; 2] = [b"h2", b"http/1.1"];
+    assert_eq!(
+        negotiated(&first_ca, port, &offers).await.as_deref(),
+        Some(&b"h2"[..])
+    );
+    assert_eq!(
+        negotiated(&first_ca, port, &[b"http/1.1"]).await.as_deref(),
+        Some(&b"http/1.1"[..])
     );
     // Plain HTTP is not served on the TLS listener.
     let plain = trusting(&first_ca)
@@ -92,6 +147,22 @@ async fn the_gateway_serves_https_and_takes_a_renewed_certificate_on_sighup() {
         "the renewed certificate was not put in force"
     );
     assert!(trusting(&first_ca).get(&url).send().await.is_err());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test]
+async fn with_http2_off_a_client_that_asks_for_it_gets_http1() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let ca = write_cert(&cert, &key);
+    let (mut child, listen) =
+        serve_https(dir.path(), (&cert, &key), &ca, &["--http2", "off"]).await;
+    let offers: [&[u8]; 2] = [b"h2", b"http/1.1"];
+    assert_eq!(
+        negotiated(&ca, listen.port(), &offers).await.as_deref(),
+        Some(&b"http/1.1"[..])
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
