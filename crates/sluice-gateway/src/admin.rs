@@ -64,6 +64,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
             header_read_timeout: Duration::from_secs(10),
             send_timeout: Duration::from_secs(60),
             max_headers: 100,
+            http2_header_list: 64 * 1024,
             drain_timeout: Duration::from_secs(5),
         };
         server::serve(

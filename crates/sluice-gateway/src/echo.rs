@@ -19,6 +19,7 @@ pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()
         header_read_timeout: Duration::from_secs(10),
         send_timeout: Duration::from_secs(60),
         max_headers: 256,
+        http2_header_list: 64 * 1024,
         drain_timeout: Duration::from_secs(5),
     };
     serve(

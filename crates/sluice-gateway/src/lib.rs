@@ -74,6 +74,10 @@ pub struct GatewayConfig {
     pub drain_timeout: Duration,
     /// Most request headers accepted (431 beyond, in the API's envelope).
     pub max_headers: usize,
+    /// Most bytes of request headers accepted, names and values, as HTTP/1.1 writes them (431
+    /// beyond, in the API's envelope): a client's half-megabyte cookie is not the upstream's
+    /// problem. Envoy's default; nginx's is 32 KiB.
+    pub max_header_bytes: usize,
     /// Whether [`Gateway::serve_threads`] pins each serving thread to a CPU of its own when
     /// there is one thread per CPU the process may run on (otherwise the kernel places them).
     pub pin_threads: bool,
@@ -92,6 +96,7 @@ impl Default for GatewayConfig {
             body_read_timeout: Duration::from_secs(10),
             drain_timeout: Duration::from_secs(10),
             max_headers: 100,
+            max_header_bytes: 64 * 1024,
             pin_threads: true,
             tls: None,
         }
@@ -244,6 +249,10 @@ impl<S: CounterStore + 'static> Gateway<S> {
             // hyper answers a plain 431 beyond its own limit; leave room to answer in the
             // API's envelope instead.
             max_headers: self.config.max_headers.saturating_mul(4).max(512),
+            // The same for HTTP/2's header list (which counts 32 bytes more per field).
+            http2_header_list: u32::try_from(self.config.max_header_bytes.saturating_mul(2))
+                .unwrap_or(u32::MAX)
+                .max(64 * 1024),
             drain_timeout: self.config.drain_timeout,
         };
         // Each accept loop has its own upstream connections and timers, so that they live on its
@@ -393,7 +402,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
             rejection_response(service.reject(code, values, status, id))
         };
-        if request.headers().len() > self.config.max_headers {
+        if request.headers().len() > self.config.max_headers
+            || header_bytes(request.headers()) > self.config.max_header_bytes
+        {
             return reject(ErrorCode::HeadersTooLarge, Values::default(), None);
         }
         let (parts, incoming) = request.into_parts();
@@ -618,6 +629,14 @@ pub fn bind_listeners(
 
 /// Adds CORS's headers to an answer: `Vary` and the exposed headers beside any the upstream
 /// sent, the others only where the upstream sent none of its own.
+/// The size of `headers` as HTTP/1.1 writes them: each name, `: `, value and line end.
+fn header_bytes(headers: &http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 fn add_cors(headers: &mut http::HeaderMap, list: sluice_service::HeaderList) {
     for (name, value) in list {
         if name == header::VARY || name == header::ACCESS_CONTROL_EXPOSE_HEADERS {

@@ -48,6 +48,9 @@ pub(crate) struct ConnectionLimits {
     /// Most headers hyper parses; the gateway refuses more than its own limit in the API's shape,
     /// so this sits above it.
     pub(crate) max_headers: usize,
+    /// The largest header section an HTTP/2 client may send, decoded (hyper's 16 KiB default
+    /// turns away large cookies that HTTP/1.1 takes); also above the gateway's own limit.
+    pub(crate) http2_header_list: u32,
     /// How long a stop waits for requests in flight.
     pub(crate) drain_timeout: Duration,
 }
@@ -74,7 +77,7 @@ pub(crate) async fn serve<H, F>(
         .max_headers(limits.max_headers);
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(timers.clone())
-        .max_header_list_size(MAX_HTTP2_HEADER_LIST);
+        .max_header_list_size(limits.http2_header_list);
     let graceful = GracefulShutdown::new();
     // HTTP/2 connections are stopped by hand (GOAWAY, then a wait for their streams), since an
     // idle one is closed the same way.
@@ -167,10 +170,6 @@ pub(crate) async fn serve<H, F>(
         }
     }
 }
-
-/// The largest header section an HTTP/2 client may send, decoded: above hyper's 16 KiB default,
-/// which a browser's cookies can pass, and in line with what HTTP/1.1 clients may send.
-const MAX_HTTP2_HEADER_LIST: u32 = 64 * 1024;
 
 /// Serves one HTTP/2 connection until it ends: on a stop, or once it has been idle for a
 /// header-read timeout, it is told to go away (GOAWAY) and given the drain timeout to finish

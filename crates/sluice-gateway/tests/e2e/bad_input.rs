@@ -113,6 +113,31 @@ async fn two_hundred_headers_are_a_431_in_the_envelope() {
 }
 
 #[tokio::test]
+async fn headers_over_64_kib_are_a_431_in_the_envelope_and_not_forwarded() {
+    let bench = Bench::start("streampixel").await;
+    let body = json!({"apiKey": ALICE, "userId": "yves"});
+    let cookie = format!("session={}", "a".repeat(60_000));
+    let reply = bench
+        .post("/projects/list", &[("cookie", &cookie)], &body)
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let forwarded = bench.seen.lock().expect("seen").len();
+
+    let cookie = format!("session={}", "a".repeat(70_000));
+    let reply = bench
+        .post("/projects/list", &[("cookie", &cookie)], &body)
+        .await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        reply.json(),
+        json!({"message": "Request headers too large"})
+    );
+    assert_eq!(bench.seen.lock().expect("seen").len(), forwarded);
+    still_serving(&bench).await;
+    bench.stop().await;
+}
+
+#[tokio::test]
 async fn a_client_too_slow_with_its_headers_is_disconnected_and_others_are_served() {
     let bench = Bench::with("streampixel", |config| {
         config.header_read_timeout = Duration::from_millis(300);

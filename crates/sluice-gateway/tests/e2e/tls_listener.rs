@@ -235,6 +235,21 @@ async fn http2_clients_get_the_same_limits_and_error_bodies() {
     assert_eq!(seen.headers["host"], bench.upstream_address().to_string());
     assert_eq!(seen.headers.get_all("cookie").iter().count(), 1);
     assert_eq!(seen.headers["cookie"], "a=1; b=2");
+    // Headers over the gateway's limit (64 KiB) are refused in the API's envelope, not by the
+    // HTTP/2 layer's own bare 431.
+    let request = Request::post("https://localhost/projects/list")
+        .header("content-type", "application/json")
+        .header("cookie", format!("session={}", "a".repeat(70_000)))
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&poll()).expect("json"),
+        )))
+        .expect("a request");
+    let reply = send(&mut sender, request).await;
+    assert_eq!(reply.status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(
+        reply.json(),
+        json!({"message": "Request headers too large"})
+    );
 
     // Two uploads by one user, sent at once on two streams of one connection: one is admitted,
     // the other refused with the seed's own body.
