@@ -313,6 +313,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             request_id: &request_id,
             method: &method,
             path,
+            version: request.version(),
         };
         let cors = lane.service.cors(method.as_str(), request.headers());
         let mut response = match (&method, path) {
@@ -530,6 +531,7 @@ struct AccessLine<'a> {
     request_id: &'a HeaderValue,
     method: &'a Method,
     path: &'a str,
+    version: http::Version,
 }
 
 /// What the access log says of a request whose client left before its answer.
@@ -545,6 +547,11 @@ impl AccessLine<'_> {
             request_id = self.request_id.to_str().unwrap_or_default(),
             method = self.method.as_str(),
             path = self.path,
+            protocol = match self.version {
+                http::Version::HTTP_2 => "HTTP/2",
+                http::Version::HTTP_10 => "HTTP/1.0",
+                _ => "HTTP/1.1",
+            },
             status,
             micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             "request"

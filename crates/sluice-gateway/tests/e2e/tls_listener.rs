@@ -211,6 +211,7 @@ fn upload(user: &str) -> Value {
 
 #[tokio::test]
 async fn http2_clients_get_the_same_limits_and_error_bodies() {
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
     let (bench, ca) = https_bench(deployment("streampixel"), true).await;
     let (mut sender, connection) = connect_http2(&bench, &ca).await;
 
@@ -234,6 +235,14 @@ async fn http2_clients_get_the_same_limits_and_error_bodies() {
     assert!(forwarded.contains(r#";host="localhost""#), "{forwarded}");
     assert_eq!(seen.headers["host"], bench.upstream_address().to_string());
     assert_eq!(seen.headers.get_all("cookie").iter().count(), 1);
+    let logs = captured.text();
+    let line = logs
+        .lines()
+        .find(|line| line.contains("path=\"/projects/list\""));
+    assert!(
+        line.is_some_and(|line| line.contains("protocol=\"HTTP/2\"")),
+        "{logs}"
+    );
     assert_eq!(seen.headers["cookie"], "a=1; b=2");
     // Headers over the gateway's limit (64 KiB) are refused in the API's envelope, not by the
     // HTTP/2 layer's own bare 431.
