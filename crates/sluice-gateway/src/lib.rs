@@ -547,10 +547,11 @@ impl AccessLine<'_> {
             request_id = self.request_id.to_str().unwrap_or_default(),
             method = self.method.as_str(),
             path = self.path,
+            // Named when it is not HTTP/1.1, the usual case: a field costs every line.
             protocol = match self.version {
-                http::Version::HTTP_2 => "HTTP/2",
-                http::Version::HTTP_10 => "HTTP/1.0",
-                _ => "HTTP/1.1",
+                http::Version::HTTP_2 => Some("HTTP/2"),
+                http::Version::HTTP_10 => Some("HTTP/1.0"),
+                _ => None,
             },
             status,
             micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
