@@ -635,8 +635,6 @@ pub fn bind_listeners(
     Ok(listeners)
 }
 
-/// Adds CORS's headers to an answer: `Vary` and the exposed headers beside any the upstream
-/// sent, the others only where the upstream sent none of its own.
 /// The size of `headers` as HTTP/1.1 writes them: each name, `: `, value and line end.
 fn header_bytes(headers: &http::HeaderMap) -> usize {
     headers
@@ -645,6 +643,8 @@ fn header_bytes(headers: &http::HeaderMap) -> usize {
         .sum()
 }
 
+/// Adds CORS's headers to an answer: `Vary` and the exposed headers beside any the upstream
+/// sent, the others only where the upstream sent none of its own.
 fn add_cors(headers: &mut http::HeaderMap, list: sluice_service::HeaderList) {
     for (name, value) in list {
         if name == header::VARY || name == header::ACCESS_CONTROL_EXPOSE_HEADERS {

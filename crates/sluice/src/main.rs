@@ -81,7 +81,12 @@ struct EchoArgs {
 }
 
 async fn echo(args: EchoArgs) -> anyhow::Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    // The gateway's own backlog (1,024): a proxy under load opens hundreds of connections to
+    // it at once, and a SYN the accept queue drops waits a second to be sent again.
+    let listener = sluice_gateway::bind_listeners(args.listen, 1)?
+        .pop()
+        .ok_or_else(|| anyhow::anyhow!("no listener"))?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
     tracing::info!(listen = %listener.local_addr()?, "echo upstream is serving");
     sluice_gateway::serve_echo(listener, serve::stop_signal()).await;
     Ok(())
