@@ -15,7 +15,7 @@ mod redis;
 mod rng;
 
 pub use alloc::CountingAllocator;
-pub use certs::TestCert;
+pub use certs::{TestCert, tls_client};
 pub use logs::CapturedLogs;
 pub use redis::{RedisCluster, RedisServer};
 pub use rng::Rng;

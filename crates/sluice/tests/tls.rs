@@ -7,10 +7,9 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use sluice_test_support::TestCert;
+use sluice_test_support::{TestCert, tls_client};
 use support::free_port;
 
 /// Writes a certificate for `localhost`, signed by a CA of its own, to `cert` and `key`;
@@ -48,24 +47,11 @@ async fn answers(client: &reqwest::Client, url: &str) -> bool {
 /// The protocol a client offering `offers` settles on (ALPN) with the server on `port`, which
 /// must present a certificate of the CA `ca_pem`.
 async fn negotiated(ca_pem: &str, port: u16, offers: &[&[u8]]) -> Option<Vec<u8>> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(certificate.expect("PEM")).expect("a root");
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = offers.iter().map(|offer| offer.to_vec()).collect();
+    use tokio_rustls::rustls::pki_types::ServerName;
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .expect("connect");
-    let secured = tokio_rustls::TlsConnector::from(Arc::new(config))
+    let secured = tls_client(ca_pem, offers)
         .connect(ServerName::try_from("localhost").expect("a name"), tcp)
         .await
         .expect("a TLS connection");

@@ -16,13 +16,10 @@ use sluice_gateway::ServerTls;
 use sluice_service::KeyRing;
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
-use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tokio_rustls::rustls::pki_types::ServerName;
 
-use sluice_test_support::TestCert;
+use sluice_test_support::{TestCert, tls_client};
 
 use super::support::{Bench, Reply, deployment, deployment_edited, members};
 
@@ -32,20 +29,9 @@ async fn connect_tls(
     ca_pem: &str,
     protocols: &[&[u8]],
 ) -> Result<TlsStream<TcpStream>, String> {
-    let mut roots = RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(certificate.expect("PEM")).expect("a root");
-    }
-    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-    let mut config = ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = protocols.iter().map(|protocol| protocol.to_vec()).collect();
     let tcp = TcpStream::connect(bench.address).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("a name");
-    TlsConnector::from(Arc::new(config))
+    tls_client(ca_pem, protocols)
         .connect(name, tcp)
         .await
         .map_err(|error| error.to_string())
