@@ -76,7 +76,7 @@ pub struct GatewayConfig {
     pub max_headers: usize,
     /// Most bytes of request headers accepted, names and values, as HTTP/1.1 writes them (431
     /// beyond, in the API's envelope): a client's half-megabyte cookie is not the upstream's
-    /// problem. Envoy's default; nginx's is 32 KiB.
+    /// problem. Envoy's default is 60 KiB, nginx's 32 KiB.
     pub max_header_bytes: usize,
     /// Whether [`Gateway::serve_threads`] pins each serving thread to a CPU of its own when
     /// there is one thread per CPU the process may run on (otherwise the kernel places them).

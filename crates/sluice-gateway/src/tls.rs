@@ -1,8 +1,8 @@
 //! TLS on the gateway's own listener, for a deployment where sluice is the edge: HTTP/2 or
 //! HTTP/1.1, as the client asks (ALPN), over rustls (on ring, as the upstream side builds it),
-//! with a certificate that can be replaced
-//! while serving ([`ServerTls::reload`]: certificates are renewed every few weeks, and a renewal
-//! must not need a restart). A connection takes the certificate in force when it says hello.
+//! with a certificate that can be replaced while serving ([`ServerTls::reload`]: certificates are
+//! renewed every few weeks, and a renewal must not need a restart). A connection takes the
+//! certificate in force when it says hello.
 
 use std::sync::{Arc, RwLock};
 
