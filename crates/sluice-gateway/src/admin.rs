@@ -65,6 +65,7 @@ impl<S: CounterStore + RecordStore + 'static> Admin<S> {
             send_timeout: Duration::from_secs(60),
             max_headers: 100,
             http2_header_list: 64 * 1024,
+            http2: false,
             drain_timeout: Duration::from_secs(5),
         };
         server::serve(

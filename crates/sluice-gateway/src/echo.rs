@@ -20,6 +20,7 @@ pub async fn serve_echo(listener: TcpListener, shutdown: impl Future<Output = ()
         send_timeout: Duration::from_secs(60),
         max_headers: 256,
         http2_header_list: 64 * 1024,
+        http2: false,
         drain_timeout: Duration::from_secs(5),
     };
     serve(

@@ -83,6 +83,9 @@ pub struct GatewayConfig {
     pub pin_threads: bool,
     /// TLS on the listener, for a gateway that is the edge; `None` serves plain HTTP.
     pub tls: Option<Arc<ServerTls>>,
+    /// Serve HTTP/2 to clients that ask for it: by ALPN over TLS, with prior knowledge (h2c) on
+    /// a plain listener. Otherwise HTTP/1.1 only.
+    pub http2: bool,
 }
 
 impl Default for GatewayConfig {
@@ -99,6 +102,7 @@ impl Default for GatewayConfig {
             max_header_bytes: 64 * 1024,
             pin_threads: true,
             tls: None,
+            http2: true,
         }
     }
 }
@@ -254,6 +258,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 .unwrap_or(u32::MAX)
                 .max(64 * 1024),
             drain_timeout: self.config.drain_timeout,
+            http2: self.config.http2,
         };
         // Each accept loop has its own upstream connections and timers, so that they live on its
         // thread.
@@ -263,7 +268,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 .min(self.config.upstream_timeout)
                 .min(self.config.send_timeout),
         );
-        let tls = self.config.tls.as_ref().map(|tls| tls.acceptor());
+        let tls = self
+            .config
+            .tls
+            .as_ref()
+            .map(|tls| tls.acceptor(self.config.http2));
         let generation = self.services.generation();
         let lanes = Arc::new(std::sync::Mutex::new(Arc::new(Lane {
             service: self.services.current(),

@@ -1,14 +1,15 @@
 //! The accept loop shared by the gateway and the built-in echo upstream: HTTP/1.1 connections
 //! with a bound on how long a client may take to send its headers and on how long it may leave a
-//! response unread, and a graceful stop that drains requests in flight within a bound. On a TLS
-//! listener, a client that asks for HTTP/2 (ALPN `h2`) gets it, its requests put in HTTP/1.1's
-//! terms for the policy and the upstream.
+//! response unread, and a graceful stop that drains requests in flight within a bound. A client
+//! that asks for HTTP/2 gets it — by ALPN `h2` over TLS, or by opening a plain connection with
+//! HTTP/2's preface (prior knowledge) — its requests put in HTTP/1.1's terms for the policy and
+//! the upstream.
 //!
-//! HTTP/1 is served directly rather than through hyper-util's auto (HTTP/1 + h2c) builder: the
-//! auto builder reads the protocol preface with no timer, so a client that connects and sends
-//! nothing would hold its connection forever. Over TLS the protocol is settled in the handshake,
-//! which is bounded; an HTTP/2 connection is then closed once it has had no request open and
-//! sent nothing for a header-read timeout (within two, as it is looked at once per timeout).
+//! Not hyper-util's auto (HTTP/1 + h2c) builder: it reads the protocol preface with no timer, so
+//! a client that connects and sends nothing would hold its connection forever. Here the first
+//! bytes are peeked within the header-read timeout, and a TLS handshake is bounded by it; an
+//! HTTP/2 connection is then closed once it has had no request open and sent nothing for a
+//! header-read timeout (within two, as it is looked at once per timeout).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -53,6 +54,9 @@ pub(crate) struct ConnectionLimits {
     pub(crate) http2_header_list: u32,
     /// How long a stop waits for requests in flight.
     pub(crate) drain_timeout: Duration,
+    /// Whether a plain connection that opens with HTTP/2's preface is served HTTP/2 (h2c with
+    /// prior knowledge); over TLS, the acceptor's ALPN says.
+    pub(crate) http2: bool,
 }
 
 /// Serves `listener` with `handle` until `shutdown` completes, then stops accepting and waits up
@@ -99,47 +103,36 @@ pub(crate) async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let client = Arc::new(Peer::new(peer, tls.is_some()));
-        let Some(acceptor) = &tls else {
-            let service = hyper::service::service_fn(move |request| {
-                // Boxed so that hyper moves a pointer, not the whole request state machine.
-                let response = Box::pin(handle(request, Arc::clone(&client)));
-                async move { Ok::<_, Infallible>(response.await) }
-            });
-            let io = Paced {
-                io: TokioIo::new(ClientIo::Left(stream)),
-                timers: timers.clone(),
-                limit: limits.send_timeout,
-                stall: Stall::default(),
-            };
-            let connection = graceful.watch(builder.serve_connection(io, service));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    log_ended(&error, peer);
-                }
-            });
-            continue;
-        };
-        let (acceptor, watcher, builder) = (acceptor.clone(), graceful.watcher(), builder.clone());
+        let (acceptor, watcher, builder) = (tls.clone(), graceful.watcher(), builder.clone());
         let (h2, stopping, tracker) = (h2.clone(), stopping.clone(), http2_connections.clone());
         let timers = timers.clone();
         tokio::spawn(async move {
-            let secured =
-                match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream))
-                    .await
-                {
-                    Ok(Ok(secured)) => secured,
-                    Ok(Err(error)) => {
-                        tracing::debug!(%error, %peer, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake not finished in time");
-                        return;
-                    }
-                };
-            let http2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (io, http2) = match acceptor {
+                None if !limits.http2 => (ClientIo::Left(stream), false),
+                None => match opening(&stream, limits.header_read_timeout).await {
+                    Opening::Nothing => return,
+                    opened => (ClientIo::Left(stream), matches!(opened, Opening::Http2)),
+                },
+                Some(acceptor) => {
+                    let handshake = acceptor.accept(stream);
+                    let secured =
+                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
+                            Ok(Ok(secured)) => secured,
+                            Ok(Err(error)) => {
+                                tracing::debug!(%error, %peer, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                tracing::debug!(%peer, "TLS handshake not finished in time");
+                                return;
+                            }
+                        };
+                    let http2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
+                    (ClientIo::Right(Box::new(secured)), http2)
+                }
+            };
             let io = Paced {
-                io: TokioIo::new(ClientIo::Right(Box::new(secured))),
+                io: TokioIo::new(io),
                 timers,
                 limit: limits.send_timeout,
                 stall: Stall::default(),
@@ -152,6 +145,7 @@ pub(crate) async fn serve<H, F>(
                 return;
             }
             let service = hyper::service::service_fn(move |request| {
+                // Boxed so that hyper moves a pointer, not the whole request state machine.
                 let response = Box::pin(handle(request, Arc::clone(&client)));
                 async move { Ok::<_, Infallible>(response.await) }
             });
@@ -169,6 +163,35 @@ pub(crate) async fn serve<H, F>(
             tracing::warn!("requests still open after the drain timeout were cut");
         }
     }
+}
+
+/// How a client opened a plain connection.
+enum Opening {
+    /// With HTTP/2's connection preface: HTTP/2 with prior knowledge (RFC 9113, 3.3).
+    Http2,
+    /// With anything else: HTTP/1.
+    Http1,
+    /// With nothing, within the header-read timeout, or it hung up.
+    Nothing,
+}
+
+/// How the client of `stream` opened it, read without taking a byte (so that hyper reads them
+/// again), waiting at most `within` for the first.
+async fn opening(stream: &TcpStream, within: Duration) -> Opening {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut seen = [0_u8; PREFACE.len()];
+    let looked = tokio::time::timeout(within, async {
+        loop {
+            match stream.peek(&mut seen).await {
+                Ok(0) | Err(_) => return Opening::Nothing,
+                Ok(read) if seen.get(..read) != PREFACE.get(..read) => return Opening::Http1,
+                Ok(read) if read == PREFACE.len() => return Opening::Http2,
+                // A preface cut short, which peeking again would see at once: wait for the rest.
+                Ok(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    });
+    looked.await.unwrap_or(Opening::Nothing)
 }
 
 /// Serves one HTTP/2 connection until it ends: on a stop, or once it has been idle for a

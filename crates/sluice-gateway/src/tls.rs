@@ -17,8 +17,10 @@ use tokio_rustls::rustls::sign::CertifiedKey;
 /// The gateway's certificate and key, replaceable while serving.
 pub struct ServerTls {
     current: Arc<Current>,
-    config: ServerConfig,
+    /// Offers HTTP/2 and HTTP/1.1 by ALPN.
     acceptor: TlsAcceptor,
+    /// Offers HTTP/1.1 only.
+    http1_acceptor: TlsAcceptor,
 }
 
 /// The certificate in force, for each new connection.
@@ -35,8 +37,7 @@ impl ResolvesServerCert for Current {
 
 impl ServerTls {
     /// TLS with the certificate chain `chain_pem` (the server's own first) and its private key
-    /// `key_pem` (PKCS#8, PKCS#1 or SEC1), both PEM. HTTP/2 is offered, and HTTP/1.1 to a
-    /// client that does not ask for it.
+    /// `key_pem` (PKCS#8, PKCS#1 or SEC1), both PEM.
     pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<ServerTls, String> {
         let current = Arc::new(Current(RwLock::new(Arc::new(certified_key(
             chain_pem, key_pem,
@@ -47,19 +48,14 @@ impl ServerTls {
             .map_err(|error| error.to_string())?
             .with_no_client_auth()
             .with_cert_resolver(Arc::clone(&current) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let http1_acceptor = TlsAcceptor::from(Arc::new(config.clone()));
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(ServerTls {
             current,
-            acceptor: TlsAcceptor::from(Arc::new(config.clone())),
-            config,
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+            http1_acceptor,
         })
-    }
-
-    /// The same, offering HTTP/1.1 only.
-    pub fn http1_only(mut self) -> ServerTls {
-        self.config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        self.acceptor = TlsAcceptor::from(Arc::new(self.config.clone()));
-        self
     }
 
     /// Puts a new certificate and key in force for the connections opened from now on; on an
@@ -74,8 +70,14 @@ impl ServerTls {
         Ok(())
     }
 
-    pub(crate) fn acceptor(&self) -> TlsAcceptor {
-        self.acceptor.clone()
+    /// What accepts connections: offering HTTP/2 (and HTTP/1.1 to a client that does not ask
+    /// for it), or HTTP/1.1 only.
+    pub(crate) fn acceptor(&self, http2: bool) -> TlsAcceptor {
+        if http2 {
+            self.acceptor.clone()
+        } else {
+            self.http1_acceptor.clone()
+        }
     }
 }
 

@@ -57,16 +57,6 @@ pub(crate) struct ServeArgs {
         requires = "tls_cert"
     )]
     tls_key: Option<PathBuf>,
-    /// With --tls-cert, `on`: HTTP/2 for clients that ask for it (ALPN `h2`, as browsers do),
-    /// HTTP/1.1 for the others; `off`: HTTP/1.1 only. The upstream is spoken to in HTTP/1.1.
-    #[arg(
-        long,
-        env = "SLUICE_HTTP2",
-        default_value = "on",
-        value_name = "on|off",
-        requires = "tls_cert"
-    )]
-    http2: Http2,
     /// Address of the admin API (usage, resets, overrides, keys, metrics). Keep it on loopback
     /// or a private network.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
@@ -135,6 +125,17 @@ pub(crate) struct GatewayOptions {
     /// On SIGTERM, how long requests in flight may take to finish before they are cut.
     #[arg(long, env = "SLUICE_DRAIN_TIMEOUT", default_value = "10s", value_parser = duration)]
     drain_timeout: Duration,
+    /// `on`: HTTP/2 for clients that ask for it — by ALPN `h2` over TLS, as browsers do, or with
+    /// prior knowledge on a plain listener (h2c, as load balancers and service meshes speak to
+    /// their backends) — and HTTP/1.1 for the others; `off`: HTTP/1.1 only. The upstream is
+    /// spoken to in HTTP/1.1.
+    #[arg(
+        long,
+        env = "SLUICE_HTTP2",
+        default_value = "on",
+        value_name = "on|off"
+    )]
+    http2: Http2,
 }
 
 /// `--http2`.
@@ -214,6 +215,7 @@ impl GatewayOptions {
             body_read_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,
             pin_threads: matches!(self.pin_threads, PinThreads::Auto),
+            http2: self.http2 == Http2::On,
             ..GatewayConfig::default()
         }
     }
@@ -419,16 +421,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let (chain, private) = read_tls(cert, key)?;
-            let mut server = ServerTls::from_pem(&chain, &private).map_err(|why| {
+            let server = ServerTls::from_pem(&chain, &private).map_err(|why| {
                 anyhow::anyhow!(
                     "--tls-cert {} / --tls-key {}: {why}",
                     cert.display(),
                     key.display()
                 )
             })?;
-            if args.http2 == Http2::Off {
-                server = server.http1_only();
-            }
             Some(TlsFiles {
                 server: Arc::new(server),
                 cert: cert.clone(),

@@ -401,3 +401,69 @@ async fn a_client_that_hangs_up_before_the_upstream_answers_gives_its_slot_back_
     assert!(abandoned.is_some(), "{logs}");
     bench.stop().await;
 }
+
+/// An HTTP/2 request with prior knowledge (no TLS, no upgrade) to `bench`: the status, or the
+/// error that stopped it.
+async fn post_h2c(bench: &Bench) -> Result<StatusCode, String> {
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::Bytes;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let tcp = tokio::net::TcpStream::connect(bench.address)
+        .await
+        .expect("connect");
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .map_err(|error| error.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::post("http://localhost/projects/list")
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(
+            serde_json::to_vec(&poll()).expect("json"),
+        )))
+        .expect("a request");
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|error| error.to_string())?;
+    let status = response.status();
+    response.into_body().collect().await.expect("the body");
+    Ok(status)
+}
+
+#[tokio::test]
+async fn a_plain_listener_serves_http2_to_a_client_with_prior_knowledge_unless_told_not_to() {
+    // As a load balancer or a service mesh speaks to its backends (h2c).
+    let bench = Bench::start("streampixel").await;
+    assert_eq!(post_h2c(&bench).await, Ok(StatusCode::OK));
+    let seen = bench.last_seen();
+    assert_eq!(seen.headers["x-forwarded-host"], "localhost");
+    assert_eq!(seen.headers["host"], bench.upstream_address().to_string());
+    // HTTP/1.1 clients on the same listener are served as before.
+    let reply = bench.post("/projects/list", &[], &poll()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    bench.stop().await;
+
+    let bench = Bench::with("streampixel", |config| config.http2 = false).await;
+    let refused = post_h2c(&bench).await;
+    assert!(refused.is_err(), "{refused:?}");
+    let reply = bench.post("/projects/list", &[], &poll()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    bench.stop().await;
+}
+
+// Paused time: the header-read timeout (10 s) passes as soon as nothing else is left to do.
+#[tokio::test(start_paused = true)]
+async fn a_client_that_sends_nothing_on_a_plain_listener_is_disconnected() {
+    use tokio::io::AsyncReadExt;
+    let bench = Bench::start("streampixel").await;
+    let mut silent = tokio::net::TcpStream::connect(bench.address)
+        .await
+        .expect("connect");
+    let mut buffer = [0_u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(60), silent.read(&mut buffer))
+        .await
+        .expect("closed by the gateway, not left open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    bench.stop().await;
+}

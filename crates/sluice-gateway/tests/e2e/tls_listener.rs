@@ -135,13 +135,12 @@ async fn https_bench(
     http2: bool,
 ) -> (Bench, String) {
     let cert = TestCert::new("localhost");
-    let mut tls =
-        ServerTls::from_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).expect("TLS");
-    if !http2 {
-        tls = tls.http1_only();
-    }
-    let tls = Arc::new(tls);
-    let bench = Bench::launch(deployment, |config| config.tls = Some(tls)).await;
+    let tls = ServerTls::from_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).expect("TLS");
+    let bench = Bench::launch(deployment, |config| {
+        config.tls = Some(Arc::new(tls));
+        config.http2 = http2;
+    })
+    .await;
     (bench, cert.ca_pem)
 }
 
