@@ -107,29 +107,40 @@ pub(crate) async fn serve<H, F>(
         let (h2, stopping, tracker) = (h2.clone(), stopping.clone(), http2_connections.clone());
         let timers = timers.clone();
         tokio::spawn(async move {
-            let (io, http2) = match acceptor {
-                None if !limits.http2 => (ClientIo::Left(stream), false),
-                None => match opening(&stream, limits.header_read_timeout).await {
-                    Opening::Nothing => return,
-                    opened => (ClientIo::Left(stream), matches!(opened, Opening::Http2)),
-                },
-                Some(acceptor) => {
-                    let handshake = acceptor.accept(stream);
-                    let secured =
-                        match tokio::time::timeout(limits.header_read_timeout, handshake).await {
-                            Ok(Ok(secured)) => secured,
-                            Ok(Err(error)) => {
-                                tracing::debug!(%error, %peer, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake not finished in time");
-                                return;
-                            }
-                        };
-                    let http2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
-                    (ClientIo::Right(Box::new(secured)), http2)
+            // A stop does not wait for a client that has not yet said what it speaks.
+            let opened = async {
+                match acceptor {
+                    None if !limits.http2 => Some((ClientIo::Left(stream), false)),
+                    None => match opening(&stream, limits.header_read_timeout).await {
+                        Opening::Nothing => None,
+                        opened => Some((ClientIo::Left(stream), matches!(opened, Opening::Http2))),
+                    },
+                    Some(acceptor) => {
+                        let handshake = acceptor.accept(stream);
+                        let secured =
+                            match tokio::time::timeout(limits.header_read_timeout, handshake).await
+                            {
+                                Ok(Ok(secured)) => secured,
+                                Ok(Err(error)) => {
+                                    tracing::debug!(%error, %peer, "TLS handshake failed");
+                                    return None;
+                                }
+                                Err(_) => {
+                                    tracing::debug!(%peer, "TLS handshake not finished in time");
+                                    return None;
+                                }
+                            };
+                        let http2 = secured.get_ref().1.alpn_protocol() == Some(b"h2");
+                        Some((ClientIo::Right(Box::new(secured)), http2))
+                    }
                 }
+            };
+            let opened = tokio::select! {
+                opened = opened => opened,
+                () = stopping.cancelled() => None,
+            };
+            let Some((io, http2)) = opened else {
+                return;
             };
             let io = Paced {
                 io: TokioIo::new(io),

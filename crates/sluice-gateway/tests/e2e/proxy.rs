@@ -467,3 +467,17 @@ async fn a_client_that_sends_nothing_on_a_plain_listener_is_disconnected() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     bench.stop().await;
 }
+
+#[tokio::test]
+async fn a_stop_does_not_wait_for_a_client_that_has_sent_nothing_yet() {
+    let bench = Bench::start("streampixel").await;
+    let _silent = tokio::net::TcpStream::connect(bench.address)
+        .await
+        .expect("connect");
+    // Accepted, and waiting for its first bytes (for up to the 10 s header-read timeout).
+    let reply = bench.post("/projects/list", &[], &poll()).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    tokio::time::timeout(Duration::from_secs(5), bench.stop())
+        .await
+        .expect("the stop does not wait out the silent client's header-read timeout");
+}
