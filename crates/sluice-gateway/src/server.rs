@@ -23,7 +23,6 @@ use http::{HeaderValue, Request, Response, header};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::server::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
@@ -82,10 +81,10 @@ pub(crate) async fn serve<H, F>(
     let mut h2 = http2::Builder::new(TokioExecutor::new());
     h2.timer(timers.clone())
         .max_header_list_size(limits.http2_header_list);
-    let graceful = GracefulShutdown::new();
-    // HTTP/2 connections are stopped by hand (GOAWAY, then a wait for their streams), since an
-    // idle one is closed the same way.
-    let (stopping, http2_connections) = (CancellationToken::new(), TaskTracker::new());
+    // Connections are stopped by hand (HTTP/1: no new request; HTTP/2: GOAWAY) and waited for
+    // as tasks, rather than through hyper-util's watcher, which cannot watch an HTTP/1
+    // connection that may be upgraded.
+    let (stopping, connections) = (CancellationToken::new(), TaskTracker::new());
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -103,10 +102,10 @@ pub(crate) async fn serve<H, F>(
         let _ = stream.set_nodelay(true);
         let handle = handle.clone();
         let client = Arc::new(Peer::new(peer, tls.is_some()));
-        let (acceptor, watcher, builder) = (tls.clone(), graceful.watcher(), builder.clone());
-        let (h2, stopping, tracker) = (h2.clone(), stopping.clone(), http2_connections.clone());
+        let (acceptor, builder) = (tls.clone(), builder.clone());
+        let (h2, stopping) = (h2.clone(), stopping.clone());
         let timers = timers.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             // A stop does not wait for a client that has not yet said what it speaks.
             let opened = async {
                 match acceptor {
@@ -149,9 +148,6 @@ pub(crate) async fn serve<H, F>(
                 stall: Stall::default(),
             };
             if http2 {
-                // Tracked from here: a stop does not end before this connection has.
-                let _tracked = tracker.token();
-                drop(watcher);
                 serve_http2(h2, io, handle, client, limits, stopping).await;
                 return;
             }
@@ -160,16 +156,32 @@ pub(crate) async fn serve<H, F>(
                 let response = Box::pin(handle(request, Arc::clone(&client)));
                 async move { Ok::<_, Infallible>(response.await) }
             });
-            if let Err(error) = watcher.watch(builder.serve_connection(io, service)).await {
+            // With upgrades: a request the handler answers with 101 leaves its connection to the
+            // handler's tunnel (`hyper::upgrade::on`), and this task ends.
+            let connection = builder.serve_connection(io, service).with_upgrades();
+            tokio::pin!(connection);
+            let stop = stopping.cancelled();
+            tokio::pin!(stop);
+            let mut told = false;
+            let ended = std::future::poll_fn(|cx| {
+                if !told && stop.as_mut().poll(cx).is_ready() {
+                    // The request in flight, if any, is answered; then the connection closes.
+                    told = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                connection.as_mut().poll(cx)
+            })
+            .await;
+            if let Err(error) = ended {
                 log_ended(&error, peer);
             }
         });
     }
     drop(listener);
     stopping.cancel();
-    http2_connections.close();
+    connections.close();
     tokio::select! {
-        ((), ()) = async { tokio::join!(graceful.shutdown(), http2_connections.wait()) } => {}
+        () = connections.wait() => {}
         () = tokio::time::sleep(limits.drain_timeout) => {
             tracing::warn!("requests still open after the drain timeout were cut");
         }
