@@ -21,6 +21,7 @@ mod proxy;
 mod request_id;
 mod server;
 mod tls;
+mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -31,6 +32,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::Clock;
 use sluice_service::{BodyNeed, CorsAnswer, LiveService, Service, Verdict, is_json};
@@ -52,6 +54,7 @@ use crate::deadline::Deadlines;
 use crate::pool::Pool;
 use crate::proxy::Peer;
 use crate::request_id::X_REQUEST_ID;
+use crate::tunnel::Tunnels;
 
 /// How the gateway behaves; every bound has a default a public deployment can live with.
 #[derive(Clone, Debug)]
@@ -86,6 +89,13 @@ pub struct GatewayConfig {
     /// Serve HTTP/2 to clients that ask for it: by ALPN over TLS, with prior knowledge (h2c) on
     /// a plain listener. Otherwise HTTP/1.1 only.
     pub http2: bool,
+    /// Pass HTTP/1.1 protocol upgrades (WebSocket's handshake, any `Upgrade:`) through to the
+    /// upstream, and join the two connections once it agrees; otherwise the `Upgrade` header is
+    /// dropped as hop-by-hop and the request forwarded as a plain one.
+    pub upgrades: bool,
+    /// A tunnel (an upgraded connection) that carries nothing either way for this long is
+    /// closed, within twice this.
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for GatewayConfig {
@@ -103,6 +113,8 @@ impl Default for GatewayConfig {
             pin_threads: true,
             tls: None,
             http2: true,
+            upgrades: true,
+            tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -124,6 +136,7 @@ struct Lane<S> {
     generation: u64,
     pool: Option<Arc<Pool>>,
     timers: Deadlines,
+    tunnels: Tunnels,
 }
 
 impl<S> Lane<S> {
@@ -143,6 +156,7 @@ impl<S> Lane<S> {
                 generation,
                 pool: lane.pool.clone(),
                 timers: lane.timers.clone(),
+                tunnels: lane.tunnels.clone(),
             });
         }
         Arc::clone(&lane)
@@ -245,7 +259,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
     }
 
     /// Serves `listener` until `shutdown` completes; then stops accepting, lets requests in
-    /// flight finish within the drain timeout, and returns.
+    /// flight finish within the drain timeout, closes the tunnels of upgraded connections, and
+    /// returns.
     pub async fn serve(self: Arc<Self>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
         let limits = server::ConnectionLimits {
             header_read_timeout: self.config.header_read_timeout,
@@ -274,6 +289,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .as_ref()
             .map(|tls| tls.acceptor(self.config.http2));
         let generation = self.services.generation();
+        let tunnels = Tunnels::new(self.config.tunnel_idle_timeout);
         let lanes = Arc::new(std::sync::Mutex::new(Arc::new(Lane {
             service: self.services.current(),
             generation,
@@ -286,6 +302,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 )
             }),
             timers: timers.clone(),
+            tunnels: tunnels.clone(),
             gateway: self,
         })));
         server::serve(
@@ -300,6 +317,8 @@ impl<S: CounterStore + 'static> Gateway<S> {
             shutdown,
         )
         .await;
+        // Requests have drained; a tunnel may have run for hours and would run for hours more.
+        tunnels.close().await;
     }
 
     async fn handle(
@@ -403,11 +422,18 @@ impl<S: CounterStore + 'static> Gateway<S> {
         lane: &Lane<S>,
         upstream: &Upstream,
         pool: &Arc<Pool>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
         peer: &Peer,
         request_id: &HeaderValue,
     ) -> Response<Body> {
         let service = &lane.service;
+        // hyper marks a request that asks to switch protocols; the headers are read only then.
+        let mut switching =
+            if self.config.upgrades && request.extensions().get::<OnUpgrade>().is_some() {
+                tunnel::Switching::asked(&mut request)
+            } else {
+                None
+            };
         let id = request_id.to_str().ok();
         let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
             rejection_response(service.reject(code, values, status, id))
@@ -486,17 +512,27 @@ impl<S: CounterStore + 'static> Gateway<S> {
         };
         let limit_headers = std::mem::take(&mut admission.headers);
         let settling = Settling::new(service, admission);
-        let outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id) {
+        let mut outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id)
+        {
             Ok(outgoing) => outgoing,
             Err(_) => {
                 settling.finish(false).await;
                 return reject(ErrorCode::Internal, Values::default(), None);
             }
         };
-        let answer = lane
-            .timers
-            .timeout(self.config.upstream_timeout, Box::pin(pool.send(outgoing)))
-            .await;
+        let timeout = self.config.upstream_timeout;
+        let answer = match &switching {
+            None => {
+                lane.timers
+                    .timeout(timeout, Box::pin(pool.send(outgoing)))
+                    .await
+            }
+            Some(switching) => {
+                switching.ask(outgoing.headers_mut());
+                let sent = Box::pin(pool.upgrade(outgoing));
+                lane.timers.timeout(timeout, sent).await
+            }
+        };
         let mut response = match answer {
             Err(_) => {
                 settling.finish(false).await;
@@ -506,6 +542,21 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 tracing::warn!(request_id = id.unwrap_or_default(), %error, "upstream request failed");
                 settling.finish(false).await;
                 reject(ErrorCode::UpstreamUnavailable, Values::default(), None)
+            }
+            Ok(Ok(upstream_response))
+                if upstream_response.status() == StatusCode::SWITCHING_PROTOCOLS =>
+            {
+                let Some(switching) = switching.take() else {
+                    // Switched on a request that did not ask to: nothing can be said on it.
+                    settling.finish(false).await;
+                    return reject(ErrorCode::UpstreamUnavailable, Values::default(), None);
+                };
+                // Settled when the tunnel closes: a concurrency limit counts open tunnels.
+                let settle = settling.detach();
+                let id = id.unwrap_or_default();
+                lane.tunnels
+                    .open(*switching, upstream_response, id, settle)
+                    .map(Either::Right)
             }
             Ok(Ok(upstream_response)) => {
                 let status = upstream_response.status();
@@ -598,6 +649,18 @@ impl<'a, S: CounterStore + 'static> Settling<'a, S> {
     async fn finish(mut self, success: bool) {
         if let Some(admission) = self.admission.take() {
             self.service.finish(admission, success).await;
+        }
+    }
+
+    /// The settling of a request the upstream switched protocols for (a success), to be run
+    /// when its tunnel closes, wherever that is.
+    fn detach(mut self) -> impl Future<Output = ()> + Send + 'static {
+        let admission = self.admission.take();
+        let service = Arc::clone(self.service);
+        async move {
+            if let Some(admission) = admission {
+                service.finish(admission, true).await;
+            }
         }
     }
 }

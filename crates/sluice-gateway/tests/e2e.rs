@@ -15,4 +15,5 @@ mod e2e {
     mod streampixel;
     pub mod support;
     mod tls_listener;
+    mod websocket;
 }

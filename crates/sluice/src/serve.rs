@@ -135,12 +135,32 @@ pub(crate) struct GatewayOptions {
         default_value = "on",
         value_name = "on|off"
     )]
-    http2: Http2,
+    http2: OnOff,
+    /// `on`: pass HTTP/1.1 protocol upgrades through — a WebSocket's opening handshake, or any
+    /// other `Upgrade:` — once the policy admits the request and the upstream agrees (101), then
+    /// copy bytes both ways; the request is settled when the tunnel closes, so a concurrency
+    /// limit counts open tunnels. `off`: the `Upgrade` header is dropped as hop-by-hop.
+    #[arg(
+        long,
+        env = "SLUICE_UPGRADES",
+        default_value = "on",
+        value_name = "on|off"
+    )]
+    upgrades: OnOff,
+    /// A tunnel (an upgraded connection) that carries nothing either way for this long is closed
+    /// (within twice this).
+    #[arg(
+        long,
+        env = "SLUICE_TUNNEL_IDLE_TIMEOUT",
+        default_value = "5m",
+        value_parser = duration
+    )]
+    tunnel_idle_timeout: Duration,
 }
 
-/// `--http2`.
+/// `--http2`, `--upgrades`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-enum Http2 {
+enum OnOff {
     On,
     Off,
 }
@@ -215,7 +235,9 @@ impl GatewayOptions {
             body_read_timeout: self.body_timeout,
             drain_timeout: self.drain_timeout,
             pin_threads: matches!(self.pin_threads, PinThreads::Auto),
-            http2: self.http2 == Http2::On,
+            http2: self.http2 == OnOff::On,
+            upgrades: self.upgrades == OnOff::On,
+            tunnel_idle_timeout: self.tunnel_idle_timeout,
             ..GatewayConfig::default()
         }
     }

@@ -1,0 +1,314 @@
+//! Protocol upgrades passed through: a client's HTTP/1.1 request to switch protocols (a
+//! WebSocket's opening handshake, or any other `Upgrade:`) is decided by the policy like any
+//! other request and, once admitted, sent to the upstream on a connection of its own. When the
+//! upstream agrees (101), the client's connection and that one are joined, and bytes are copied
+//! both ways, untouched, until either side closes (then both are), the tunnel carries nothing
+//! for its idle timeout, or the gateway stops.
+//!
+//! The request is settled when its tunnel closes, so a concurrency limit on the route counts open
+//! tunnels (at most N WebSockets per user), not handshakes.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Version, header};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::pool::UpstreamBody;
+use crate::proxy::strip_hop_by_hop;
+
+/// The tunnels of one accept loop.
+#[derive(Clone, Debug)]
+pub(crate) struct Tunnels {
+    /// A tunnel that carries nothing either way for this long is closed (within twice this:
+    /// it is looked at once per timeout).
+    idle_timeout: Duration,
+    stopping: CancellationToken,
+    tracker: TaskTracker,
+}
+
+/// Whether a request with this method, version and headers asks to switch protocols: an
+/// HTTP/1.1 request with an `Upgrade` header that its `Connection` header names (RFC 9110 §7.8).
+/// `CONNECT` is not a switch of protocols and is not tunnelled.
+pub(crate) fn requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+    version == Version::HTTP_11
+        && method != Method::CONNECT
+        && headers.contains_key(header::UPGRADE)
+        && headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|value| value.to_str().ok())
+            .flat_map(|value| value.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// A client's request to switch protocols, taken from it.
+pub(crate) struct Switching {
+    /// The client's connection, once the gateway has answered 101.
+    client: OnUpgrade,
+    /// What it asked to switch to (`Upgrade`).
+    protocols: Vec<HeaderValue>,
+}
+
+impl Switching {
+    /// What `request` asks to switch to, if it does; boxed, so that the proxy's future, which
+    /// holds it, hardly grows for the requests that do not.
+    #[inline(never)]
+    pub(crate) fn asked(request: &mut Request<Incoming>) -> Option<Box<Switching>> {
+        if !requested(request.method(), request.version(), request.headers()) {
+            return None;
+        }
+        let protocols = request
+            .headers()
+            .get_all(header::UPGRADE)
+            .iter()
+            .cloned()
+            .collect();
+        Some(Box::new(Switching {
+            client: hyper::upgrade::on(request),
+            protocols,
+        }))
+    }
+
+    /// Asks the upstream, in `headers`, to switch as the client asked: `Connection` and
+    /// `Upgrade` are hop-by-hop and were dropped with the others.
+    pub(crate) fn ask(&self, headers: &mut HeaderMap) {
+        switch_to(headers, &self.protocols);
+    }
+}
+
+/// `Connection: upgrade` and `Upgrade: protocols` in `headers`.
+fn switch_to(headers: &mut HeaderMap, protocols: &[HeaderValue]) {
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    for protocol in protocols {
+        headers.append(header::UPGRADE, protocol.clone());
+    }
+}
+
+impl Tunnels {
+    pub(crate) fn new(idle_timeout: Duration) -> Tunnels {
+        Tunnels {
+            idle_timeout,
+            stopping: CancellationToken::new(),
+            tracker: TaskTracker::new(),
+        }
+    }
+
+    /// The answer to the client whose request `switching` the upstream agreed to with
+    /// `response` (101): that agreement, with its hop-by-hop headers as the client's connection
+    /// needs them. Once it is sent, the client's connection and the upstream's are joined on a
+    /// task of their own, which runs `settle` when the tunnel closes.
+    #[inline(never)]
+    pub(crate) fn open(
+        &self,
+        switching: Switching,
+        mut response: Response<UpstreamBody>,
+        request_id: &str,
+        settle: impl Future<Output = ()> + Send + 'static,
+    ) -> Response<UpstreamBody> {
+        let upstream = hyper::upgrade::on(&mut response);
+        let (mut parts, body) = response.into_parts();
+        let protocols: Vec<HeaderValue> = parts
+            .headers
+            .get_all(header::UPGRADE)
+            .iter()
+            .cloned()
+            .collect();
+        strip_hop_by_hop(&mut parts.headers);
+        switch_to(&mut parts.headers, &protocols);
+        self.join(switching.client, upstream, request_id.to_owned(), settle);
+        Response::from_parts(parts, body)
+    }
+
+    /// Joins the client's connection and the upstream's once both have switched, on a task of
+    /// its own; runs `settle` when the tunnel has closed.
+    fn join(
+        &self,
+        client: OnUpgrade,
+        upstream: OnUpgrade,
+        request_id: String,
+        settle: impl Future<Output = ()> + Send + 'static,
+    ) {
+        let (idle_timeout, stopping) = (self.idle_timeout, self.stopping.clone());
+        self.tracker.spawn(async move {
+            match tokio::try_join!(client, upstream) {
+                Ok((client, upstream)) => {
+                    let carried = carry(client, upstream, idle_timeout, &stopping).await;
+                    tracing::debug!(
+                        request_id,
+                        ended = carried.ended,
+                        to_upstream = carried.to_upstream,
+                        to_client = carried.to_client,
+                        "tunnel closed"
+                    );
+                }
+                Err(error) => {
+                    tracing::debug!(request_id, %error, "a connection did not switch protocols");
+                }
+            }
+            settle.await;
+        });
+    }
+
+    /// Closes every tunnel and waits until each has been settled.
+    pub(crate) async fn close(&self) {
+        self.stopping.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+/// How a tunnel ended, and the bytes it carried each way.
+struct Carried {
+    ended: &'static str,
+    to_upstream: u64,
+    to_client: u64,
+}
+
+async fn carry(
+    client: hyper::upgrade::Upgraded,
+    upstream: hyper::upgrade::Upgraded,
+    idle_timeout: Duration,
+    stopping: &CancellationToken,
+) -> Carried {
+    let stirred = Arc::new(AtomicBool::new(false));
+    let (to_upstream, to_client) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut from_client, mut to_client_half) = tokio::io::split(TokioIo::new(client));
+    let (mut from_upstream, mut to_upstream_half) = tokio::io::split(TokioIo::new(upstream));
+    let mut from_client = Watched::new(&mut from_client, &stirred, &to_upstream);
+    let mut from_upstream = Watched::new(&mut from_upstream, &stirred, &to_client);
+    let mut to_client_half = Watched::new(&mut to_client_half, &stirred, &to_client);
+    let mut to_upstream_half = Watched::new(&mut to_upstream_half, &stirred, &to_upstream);
+    // Either side closing ends the tunnel, as nginx's does: what the other side had sent is
+    // written already, and a protocol that switched (WebSocket) has no use for a half-open one.
+    let ended = tokio::select! {
+        copied = tokio::io::copy(&mut from_client, &mut to_upstream_half) => match copied {
+            Ok(_) => "closed by the client",
+            Err(_) => "failed",
+        },
+        copied = tokio::io::copy(&mut from_upstream, &mut to_client_half) => match copied {
+            Ok(_) => "closed by the upstream",
+            Err(_) => "failed",
+        },
+        () = async {
+            loop {
+                tokio::time::sleep(idle_timeout).await;
+                if !stirred.swap(false, Ordering::Relaxed) {
+                    break;
+                }
+            }
+        } => "idle",
+        () = stopping.cancelled() => "stopped",
+    };
+    Carried {
+        ended,
+        to_upstream: to_upstream.load(Ordering::Relaxed),
+        to_client: to_client.load(Ordering::Relaxed),
+    }
+}
+
+/// One half of one side of a tunnel, noting any progress, and counting the bytes written.
+struct Watched<'a, T> {
+    io: T,
+    stirred: &'a AtomicBool,
+    written: &'a AtomicU64,
+}
+
+impl<'a, T> Watched<'a, T> {
+    fn new(io: T, stirred: &'a AtomicBool, written: &'a AtomicU64) -> Watched<'a, T> {
+        Watched {
+            io,
+            stirred,
+            written,
+        }
+    }
+
+    fn stir(&self) {
+        self.stirred.store(true, Ordering::Relaxed);
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<'_, T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_read(cx, buf);
+        if result.is_ready() {
+            this.stir();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<'_, T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.io).poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = &result {
+            this.written.fetch_add(*written as u64, Ordering::Relaxed);
+        }
+        if result.is_ready() {
+            this.stir();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, http::HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_an_http11_upgrade_that_connection_names_is_a_switch_of_protocols() {
+        let websocket = headers(&[
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(requested(&Method::GET, Version::HTTP_11, &websocket));
+        let split = headers(&[
+            ("connection", "keep-alive"),
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+        ]);
+        assert!(requested(&Method::GET, Version::HTTP_11, &split));
+        let unnamed = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
+        assert!(!requested(&Method::GET, Version::HTTP_11, &unnamed));
+        let no_protocol = headers(&[("connection", "upgrade")]);
+        assert!(!requested(&Method::GET, Version::HTTP_11, &no_protocol));
+        assert!(!requested(&Method::GET, Version::HTTP_10, &websocket));
+        assert!(!requested(&Method::GET, Version::HTTP_2, &websocket));
+        assert!(!requested(&Method::CONNECT, Version::HTTP_11, &websocket));
+    }
+}
