@@ -89,10 +89,13 @@ pub struct GatewayConfig {
     /// Serve HTTP/2 to clients that ask for it: by ALPN over TLS, with prior knowledge (h2c) on
     /// a plain listener. Otherwise HTTP/1.1 only.
     pub http2: bool,
-    /// Pass HTTP/1.1 protocol upgrades (WebSocket's handshake, any `Upgrade:`) through to the
-    /// upstream, and join the two connections once it agrees; otherwise the `Upgrade` header is
-    /// dropped as hop-by-hop and the request forwarded as a plain one.
-    pub upgrades: bool,
+    /// The protocols an HTTP/1.1 client may switch to through the gateway (`Upgrade:`, compared
+    /// without case and without a `/version`): such a request is forwarded asking the same, and
+    /// once the upstream agrees the two connections are joined. Any other `Upgrade` header is
+    /// dropped as hop-by-hop and the request forwarded as a plain one. `websocket` by default; not
+    /// `h2c`, which would let a client speak HTTP/2 to the upstream past the policy (h2c
+    /// smuggling).
+    pub upgrades: Vec<String>,
     /// A tunnel (an upgraded connection) that carries nothing either way for this long is
     /// closed, within twice this.
     pub tunnel_idle_timeout: Duration,
@@ -113,7 +116,7 @@ impl Default for GatewayConfig {
             pin_threads: true,
             tls: None,
             http2: true,
-            upgrades: true,
+            upgrades: vec!["websocket".to_owned()],
             tunnel_idle_timeout: Duration::from_secs(300),
         }
     }
@@ -428,12 +431,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
     ) -> Response<Body> {
         let service = &lane.service;
         // hyper marks a request that asks to switch protocols; the headers are read only then.
-        let mut switching =
-            if self.config.upgrades && request.extensions().get::<OnUpgrade>().is_some() {
-                tunnel::Switching::asked(&mut request)
-            } else {
-                None
-            };
+        let mut switching = if request.extensions().get::<OnUpgrade>().is_some() {
+            tunnel::Switching::asked(&mut request, &self.config.upgrades)
+        } else {
+            None
+        };
         let id = request_id.to_str().ok();
         let reject = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
             rejection_response(service.reject(code, values, status, id))

@@ -36,19 +36,35 @@ pub(crate) struct Tunnels {
     tracker: TaskTracker,
 }
 
-/// Whether a request with this method, version and headers asks to switch protocols: an
-/// HTTP/1.1 request with an `Upgrade` header that its `Connection` header names (RFC 9110 §7.8).
-/// `CONNECT` is not a switch of protocols and is not tunnelled.
-pub(crate) fn requested(method: &Method, version: Version, headers: &HeaderMap) -> bool {
+/// Whether a request with this method, version and headers asks to switch protocols, to ones
+/// that are all `allowed`: an HTTP/1.1 request with an `Upgrade` header that its `Connection`
+/// header names (RFC 9110 §7.8). `CONNECT` is not a switch of protocols and is not tunnelled.
+pub(crate) fn requested(
+    method: &Method,
+    version: Version,
+    headers: &HeaderMap,
+    allowed: &[String],
+) -> bool {
+    // A value that is not text names nothing that can be allowed.
+    let tokens = |name| {
+        headers
+            .get_all(name)
+            .iter()
+            .flat_map(|value| value.to_str().unwrap_or("\u{0}").split(','))
+            .map(str::trim)
+            .filter(|token| !token.is_empty())
+    };
+    let protocol_allowed = |token: &str| {
+        let name = token.split('/').next().unwrap_or(token).trim();
+        allowed
+            .iter()
+            .any(|allowed| allowed.eq_ignore_ascii_case(name))
+    };
     version == Version::HTTP_11
         && method != Method::CONNECT
-        && headers.contains_key(header::UPGRADE)
-        && headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|value| value.to_str().ok())
-            .flat_map(|value| value.split(','))
-            .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        && tokens(header::CONNECTION).any(|token| token.eq_ignore_ascii_case("upgrade"))
+        && tokens(header::UPGRADE).next().is_some()
+        && tokens(header::UPGRADE).all(protocol_allowed)
 }
 
 /// A client's request to switch protocols, taken from it.
@@ -63,8 +79,16 @@ impl Switching {
     /// What `request` asks to switch to, if it does; boxed, so that the proxy's future, which
     /// holds it, hardly grows for the requests that do not.
     #[inline(never)]
-    pub(crate) fn asked(request: &mut Request<Incoming>) -> Option<Box<Switching>> {
-        if !requested(request.method(), request.version(), request.headers()) {
+    pub(crate) fn asked(
+        request: &mut Request<Incoming>,
+        allowed: &[String],
+    ) -> Option<Box<Switching>> {
+        if !requested(
+            request.method(),
+            request.version(),
+            request.headers(),
+            allowed,
+        ) {
             return None;
         }
         let protocols = request
@@ -291,24 +315,45 @@ mod tests {
     }
 
     #[test]
-    fn only_an_http11_upgrade_that_connection_names_is_a_switch_of_protocols() {
-        let websocket = headers(&[
+    fn only_an_http11_upgrade_that_connection_names_to_allowed_protocols_is_a_switch() {
+        let allowed = ["websocket".to_owned()];
+        let asks = |method: &Method, version, pairs: &[(&'static str, &'static str)]| {
+            requested(method, version, &headers(pairs), &allowed)
+        };
+        let websocket = [
             ("connection", "keep-alive, Upgrade"),
-            ("upgrade", "websocket"),
-        ]);
-        assert!(requested(&Method::GET, Version::HTTP_11, &websocket));
-        let split = headers(&[
+            ("upgrade", "WebSocket"),
+        ];
+        assert!(asks(&Method::GET, Version::HTTP_11, &websocket));
+        let split = [
             ("connection", "keep-alive"),
             ("connection", "upgrade"),
             ("upgrade", "websocket"),
-        ]);
-        assert!(requested(&Method::GET, Version::HTTP_11, &split));
-        let unnamed = headers(&[("connection", "keep-alive"), ("upgrade", "websocket")]);
-        assert!(!requested(&Method::GET, Version::HTTP_11, &unnamed));
-        let no_protocol = headers(&[("connection", "upgrade")]);
-        assert!(!requested(&Method::GET, Version::HTTP_11, &no_protocol));
-        assert!(!requested(&Method::GET, Version::HTTP_10, &websocket));
-        assert!(!requested(&Method::GET, Version::HTTP_2, &websocket));
-        assert!(!requested(&Method::CONNECT, Version::HTTP_11, &websocket));
+        ];
+        assert!(asks(&Method::GET, Version::HTTP_11, &split));
+        let unnamed = [("connection", "keep-alive"), ("upgrade", "websocket")];
+        assert!(!asks(&Method::GET, Version::HTTP_11, &unnamed));
+        assert!(!asks(
+            &Method::GET,
+            Version::HTTP_11,
+            &[("connection", "upgrade")]
+        ));
+        let empty = [("connection", "upgrade"), ("upgrade", " , ")];
+        assert!(!asks(&Method::GET, Version::HTTP_11, &empty));
+        assert!(!asks(&Method::GET, Version::HTTP_10, &websocket));
+        assert!(!asks(&Method::GET, Version::HTTP_2, &websocket));
+        assert!(!asks(&Method::CONNECT, Version::HTTP_11, &websocket));
+        // h2c would have the upstream speak HTTP/2 with the client, past the policy.
+        let h2c = [
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c"),
+        ];
+        assert!(!asks(&Method::GET, Version::HTTP_11, &h2c));
+        let both = [("connection", "upgrade"), ("upgrade", "websocket, h2c")];
+        assert!(!asks(&Method::GET, Version::HTTP_11, &both));
+        let versioned = [("connection", "upgrade"), ("upgrade", "websocket/13")];
+        assert!(asks(&Method::GET, Version::HTTP_11, &versioned));
+        let none_allowed = requested(&Method::GET, Version::HTTP_11, &headers(&websocket), &[]);
+        assert!(!none_allowed);
     }
 }

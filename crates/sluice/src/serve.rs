@@ -136,17 +136,21 @@ pub(crate) struct GatewayOptions {
         value_name = "on|off"
     )]
     http2: OnOff,
-    /// `on`: pass HTTP/1.1 protocol upgrades through — a WebSocket's opening handshake, or any
-    /// other `Upgrade:` — once the policy admits the request and the upstream agrees (101), then
-    /// copy bytes both ways; the request is settled when the tunnel closes, so a concurrency
-    /// limit counts open tunnels. `off`: the `Upgrade` header is dropped as hop-by-hop.
+    /// The protocols an HTTP/1.1 client may switch to through the proxy (`Upgrade:`), or `off`.
+    /// The opening handshake (a WebSocket's) is decided by the policy like any request; once the
+    /// upstream agrees (101), bytes are copied both ways, and the request is settled when the
+    /// tunnel closes, so a concurrency limit counts open tunnels. Any other `Upgrade` header is
+    /// dropped as hop-by-hop. Never list `h2c`: the client would speak HTTP/2 to the upstream
+    /// past the policy.
     #[arg(
         long,
         env = "SLUICE_UPGRADES",
-        default_value = "on",
-        value_name = "on|off"
+        default_value = "websocket",
+        value_name = "PROTOCOL,…|off",
+        value_delimiter = ',',
+        value_parser = upgrade_protocol
     )]
-    upgrades: OnOff,
+    upgrades: Vec<String>,
     /// A tunnel (an upgraded connection) that carries nothing either way for this long is closed
     /// (within twice this).
     #[arg(
@@ -158,7 +162,7 @@ pub(crate) struct GatewayOptions {
     tunnel_idle_timeout: Duration,
 }
 
-/// `--http2`, `--upgrades`.
+/// `--http2`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum OnOff {
     On,
@@ -170,6 +174,22 @@ enum OnOff {
 enum PinThreads {
     Auto,
     Off,
+}
+
+/// One protocol of `--upgrades`: a token, and not `h2c`.
+fn upgrade_protocol(text: &str) -> Result<String, String> {
+    let protocol = text.trim();
+    if protocol.eq_ignore_ascii_case("h2c") {
+        return Err(
+            "h2c cannot be passed through: a client would speak HTTP/2 to the upstream \
+                    past the policy (h2c smuggling)"
+                .to_owned(),
+        );
+    }
+    if protocol.is_empty() || !protocol.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err(format!("`{text}` is not a protocol name"));
+    }
+    Ok(protocol.to_owned())
 }
 
 fn duration(text: &str) -> Result<Duration, String> {
@@ -236,7 +256,12 @@ impl GatewayOptions {
             drain_timeout: self.drain_timeout,
             pin_threads: matches!(self.pin_threads, PinThreads::Auto),
             http2: self.http2 == OnOff::On,
-            upgrades: self.upgrades == OnOff::On,
+            upgrades: self
+                .upgrades
+                .iter()
+                .map(|protocol| protocol.trim().to_owned())
+                .filter(|protocol| !protocol.is_empty() && !protocol.eq_ignore_ascii_case("off"))
+                .collect(),
             tunnel_idle_timeout: self.tunnel_idle_timeout,
             ..GatewayConfig::default()
         }
@@ -749,4 +774,47 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(bytes)
         .with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use crate::{Cli, Command};
+
+    fn serve(upgrades: &str) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from([
+            "sluice",
+            "serve",
+            "--policy",
+            "p.yaml",
+            "--upgrades",
+            upgrades,
+        ])
+    }
+
+    #[test]
+    fn upgrades_name_protocols_and_never_h2c() {
+        let Ok(Cli {
+            command: Command::Serve(args),
+            ..
+        }) = serve("websocket,Foo/2")
+        else {
+            panic!("two protocols");
+        };
+        assert_eq!(
+            args.options.config(None).upgrades,
+            ["websocket".to_owned(), "Foo/2".to_owned()]
+        );
+        let Ok(Cli {
+            command: Command::Serve(off),
+            ..
+        }) = serve("off")
+        else {
+            panic!("off");
+        };
+        assert!(off.options.config(None).upgrades.is_empty());
+        let refused = serve("websocket,h2c").expect_err("h2c refused").to_string();
+        assert!(refused.contains("h2c smuggling"), "{refused}");
+    }
 }

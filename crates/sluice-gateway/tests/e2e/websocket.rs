@@ -230,7 +230,7 @@ async fn an_upstream_that_will_not_switch_answers_as_itself() {
 async fn with_upgrades_off_the_upgrade_is_not_forwarded() {
     // The recording upstream answers plain requests; it sees what the gateway forwards.
     let bench = Bench::launch(deployment_edited("pixelpatrol", live_feed), |config| {
-        config.upgrades = false;
+        config.upgrades = Vec::new();
     })
     .await;
     let reply = bench
@@ -253,6 +253,36 @@ async fn with_upgrades_off_the_upgrade_is_not_forwarded() {
         "{:?}",
         seen.headers
     );
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
+    // Had the upstream switched to HTTP/2 for the client, the client's next requests would
+    // reach it past the policy.
+    let bench = Bench::edited("pixelpatrol", live_feed).await;
+    let reply = bench
+        .send(
+            "GET",
+            "/v1/refused",
+            &[
+                ("authorization", KEY),
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = bench.last_seen();
+    for name in ["upgrade", "connection", "http2-settings"] {
+        assert!(
+            seen.headers.get(name).is_none(),
+            "{name}: {:?}",
+            seen.headers
+        );
+    }
     bench.stop().await;
 }
 
