@@ -6,7 +6,8 @@
 //! for its idle timeout, or the gateway stops.
 //!
 //! The request is settled when its tunnel closes, so a concurrency limit on the route counts open
-//! tunnels (at most N WebSockets per user), not handshakes.
+//! tunnels (at most N WebSockets per user), not handshakes; each for up to the limit's lease, as
+//! any hold is (a hold no one gave back lapses after one to two leases).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -164,7 +165,14 @@ impl Tunnels {
     ) {
         let (idle_timeout, stopping) = (self.idle_timeout, self.stopping.clone());
         self.tracker.spawn(async move {
-            match tokio::try_join!(client, upstream) {
+            let switched = tokio::select! {
+                switched = async { tokio::try_join!(client, upstream) } => switched,
+                () = stopping.cancelled() => {
+                    settle.await;
+                    return;
+                }
+            };
+            match switched {
                 Ok((client, upstream)) => {
                     let carried = carry(client, upstream, idle_timeout, &stopping).await;
                     tracing::debug!(
