@@ -292,7 +292,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .as_ref()
             .map(|tls| tls.acceptor(self.config.http2));
         let generation = self.services.generation();
-        let tunnels = Tunnels::new(self.config.tunnel_idle_timeout);
+        let tunnels = Tunnels::new(self.config.tunnel_idle_timeout, Arc::clone(&self.clock));
         let lanes = Arc::new(std::sync::Mutex::new(Arc::new(Lane {
             service: self.services.current(),
             generation,

@@ -24,17 +24,21 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use sluice_core::Clock;
+
 use crate::pool::UpstreamBody;
 use crate::proxy::strip_hop_by_hop;
 
 /// The tunnels of one accept loop.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub(crate) struct Tunnels {
     /// A tunnel that carries nothing either way for this long is closed (within twice this:
     /// it is looked at once per timeout).
     idle_timeout: Duration,
     stopping: CancellationToken,
     tracker: TaskTracker,
+    /// For how long a tunnel was open, in its log line.
+    clock: Arc<dyn Clock>,
 }
 
 /// Whether a request with this method, version and headers asks to switch protocols, to ones
@@ -120,11 +124,12 @@ fn switch_to(headers: &mut HeaderMap, protocols: &[HeaderValue]) {
 }
 
 impl Tunnels {
-    pub(crate) fn new(idle_timeout: Duration) -> Tunnels {
+    pub(crate) fn new(idle_timeout: Duration, clock: Arc<dyn Clock>) -> Tunnels {
         Tunnels {
             idle_timeout,
             stopping: CancellationToken::new(),
             tracker: TaskTracker::new(),
+            clock,
         }
     }
 
@@ -164,6 +169,7 @@ impl Tunnels {
         settle: impl Future<Output = ()> + Send + 'static,
     ) {
         let (idle_timeout, stopping) = (self.idle_timeout, self.stopping.clone());
+        let clock = Arc::clone(&self.clock);
         self.tracker.spawn(async move {
             let switched = tokio::select! {
                 switched = async { tokio::try_join!(client, upstream) } => switched,
@@ -174,12 +180,26 @@ impl Tunnels {
             };
             match switched {
                 Ok((client, upstream)) => {
+                    let opened = clock.now();
+                    let open = metrics::gauge!("sluice_tunnels_open");
+                    open.increment(1);
                     let carried = carry(client, upstream, idle_timeout, &stopping).await;
-                    tracing::debug!(
+                    open.decrement(1);
+                    for (direction, bytes) in [
+                        ("to_upstream", carried.to_upstream),
+                        ("to_client", carried.to_client),
+                    ] {
+                        metrics::counter!("sluice_tunnel_bytes_total", "direction" => direction)
+                            .increment(bytes);
+                    }
+                    // The request's access line was written with its 101; this one says how
+                    // the tunnel went.
+                    tracing::info!(
                         request_id,
                         ended = carried.ended,
                         to_upstream = carried.to_upstream,
                         to_client = carried.to_client,
+                        seconds = clock.now().saturating_duration_since(opened).as_secs(),
                         "tunnel closed"
                     );
                 }

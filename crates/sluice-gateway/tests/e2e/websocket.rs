@@ -132,6 +132,11 @@ fn refusal(opened: Opened) -> (StatusCode, String) {
 
 #[tokio::test]
 async fn a_websocket_the_policy_admits_carries_frames_both_ways_with_the_limit_headers() {
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
+    // The only test of this binary that installs a recorder (once per process).
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("a recorder");
     let (bench, seen) = bench(|_| {}).await;
     let (mut socket, response) = open(&bench, "/v1/live", Some(KEY)).await.expect("open");
     assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
@@ -149,6 +154,11 @@ async fn a_websocket_the_policy_admits_carries_frames_both_ways_with_the_limit_h
     socket.send(Message::text("hello")).await.expect("send");
     let echoed = socket.next().await.expect("a message").expect("a frame");
     assert_eq!(echoed, Message::text("echo: hello"));
+    assert!(
+        metrics.render().contains("sluice_tunnels_open 1"),
+        "{}",
+        metrics.render()
+    );
     // A frame larger than any buffer on the way, both ways.
     let large: Vec<u8> = (0..300_000_u32).map(|n| (n % 251) as u8).collect();
     socket
@@ -167,7 +177,45 @@ async fn a_websocket_the_policy_admits_carries_frames_both_ways_with_the_limit_h
     assert!(value("sec-websocket-key").is_some(), "{handshake:?}");
     assert_ne!(value("host"), Some(bench.address.to_string().as_str()));
 
+    // Closed, the tunnel leaves a log line under the request's id, with what it carried.
     socket.close(None).await.expect("close");
+    let id = header("x-request-id").expect("an id");
+    let mut attempts = 0;
+    let line = loop {
+        let logs = captured.text();
+        if let Some(line) = logs.lines().find(|line| line.contains("tunnel closed")) {
+            break line.to_owned();
+        }
+        attempts += 1;
+        assert!(attempts < 2_000, "no tunnel line: {logs}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    assert!(line.contains(&format!("request_id=\"{id}\"")), "{line}");
+    assert!(line.contains("ended=\"closed by the"), "{line}");
+    let carried = |field: &str| -> u64 {
+        let start = line.find(&format!("{field}=")).expect(field) + field.len() + 1;
+        let digits: String = line[start..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().expect("a count")
+    };
+    assert!(carried("to_upstream") > 300_000, "{line}");
+    assert!(carried("to_client") > 300_000, "{line}");
+    let rendered = metrics.render();
+    for expected in [
+        "sluice_tunnels_open 0".to_owned(),
+        format!(
+            r#"sluice_tunnel_bytes_total{{direction="to_upstream"}} {}"#,
+            carried("to_upstream")
+        ),
+        format!(
+            r#"sluice_tunnel_bytes_total{{direction="to_client"}} {}"#,
+            carried("to_client")
+        ),
+    ] {
+        assert!(rendered.contains(&expected), "no {expected} in {rendered}");
+    }
     bench.stop().await;
 }
 
