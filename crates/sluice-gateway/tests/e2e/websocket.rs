@@ -118,6 +118,15 @@ async fn open(bench: &Bench, path: &str, authorization: Option<&str>) -> Opened 
     tokio_tungstenite::connect_async(request).await
 }
 
+/// A live feed opened through the gateway, one message echoed on it.
+async fn live(bench: &Bench, message: &str) -> Socket {
+    let (mut socket, _) = open(bench, "/v1/live", Some(KEY)).await.expect("open");
+    socket.send(Message::text(message)).await.expect("send");
+    let echoed = socket.next().await.expect("a message").expect("a frame");
+    assert_eq!(echoed, Message::text(format!("echo: {message}")));
+    socket
+}
+
 /// The answer the gateway gave instead of switching protocols.
 fn refusal(opened: Opened) -> (StatusCode, String) {
     match opened {
@@ -233,9 +242,7 @@ async fn a_handshake_the_policy_refuses_gets_its_answer_and_never_reaches_the_up
 #[tokio::test]
 async fn a_concurrency_limit_counts_open_websockets_until_they_close() {
     let (bench, _seen) = bench(|_| {}).await;
-    let (mut first, _) = open(&bench, "/v1/live", Some(KEY)).await.expect("open");
-    first.send(Message::text("one")).await.expect("send");
-    assert!(first.next().await.is_some());
+    let mut first = live(&bench, "one").await;
 
     // The first feed holds the site's one slot for as long as it is open.
     let (status, body) = refusal(open(&bench, "/v1/live", Some(KEY)).await);
@@ -365,9 +372,7 @@ async fn a_tunnel_is_closed_once_it_carries_nothing_for_its_idle_timeout() {
 #[tokio::test]
 async fn a_stop_closes_open_tunnels_once_requests_have_drained() {
     let (bench, _seen) = bench(|_| {}).await;
-    let (mut socket, _) = open(&bench, "/v1/live", Some(KEY)).await.expect("open");
-    socket.send(Message::text("hi")).await.expect("send");
-    assert!(socket.next().await.is_some());
+    let mut socket = live(&bench, "hi").await;
     // Well within the 10 s drain timeout: nothing else is in flight.
     tokio::time::timeout(Duration::from_secs(5), bench.stop())
         .await
