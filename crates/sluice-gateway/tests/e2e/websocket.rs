@@ -42,7 +42,7 @@ fn live_feed(policy: String) -> String {
 
 /// A WebSocket upstream that answers each text message with `echo: ` and the message, and each
 /// binary one with itself; it records every handshake's headers, and refuses (403) the one to
-/// `/v1/refused`.
+/// `/v1/refused` (at length with `?big`).
 async fn websocket_upstream() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let address = listener.local_addr().expect("address");
@@ -60,7 +60,12 @@ async fn websocket_upstream() -> (SocketAddr, Arc<Mutex<Vec<HeaderMap>>>) {
                         .expect("lock")
                         .push(request.headers().clone());
                     if request.uri().path() == "/v1/refused" {
-                        let mut refusal = ErrorResponse::new(Some("not for you".to_owned()));
+                        // `?big`: a refusal longer than any one read on the way.
+                        let body = match request.uri().query() {
+                            Some("big") => "no".repeat(150_000),
+                            _ => "not for you".to_owned(),
+                        };
+                        let mut refusal = ErrorResponse::new(Some(body));
                         *refusal.status_mut() = StatusCode::FORBIDDEN;
                         return Err(refusal);
                     }
@@ -278,6 +283,25 @@ async fn an_upstream_that_will_not_switch_answers_as_itself() {
     // tungstenite's client shows the body as it came, framed in chunks by the gateway.
     assert!(body.contains("not for you"), "{body}");
     assert_eq!(seen.lock().expect("lock").len(), 1);
+
+    // A long refusal arrives whole, though its connection is no one's to send on again.
+    let reply = bench
+        .send(
+            "GET",
+            "/v1/refused?big",
+            &[
+                ("authorization", KEY),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.body.len(), 300_000);
+    assert_eq!(seen.lock().expect("lock").len(), 2);
     bench.stop().await;
 }
 
