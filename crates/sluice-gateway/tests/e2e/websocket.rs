@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use http::{HeaderMap, StatusCode};
-use sluice_gateway::{GatewayConfig, Upstream};
+use sluice_gateway::{GatewayConfig, ServerTls, Upstream};
+use sluice_test_support::{TestCert, tls_client};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -132,6 +133,21 @@ async fn live(bench: &Bench, message: &str) -> Socket {
     socket
 }
 
+/// Sends a frame larger than any buffer on the way over `socket`, and checks that it comes back
+/// whole.
+async fn echoes_large_frames<S>(socket: &mut WebSocketStream<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let large: Vec<u8> = (0..300_000_u32).map(|n| (n % 251) as u8).collect();
+    socket
+        .send(Message::binary(large.clone()))
+        .await
+        .expect("send");
+    let echoed = socket.next().await.expect("a message").expect("a frame");
+    assert_eq!(echoed.into_data().as_ref(), large.as_slice());
+}
+
 /// The answer the gateway gave instead of switching protocols.
 fn refusal(opened: Opened) -> (StatusCode, String) {
     match opened {
@@ -173,14 +189,7 @@ async fn a_websocket_the_policy_admits_carries_frames_both_ways_with_the_limit_h
         "{}",
         metrics.render()
     );
-    // A frame larger than any buffer on the way, both ways.
-    let large: Vec<u8> = (0..300_000_u32).map(|n| (n % 251) as u8).collect();
-    socket
-        .send(Message::binary(large.clone()))
-        .await
-        .expect("send");
-    let echoed = socket.next().await.expect("a message").expect("a frame");
-    assert_eq!(echoed.into_data().as_ref(), large.as_slice());
+    echoes_large_frames(&mut socket).await;
 
     // The upstream was asked to switch, with the forwarding headers and its own Host.
     let handshake = seen.lock().expect("lock").last().cloned().expect("seen");
@@ -230,6 +239,33 @@ async fn a_websocket_the_policy_admits_carries_frames_both_ways_with_the_limit_h
     ] {
         assert!(rendered.contains(&expected), "no {expected} in {rendered}");
     }
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_secure_websocket_through_the_tls_listener_carries_frames_as_a_plain_one() {
+    let cert = TestCert::new("localhost");
+    let tls = ServerTls::from_pem(cert.chain_pem.as_bytes(), cert.key_pem.as_bytes()).expect("TLS");
+    // The listener also offers HTTP/2; a WebSocket client asks for HTTP/1.1, as browsers do.
+    let (bench, _seen) = bench(|config| config.tls = Some(Arc::new(tls))).await;
+    let tcp = TcpStream::connect(bench.address).await.expect("connect");
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").expect("a name");
+    let secured = tls_client(&cert.ca_pem, &[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .expect("a TLS session");
+    let mut request = "wss://localhost/v1/live"
+        .into_client_request()
+        .expect("a request");
+    request
+        .headers_mut()
+        .insert("authorization", KEY.parse().expect("a value"));
+    let (mut socket, response) = tokio_tungstenite::client_async(request, secured)
+        .await
+        .expect("switched");
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    echoes_large_frames(&mut socket).await;
+    socket.close(None).await.expect("close");
     bench.stop().await;
 }
 
@@ -305,33 +341,31 @@ async fn an_upstream_that_will_not_switch_answers_as_itself() {
     bench.stop().await;
 }
 
+/// Sends `GET /v1/refused` with `asking` through `bench`, whose upstream is the recording one,
+/// and checks that it was forwarded as a plain request, none of `dropped` on it.
+async fn forwarded_plainly(bench: &Bench, asking: &[(&str, &str)], dropped: &[&str]) {
+    let mut headers = vec![("authorization", KEY)];
+    headers.extend_from_slice(asking);
+    let reply = bench.send("GET", "/v1/refused", &headers, "").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let seen = bench.last_seen();
+    for name in dropped {
+        assert!(
+            seen.headers.get(*name).is_none(),
+            "{name}: {:?}",
+            seen.headers
+        );
+    }
+}
+
 #[tokio::test]
 async fn with_upgrades_off_the_upgrade_is_not_forwarded() {
-    // The recording upstream answers plain requests; it sees what the gateway forwards.
     let bench = Bench::launch(deployment_edited("pixelpatrol", live_feed), |config| {
         config.upgrades = Vec::new();
     })
     .await;
-    let reply = bench
-        .send(
-            "GET",
-            "/v1/refused",
-            &[
-                ("authorization", KEY),
-                ("connection", "upgrade"),
-                ("upgrade", "websocket"),
-            ],
-            "",
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let seen = bench.last_seen();
-    assert!(seen.headers.get("upgrade").is_none(), "{:?}", seen.headers);
-    assert!(
-        seen.headers.get("connection").is_none(),
-        "{:?}",
-        seen.headers
-    );
+    let websocket = [("connection", "upgrade"), ("upgrade", "websocket")];
+    forwarded_plainly(&bench, &websocket, &["upgrade", "connection"]).await;
     bench.stop().await;
 }
 
@@ -340,28 +374,12 @@ async fn an_h2c_upgrade_is_forwarded_as_a_plain_request() {
     // Had the upstream switched to HTTP/2 for the client, the client's next requests would
     // reach it past the policy.
     let bench = Bench::edited("pixelpatrol", live_feed).await;
-    let reply = bench
-        .send(
-            "GET",
-            "/v1/refused",
-            &[
-                ("authorization", KEY),
-                ("connection", "Upgrade, HTTP2-Settings"),
-                ("upgrade", "h2c"),
-                ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
-            ],
-            "",
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
-    let seen = bench.last_seen();
-    for name in ["upgrade", "connection", "http2-settings"] {
-        assert!(
-            seen.headers.get(name).is_none(),
-            "{name}: {:?}",
-            seen.headers
-        );
-    }
+    let h2c = [
+        ("connection", "Upgrade, HTTP2-Settings"),
+        ("upgrade", "h2c"),
+        ("http2-settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ];
+    forwarded_plainly(&bench, &h2c, &["upgrade", "connection", "http2-settings"]).await;
     bench.stop().await;
 }
 
