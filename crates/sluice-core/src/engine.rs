@@ -32,6 +32,17 @@ pub enum Op {
         /// The `now` of the decision that acquired them.
         acquired_at: Timestamp,
     },
+    /// Keep `cost` units taken by an acquire decided at `acquired_at` held for another lease: a
+    /// concurrency limit counts them from now on as taken now, as if released and taken again in
+    /// one step (a hold that had already lapsed is counted again). The holder names `now` of
+    /// this decision as their `acquired_at` from then on. Always succeeds; other algorithms are
+    /// left as they are.
+    Renew {
+        /// Cost units held.
+        cost: u64,
+        /// The `now` of the decision that acquired (or last renewed) them.
+        acquired_at: Timestamp,
+    },
     /// Forget everything counted: the counter starts afresh (an operator's correction). Always
     /// succeeds.
     Reset,
@@ -263,7 +274,7 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
     let state = live(stored, now);
     if limit.capacity() == 0 {
         // Nothing is ever admitted and nothing is ever counted.
-        let admits = matches!(op, Op::Release { .. } | Op::Reset | Op::Acquire { cost: 0 });
+        let admits = !matches!(op, Op::Acquire { cost } if cost > 0);
         return Outcome {
             admits,
             admitted: stored,
@@ -272,6 +283,14 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
     }
     if op == Op::Reset {
         return reset();
+    }
+    if matches!(op, Op::Renew { .. }) && limit.algorithm() != Algorithm::Concurrency {
+        // Only a concurrency limit holds units for as long as their request lasts.
+        return Outcome {
+            admits: true,
+            admitted: stored,
+            rejected: None,
+        };
     }
     // Algorithms fill `rejected` only for limits that count rejected requests.
     match limit.algorithm() {
@@ -285,7 +304,7 @@ fn evaluate(limit: &Limit, op: Op, stored: CounterState, now: Timestamp) -> Outc
 fn report(limit: &Limit, op: Op, state: CounterState, now: Timestamp, denied: bool) -> LimitStatus {
     let cost = match op {
         Op::Acquire { cost } => clamp_cost(cost),
-        Op::Release { .. } | Op::Reset => 0,
+        Op::Release { .. } | Op::Renew { .. } | Op::Reset => 0,
     };
     if limit.capacity() == 0 {
         return LimitStatus {
@@ -374,6 +393,12 @@ fn fixed_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
             }
         }
         Op::Reset => reset(),
+        // Answered by `evaluate`: only a concurrency limit holds units.
+        Op::Renew { .. } => Outcome {
+            admits: true,
+            admitted: state,
+            rejected: None,
+        },
         Op::Release { cost, acquired_at } => {
             let mut next = state;
             if count > 0 && limit.period().window_at(acquired_at).index == window.index {
@@ -500,6 +525,12 @@ fn sliding_window(limit: &Limit, op: Op, state: CounterState, now: Timestamp) ->
             }
         }
         Op::Reset => reset(),
+        // Answered by `evaluate`: only a concurrency limit holds units.
+        Op::Renew { .. } => Outcome {
+            admits: true,
+            admitted: state,
+            rejected: None,
+        },
         Op::Release { cost, acquired_at } => {
             let (current, previous) = view.released(limit, cost, acquired_at);
             Outcome {
@@ -622,6 +653,12 @@ fn token_bucket(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> O
             }
         }
         Op::Reset => reset(),
+        // Answered by `evaluate`: only a concurrency limit holds units.
+        Op::Renew { .. } => Outcome {
+            admits: true,
+            admitted: state,
+            rejected: None,
+        },
         Op::Release { cost, .. } => {
             let tat = cells.sub(bucket.tat, cells.weight(clamp_cost(cost)));
             Outcome {
@@ -696,6 +733,16 @@ fn concurrency(limit: &Limit, op: Op, state: CounterState, now: Timestamp) -> Ou
             Outcome {
                 admits: true,
                 admitted: next,
+                rejected: None,
+            }
+        }
+        Op::Renew { cost, acquired_at } => {
+            // Given back by the period it was counted in (if it still counts), taken again in
+            // this one.
+            let (current, previous) = view.released(limit, cost, acquired_at);
+            Outcome {
+                admits: true,
+                admitted: view.state(current.saturating_add(clamp_cost(cost)), previous),
                 rejected: None,
             }
         }

@@ -261,6 +261,67 @@ fn a_hold_never_released_is_dropped_however_busy_the_counter() {
 }
 
 #[test]
+fn a_hold_renewed_within_each_lease_keeps_counting_and_its_release_frees_it() {
+    // A WebSocket open for ten minutes under a 30-second lease, renewed every 15 seconds.
+    let limit = Limit::concurrency(1, 30 * SECOND).unwrap();
+    let mut client = Client::new(&[&limit]);
+    let mut held_since = client.request(t0(), 1).now();
+    let mut now = t0();
+    for _ in 0..40 {
+        now = now.saturating_add(15 * SECOND);
+        let renewed = client.apply(
+            now,
+            Op::Renew {
+                cost: 1,
+                acquired_at: held_since,
+            },
+        );
+        assert!(renewed.allowed());
+        assert_eq!(renewed.limits()[0].remaining(), 0, "still held");
+        held_since = renewed.now();
+        let other = client.request(now.saturating_add(SECOND), 1);
+        assert_eq!(other.retry(), Some(Retry::OnRelease), "the slot is taken");
+    }
+    let released = client.apply(
+        now,
+        Op::Release {
+            cost: 1,
+            acquired_at: held_since,
+        },
+    );
+    assert_eq!(
+        released.limits()[0].remaining(),
+        1,
+        "freed by its last renewal's period"
+    );
+    assert!(client.request(now, 1).allowed());
+}
+
+#[test]
+fn renewing_a_lapsed_hold_counts_it_again_and_other_limits_are_untouched() {
+    let limit = Limit::concurrency(2, 30 * SECOND).unwrap();
+    let window = Limit::fixed_window(5, Period::Span(60_000_000_000)).unwrap();
+    let mut client = Client::new(&[&limit, &window]);
+    let taken = client.request(t0(), 1);
+    let window_state = client.states[1];
+    // Two leases later the hold has lapsed; it is still in flight, so renewing counts it.
+    let later = t0().saturating_add(2 * MINUTE);
+    let renewed = client.apply(
+        later,
+        Op::Renew {
+            cost: 1,
+            acquired_at: taken.now(),
+        },
+    );
+    assert!(renewed.allowed());
+    assert_eq!(renewed.limits()[0].remaining(), 1);
+    assert_eq!(
+        client.states[1], window_state,
+        "a window holds nothing to renew"
+    );
+}
+
+#[test]
 fn release_refunds_only_within_the_window_it_was_taken_in() {
     let limit = Limit::fixed_window(5, Period::Span(60_000_000_000)).unwrap();
     let mut client = Client::new(&[&limit]);

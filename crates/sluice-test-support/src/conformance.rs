@@ -73,6 +73,7 @@ macro_rules! store_conformance {
             limits_that_count_rejections_count_them,
             releases_give_capacity_back,
             a_hold_never_released_is_dropped,
+            a_renewed_hold_keeps_counting,
             a_reset_counter_starts_afresh,
             expired_counters_start_afresh,
             monthly_quotas_follow_the_calendar,
@@ -258,6 +259,49 @@ pub async fn a_hold_never_released_is_dropped<S: CounterStore + 'static>(subject
     assert_eq!(both.limits()[0].remaining(), 0);
 }
 
+/// A hold renewed within every lease keeps counting for as long as it is held, however long
+/// that is, and its release, naming its last renewal, frees it.
+pub async fn a_renewed_hold_keeps_counting<S: CounterStore + 'static>(subject: &Subject<S>) {
+    let in_flight = Limit::concurrency(1, Duration::from_secs(30)).expect("a valid limit");
+    let counter = key("user:1", "in-flight");
+    let mut held_since = subject.acquire(&counter, &in_flight, 1).await.now();
+    for _ in 0..12 {
+        subject.clock.advance(Duration::from_secs(20));
+        let renew = Transition {
+            key: counter.clone(),
+            limit: &in_flight,
+            op: Op::Renew {
+                cost: 1,
+                acquired_at: held_since,
+            },
+        };
+        let renewed = subject.apply(&[renew]).await;
+        assert!(renewed.allowed());
+        assert_eq!(
+            renewed.limits()[0].remaining(),
+            0,
+            "still held: {renewed:?}"
+        );
+        held_since = renewed.now();
+        let other = subject.acquire(&counter, &in_flight, 1).await;
+        assert_eq!(
+            other.retry(),
+            Some(Retry::OnRelease),
+            "the slot stays taken"
+        );
+    }
+    let release = Transition {
+        key: counter.clone(),
+        limit: &in_flight,
+        op: Op::Release {
+            cost: 1,
+            acquired_at: held_since,
+        },
+    };
+    assert_eq!(subject.apply(&[release]).await.limits()[0].remaining(), 1);
+    assert!(subject.acquire(&counter, &in_flight, 1).await.allowed());
+}
+
 /// A reset forgets everything a counter counted, whatever its algorithm, and touches no other.
 pub async fn a_reset_counter_starts_afresh<S: CounterStore + 'static>(subject: &Subject<S>) {
     let utc = MonthlyCycle::time_zone("UTC").expect("UTC exists");
@@ -436,13 +480,16 @@ pub async fn decisions_match_the_engine<S: CounterStore + 'static>(subject: &Sub
                 chosen.push(limit);
             }
         }
-        let op = if rng.below(5) == 0 {
-            Op::Release {
+        let op = match rng.below(10) {
+            0 | 1 => Op::Release {
                 cost: 1 + rng.below(2),
                 acquired_at: acquired[rng.below(acquired.len() as u64) as usize],
-            }
-        } else {
-            Op::Acquire { cost: rng.below(3) }
+            },
+            2 => Op::Renew {
+                cost: 1 + rng.below(2),
+                acquired_at: acquired[rng.below(acquired.len() as u64) as usize],
+            },
+            _ => Op::Acquire { cost: rng.below(3) },
         };
         let transitions: Vec<Transition<'_>> = chosen
             .iter()
@@ -535,14 +582,11 @@ pub async fn extreme_limits_match_the_engine<S: CounterStore + 'static>(subject:
             2 => u64::MAX - rng.below(2),
             _ => 1,
         };
-        let op = match rng.below(6) {
-            0 => Op::Release {
-                cost,
-                acquired_at: Timestamp::from_nanos(
-                    subject.clock.now().as_nanos() - rng.below(YEAR),
-                ),
-            },
-            1 => Op::Acquire { cost: 0 },
+        let acquired_at = Timestamp::from_nanos(subject.clock.now().as_nanos() - rng.below(YEAR));
+        let op = match rng.below(7) {
+            0 => Op::Release { cost, acquired_at },
+            1 => Op::Renew { cost, acquired_at },
+            2 => Op::Acquire { cost: 0 },
             _ => Op::Acquire { cost },
         };
         let transition = Transition {

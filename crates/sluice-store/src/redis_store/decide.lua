@@ -20,11 +20,12 @@
 --   then per key, in KEYS order, its 11 values, or '=' for the same 11 values as the last key
 --   that sent its own (requests of one limit repeat them; Redis parses each value it gets):
 --   algorithm ('f' fixed, 's' sliding, 'g' token bucket, 'c' concurrency),
---   op ('a' acquire, 'r' release, 'x' reset), cost, capacity, counts rejected ('1'/'0'),
+--   op ('a' acquire, 'r' release, 'n' renew, 'x' reset), cost, capacity, counts rejected
+--   ('1'/'0'),
 --   and per algorithm:
 --   f: window index, window start, window end, next window's index, next window's end,
---      the acquiring request's window index (release)
---   s: window index, window start, span, the acquiring request's window index (release)
+--      the acquiring request's window index (release, renew)
+--   s: window index, window start, span, the acquiring request's window index (release, renew)
 --   g: weight whole, weight part, tolerance whole, tolerance part, denominator
 --   c: as s, with the lease as the span
 -- A stored value is 'window value aux expires_at' in decimal.
@@ -376,6 +377,10 @@ local function build()
         {view.index, current, view.previous, view.expires}, false}
     end
     local current, previous = released(view, cost, b)
+    if op == 'n' then
+      -- Renewed: given back by the period it was counted in, taken again in this one.
+      return {true, {view.index, current + cost, previous, view.expires}, false}
+    end
     local expires = view.expires
     if current == 0 and previous == 0 then
       expires = now
@@ -394,6 +399,10 @@ local function build()
     end
     if op == 'x' then
       return {true, EMPTY, false}
+    end
+    if op == 'n' and algorithm ~= 'c' then
+      -- Only a concurrency limit holds units to renew; the stored value stays as it is.
+      return {true, false, false}
     end
     local state = live(parse(raw, bucket), now, bucket)
     if algorithm == 'f' then

@@ -1022,6 +1022,7 @@ fn push_args(call: &mut Call, transition: &Transition<'_>, estimate: Timestamp) 
         // Clamped as the engine clamps them, which also keeps them below 2^53 in the script.
         Op::Acquire { cost } => ("a", clamp_cost(cost), estimate),
         Op::Release { cost, acquired_at } => ("r", clamp_cost(cost), acquired_at),
+        Op::Renew { cost, acquired_at } => ("n", clamp_cost(cost), acquired_at),
         Op::Reset => ("x", 0, estimate),
     };
     let algorithm = match limit.algorithm() {
