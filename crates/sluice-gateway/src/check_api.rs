@@ -6,7 +6,10 @@
 //! A check counts its call as done when it answers, unless it asks to `hold` its admission:
 //! then its answer carries a `hold` token, and the caller settles the call once it is over with
 //! `POST /v1/settle` (`{"hold": TOKEN, "success": BOOL}`), which gives its concurrency slots
-//! back and refunds the quotas that count only successful calls when it failed.
+//! back and refunds the quotas that count only successful calls when it failed. A call that
+//! lasts longer than its concurrency limit's lease keeps its slot with `POST /v1/renew`
+//! (`{"hold": TOKEN}`) every `renew_every_ms`, which answers with the token to use from then on;
+//! a hold not renewed lapses one to two leases after it was taken or last renewed.
 //!
 //! This is sluice's own API, so mistakes in the description itself are answered in sluice's own
 //! shape (RFC 9457 problem+json with a code); the verdicts inside use the policy's envelope.
@@ -103,6 +106,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for Values<'a> {
     }
 }
 
+/// A call whose check held its admission, still going.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewRequest<'a> {
+    /// The token the check (or the last renewal) answered with.
+    #[serde(borrow)]
+    hold: Cow<'a, str>,
+}
+
+/// A renewed hold: the token that settles or renews it from now on, and how soon to renew it.
+#[derive(Debug, Serialize)]
+struct RenewResponse {
+    hold: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renew_every_ms: Option<u64>,
+}
+
 /// The end of a call whose check held its admission.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +155,10 @@ pub(crate) struct CheckResponse {
     /// The token that settles the admission, for a check that held it.
     #[serde(skip_serializing_if = "Option::is_none")]
     hold: Option<String>,
+    /// For a held admission that holds concurrency slots: how often to renew it while the call
+    /// lasts, in ms (half the shortest lease).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    renew_every_ms: Option<u64>,
 }
 
 /// Response headers, written as a JSON object without copying them into one.
@@ -231,7 +255,35 @@ pub(crate) async fn settle<S: CounterStore>(
     Ok(br#"{"settled":true}"#.to_vec())
 }
 
-/// The `what` request (check, settle) `body` describes, or why it does not.
+/// Renews the hold described by the JSON `body` for another lease.
+pub(crate) async fn renew<S: CounterStore>(
+    service: &Service<S>,
+    body: &[u8],
+) -> Result<Vec<u8>, ApiError> {
+    let request: RenewRequest = parse("renew", body)?;
+    let renewed = service
+        .renew_hold(&request.hold)
+        .await
+        .map_err(|error| api_error(ErrorCode::InvalidField, error.to_string()))?
+        .ok_or_else(|| {
+            api_error(
+                ErrorCode::StoreUnavailable,
+                "the counter store did not take the renewal; the hold stands until it lapses"
+                    .to_owned(),
+            )
+        })?;
+    let response = RenewResponse {
+        hold: renewed.token,
+        renew_every_ms: renewed.renew_every.map(millis),
+    };
+    Ok(serde_json::to_vec(&response).unwrap_or_default())
+}
+
+fn millis(every: std::time::Duration) -> u64 {
+    u64::try_from(every.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The `what` request (check, settle, renew) `body` describes, or why it does not.
 fn parse<'a, T: Deserialize<'a>>(what: &str, body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|error| {
         api_error(
@@ -292,6 +344,7 @@ async fn decide<S: CounterStore>(
                 headers: Headers(list),
                 body: None,
                 hold: None,
+                renew_every_ms: None,
             });
         }
         CorsAnswer::Headers(list) => list,
@@ -311,13 +364,16 @@ async fn decide<S: CounterStore>(
             let mut headers = std::mem::take(&mut admission.headers);
             headers.extend(cors);
             let headers = Headers(headers);
-            let hold = if check.hold {
-                Some(admission.hold_token())
+            let (hold, renew_every_ms) = if check.hold {
+                (
+                    Some(admission.hold_token()),
+                    admission.renew_every().map(millis),
+                )
             } else {
                 // Nothing is forwarded, so the call counts as done: concurrency slots are
                 // given back and quotas stay counted.
                 service.finish(admission, true).await;
-                None
+                (None, None)
             };
             CheckResponse {
                 allowed: true,
@@ -326,6 +382,7 @@ async fn decide<S: CounterStore>(
                 headers,
                 body: None,
                 hold,
+                renew_every_ms,
             }
         }
         Verdict::Reject(rejection) => {
@@ -342,6 +399,7 @@ async fn decide<S: CounterStore>(
                 headers: Headers(headers),
                 body: serde_json::from_slice(&rejection.body).ok(),
                 hold: None,
+                renew_every_ms: None,
             }
         }
     })

@@ -363,7 +363,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
                  their policy says\n",
             ),
             (_, "/readyz") => plain(StatusCode::OK, "ready\n"),
-            (&Method::POST, "/v1/check" | "/v1/check/batch" | "/v1/settle")
+            (&Method::POST, "/v1/check" | "/v1/check/batch" | "/v1/settle" | "/v1/renew")
                 if self.config.decision_api || self.config.upstream.is_none() =>
             {
                 self.decision_api(&lane.service, request, path).await
@@ -404,6 +404,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             Ok(collected) => match path {
                 "/v1/check/batch" => check_api::check_batch(service, &collected.to_bytes()).await,
                 "/v1/settle" => check_api::settle(service, &collected.to_bytes()).await,
+                "/v1/renew" => check_api::renew(service, &collected.to_bytes()).await,
                 _ => check_api::check_one(service, &collected.to_bytes()).await,
             },
         };

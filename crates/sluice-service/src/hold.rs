@@ -24,11 +24,24 @@ use crate::verdict::{Admission, Settle};
 #[error("not a hold this API issued: {0}")]
 pub struct HoldError(String);
 
+/// A hold renewed ([`crate::Service::renew_hold`]).
+#[derive(Debug)]
+pub struct RenewedHold {
+    /// The token that settles, or renews, the hold from now on; the old one would give its
+    /// slots back by a period they no longer count in.
+    pub token: String,
+    /// When to renew it next, at the latest ([`Admission::renew_every`]).
+    pub renew_every: Option<Duration>,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Hold {
     /// When the counts were taken, in ns since the epoch.
     at: u64,
+    /// When the concurrency slots were last renewed, if since (ns since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    held: Option<u64>,
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     local: bool,
     counts: Vec<Count>,
@@ -81,6 +94,7 @@ impl Admission {
             .collect();
         let hold = Hold {
             at: self.acquired_at.as_nanos(),
+            held: (self.held_at != self.acquired_at).then(|| self.held_at.as_nanos()),
             local: self.local,
             counts,
         };
@@ -113,6 +127,7 @@ impl Admission {
             headers: Vec::new(),
             settle,
             acquired_at: Timestamp::from_nanos(hold.at),
+            held_at: Timestamp::from_nanos(hold.held.unwrap_or(hold.at)),
             local: hold.local,
         })
     }

@@ -39,7 +39,7 @@ use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
 pub use cors::CorsAnswer;
-pub use hold::HoldError;
+pub use hold::{HoldError, RenewedHold};
 pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
 pub use live::LiveService;
 pub use probe::{ProbeOutcome, ResourceProbe};
@@ -287,7 +287,13 @@ impl<S: CounterStore> Service<S> {
                 limit: &settle.limit,
                 op: Op::Release {
                     cost: settle.cost,
-                    acquired_at: admission.acquired_at,
+                    // A slot is given back by the period it was last renewed in; a quota by
+                    // the window it was counted in.
+                    acquired_at: if settle.always {
+                        admission.held_at
+                    } else {
+                        admission.acquired_at
+                    },
                 },
             })
             .collect();
@@ -303,6 +309,56 @@ impl<S: CounterStore> Service<S> {
             // window, which is the most a store outage can cost.
             let _ = self.store.apply(&settle).await;
         }
+    }
+
+    /// Keeps the concurrency slots of an admitted request that is still going (a tunnel, a
+    /// held check) counted for another lease: without it a hold lapses one to two leases after
+    /// it was taken, as one whose holder crashed does. Call it every
+    /// [`Admission::renew_every`]. Returns whether the store took the renewal; when it did not
+    /// (the store is down), the slots stay as they were and lapse unless a later renewal lands.
+    pub async fn renew(&self, admission: &mut Admission) -> bool {
+        let renew: SmallVec<[Transition<'_>; 2]> = admission
+            .settle
+            .iter()
+            .filter(|settle| settle.always)
+            .map(|settle| Transition {
+                key: settle.key.clone(),
+                limit: &settle.limit,
+                op: Op::Renew {
+                    cost: settle.cost,
+                    acquired_at: admission.held_at,
+                },
+            })
+            .collect();
+        if renew.is_empty() {
+            return true;
+        }
+        let renewed = if admission.local {
+            self.local.apply_now(&renew)
+        } else {
+            self.store.apply(&renew).await
+        };
+        drop(renew);
+        match renewed {
+            Ok(decision) => {
+                admission.held_at = decision.now();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Renews the admission a hold token carries, as [`Service::renew`] does. `Ok(None)` when
+    /// the store did not take the renewal (the token stays good until its hold lapses).
+    pub async fn renew_hold(&self, token: &str) -> Result<Option<RenewedHold>, HoldError> {
+        let mut admission = Admission::from_hold_token(token)?;
+        if !self.renew(&mut admission).await {
+            return Ok(None);
+        }
+        Ok(Some(RenewedHold {
+            token: admission.hold_token(),
+            renew_every: admission.renew_every(),
+        }))
     }
 
     /// Settles the admission a hold token carries ([`Admission::hold_token`]), as
@@ -662,6 +718,7 @@ impl<S: CounterStore> Service<S> {
             headers,
             settle,
             acquired_at: decision.now(),
+            held_at: decision.now(),
             local,
         })
     }

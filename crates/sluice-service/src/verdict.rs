@@ -3,7 +3,9 @@
 
 use http::{HeaderName, HeaderValue, StatusCode};
 use sluice_contract::ErrorCode;
-use sluice_core::{CounterKey, Limit, Timestamp};
+use std::time::Duration;
+
+use sluice_core::{Algorithm, CounterKey, Limit, Period, Timestamp};
 
 /// Response headers, in order.
 pub type HeaderList = Vec<(HeaderName, HeaderValue)>;
@@ -25,6 +27,9 @@ pub struct Admission {
     pub headers: HeaderList,
     pub(crate) settle: Vec<Settle>,
     pub(crate) acquired_at: Timestamp,
+    /// When its concurrency slots were taken, or last renewed ([`crate::Service::renew`]): the
+    /// period a release gives them back by.
+    pub(crate) held_at: Timestamp,
     /// Counted on this instance's local counters (the store was down), and settled there.
     pub(crate) local: bool,
 }
@@ -34,6 +39,23 @@ impl Admission {
     /// request: a concurrency slot, or a quota that counts only successful calls.
     pub fn needs_settling(&self) -> bool {
         !self.settle.is_empty()
+    }
+
+    /// How often [`Service::renew`](crate::Service::renew) should keep this admission's
+    /// concurrency slots held, for as long as its request lasts: half the shortest lease among
+    /// them, so that a renewal late by up to half a lease still lands in time. `None` when it
+    /// holds no slot.
+    pub fn renew_every(&self) -> Option<Duration> {
+        self.settle
+            .iter()
+            .filter_map(
+                |settle| match (settle.limit.algorithm(), settle.limit.period()) {
+                    (Algorithm::Concurrency, Period::Span(lease)) => Some(*lease),
+                    _ => None,
+                },
+            )
+            .min()
+            .map(|lease| Duration::from_nanos(lease / 2).max(Duration::from_millis(1)))
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::HeaderMap;
 use sluice_core::{Clock, ManualClock, Timestamp};
@@ -30,14 +31,100 @@ fn service(name: &str) -> (Service<MemoryStore>, ManualClock) {
 
 /// The service for a policy given as text, with no keys.
 fn inline(policy: &str) -> Service<MemoryStore> {
+    inline_clocked(policy).0
+}
+
+/// The service for a policy given as text, with no keys, and the clock it reads.
+fn inline_clocked(policy: &str) -> (Service<MemoryStore>, ManualClock) {
     let policy =
         sluice_policy::load("policy.yaml", policy).unwrap_or_else(|errors| panic!("{errors}"));
-    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(Timestamp::from_secs(1_795_342_500)));
-    Service::new(
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_342_500));
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let service = Service::new(
         Arc::new(policy),
-        MemoryStore::new(clock),
+        MemoryStore::new(shared),
         KeyRing::default(),
-    )
+    );
+    (service, clock)
+}
+
+/// One feed at a time per user, held under a 30-second lease.
+const ONE_FEED: &str = "service:\n  name: Test\nidentities:\n  user: { from: header, name: x-user }\nroutes:\n  - match: GET /feed\n    limits:\n      - name: feeds\n        rate: 1 per 30s\n        algorithm: concurrency\n        per: user\n";
+
+async fn feed(service: &Service<MemoryStore>) -> Verdict {
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user", "ann".parse().expect("value"));
+    service
+        .check(&Request {
+            method: "GET",
+            path: "/feed",
+            query: None,
+            headers: &headers,
+            peer: None,
+            body: None,
+            request_id: None,
+        })
+        .await
+}
+
+#[tokio::test]
+async fn a_request_renewing_its_slot_keeps_it_for_as_long_as_it_lasts() {
+    let (service, clock) = inline_clocked(ONE_FEED);
+    let Verdict::Admit(mut admission) = feed(&service).await else {
+        panic!("the first feed is admitted");
+    };
+    let every = admission.renew_every().expect("it holds a slot");
+    assert_eq!(every, Duration::from_secs(15), "half the lease");
+    // Ten minutes, twenty leases: the slot stays taken throughout.
+    for _ in 0..40 {
+        clock.advance(every);
+        assert!(service.renew(&mut admission).await);
+        assert!(
+            matches!(feed(&service).await, Verdict::Reject(ref r) if r.status == 429),
+            "a second feed is refused while the first is open"
+        );
+    }
+    service.finish(admission, true).await;
+    assert!(
+        matches!(feed(&service).await, Verdict::Admit(_)),
+        "the slot is free once the first feed is over"
+    );
+}
+
+#[tokio::test]
+async fn a_slot_not_renewed_lapses_within_two_leases() {
+    let (service, clock) = inline_clocked(ONE_FEED);
+    let Verdict::Admit(_admission) = feed(&service).await else {
+        panic!("the first feed is admitted");
+    };
+    clock.advance(Duration::from_secs(60));
+    assert!(matches!(feed(&service).await, Verdict::Admit(_)));
+}
+
+#[tokio::test]
+async fn a_hold_token_renewed_keeps_its_slot_and_the_new_token_settles_it() {
+    let (service, clock) = inline_clocked(ONE_FEED);
+    let Verdict::Admit(admission) = feed(&service).await else {
+        panic!("the first feed is admitted");
+    };
+    let mut token = admission.hold_token();
+    for _ in 0..10 {
+        clock.advance(Duration::from_secs(20));
+        let renewed = service
+            .renew_hold(&token)
+            .await
+            .expect("a token it issued")
+            .expect("the store took it");
+        assert_eq!(renewed.renew_every, Some(Duration::from_secs(15)));
+        token = renewed.token;
+    }
+    assert!(matches!(feed(&service).await, Verdict::Reject(_)));
+    service
+        .settle_hold(&token, true)
+        .await
+        .expect("a token it issued");
+    assert!(matches!(feed(&service).await, Verdict::Admit(_)));
+    assert!(service.renew_hold("not a token").await.is_err());
 }
 
 async fn check(

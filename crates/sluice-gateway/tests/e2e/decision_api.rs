@@ -1,5 +1,7 @@
 //! The decision API: the same verdicts as the proxy, as JSON, one at a time or in a batch.
 
+use std::time::Duration;
+
 use http::StatusCode;
 use serde_json::json;
 use sluice_gateway::GatewayConfig;
@@ -194,6 +196,54 @@ async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
         .await
         .json();
     assert_eq!(again["allowed"], true, "{again}");
+    bench.stop().await;
+}
+
+#[tokio::test]
+async fn a_held_check_renewed_keeps_its_slot_past_its_lease() {
+    let bench = Bench::edited("streampixel", |text| {
+        text.replacen(
+            "name: upload-file\n        rate: 1 per 2m\n",
+            "name: upload-file\n        rate: 1 per 30s\n        algorithm: concurrency\n",
+            1,
+        )
+    })
+    .await;
+    let first = bench
+        .post("/v1/check", &[], &held(check("alice")))
+        .await
+        .json();
+    assert_eq!(first["allowed"], true, "{first}");
+    assert_eq!(first["renew_every_ms"], 15_000, "half the lease: {first}");
+    let mut token = first["hold"].clone();
+    // Five minutes, ten leases, renewed every 20 s: the call keeps its slot throughout.
+    for _ in 0..15 {
+        bench.clock.advance(Duration::from_secs(20));
+        let renewed = bench.post("/v1/renew", &[], &json!({"hold": token})).await;
+        assert_eq!(renewed.status, StatusCode::OK, "{}", renewed.text());
+        let renewed = renewed.json();
+        assert_eq!(renewed["renew_every_ms"], 15_000, "{renewed}");
+        token = renewed["hold"].clone();
+        let busy = bench
+            .post("/v1/check", &[], &held(check("alice")))
+            .await
+            .json();
+        assert_eq!(busy["code"], "concurrency_exceeded", "{busy}");
+    }
+    settle(&bench, &token, true).await;
+    let again = bench.post("/v1/check", &[], &check("alice")).await.json();
+    assert_eq!(again["allowed"], true, "{again}");
+
+    let refused = bench
+        .post("/v1/renew", &[], &json!({"hold": "not-a-token"}))
+        .await;
+    assert_eq!(
+        refused.status,
+        StatusCode::BAD_REQUEST,
+        "{}",
+        refused.text()
+    );
+    assert_eq!(refused.json()["code"], "invalid_field");
     bench.stop().await;
 }
 
