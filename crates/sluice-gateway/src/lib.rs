@@ -25,6 +25,7 @@ mod tunnel;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -554,11 +555,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
                     settling.finish(false).await;
                     return reject(ErrorCode::UpstreamUnavailable, Values::default(), None);
                 };
-                // Settled when the tunnel closes: a concurrency limit counts open tunnels.
-                let settle = settling.detach();
+                // Held while the tunnel is open: a concurrency limit counts open tunnels.
+                let held = settling.detach();
                 let id = id.unwrap_or_default();
                 lane.tunnels
-                    .open(*switching, upstream_response, id, settle)
+                    .open(*switching, upstream_response, id, held)
                     .map(Either::Right)
             }
             Ok(Ok(upstream_response)) => {
@@ -655,16 +656,34 @@ impl<'a, S: CounterStore + 'static> Settling<'a, S> {
         }
     }
 
-    /// The settling of a request the upstream switched protocols for (a success), to be run
-    /// when its tunnel closes, wherever that is.
-    fn detach(mut self) -> impl Future<Output = ()> + Send + 'static {
-        let admission = self.admission.take();
-        let service = Arc::clone(self.service);
-        async move {
-            if let Some(admission) = admission {
-                service.finish(admission, true).await;
-            }
-        }
+    /// The admission of a request the upstream switched protocols for, to be kept renewed
+    /// while its tunnel is open and settled (a success) when it closes, wherever that is.
+    fn detach(mut self) -> Box<dyn tunnel::Held> {
+        Box::new(Detached {
+            service: Arc::clone(self.service),
+            admission: self.admission.take().unwrap_or_default(),
+        })
+    }
+}
+
+/// An admission that outlives its request's task: a tunnel's.
+struct Detached<S: CounterStore + 'static> {
+    service: Arc<Service<S>>,
+    admission: sluice_service::Admission,
+}
+
+impl<S: CounterStore + 'static> tunnel::Held for Detached<S> {
+    fn renew_every(&self) -> Option<Duration> {
+        self.admission.renew_every()
+    }
+
+    fn renew(&mut self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>> {
+        Box::pin(self.service.renew(&mut self.admission))
+    }
+
+    fn settle(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let Detached { service, admission } = *self;
+        Box::pin(async move { service.finish(admission, true).await })
     }
 }
 

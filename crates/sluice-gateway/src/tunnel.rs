@@ -6,8 +6,9 @@
 //! for its idle timeout, or the gateway stops.
 //!
 //! The request is settled when its tunnel closes, so a concurrency limit on the route counts open
-//! tunnels (at most N WebSockets per user), not handshakes; each for up to the limit's lease, as
-//! any hold is (a hold no one gave back lapses after one to two leases).
+//! tunnels (at most N WebSockets per user), not handshakes. A tunnel renews its hold every half
+//! lease for as long as it is open, since a hold no one renews or gives back lapses after one to
+//! two leases (that is how a crashed gateway's holds come back).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -28,6 +29,18 @@ use sluice_core::Clock;
 
 use crate::pool::UpstreamBody;
 use crate::proxy::strip_hop_by_hop;
+
+/// An admitted request's hold on its counters, kept for as long as its tunnel is open.
+pub(crate) trait Held: Send + 'static {
+    /// How often to renew it; `None` when it holds nothing that lapses.
+    fn renew_every(&self) -> Option<Duration>;
+
+    /// Keeps it for another lease; `false` when the store did not take the renewal.
+    fn renew(&mut self) -> Pin<Box<dyn Future<Output = bool> + Send + '_>>;
+
+    /// Gives it back: the tunnel is closed.
+    fn settle(self: Box<Self>) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+}
 
 /// The tunnels of one accept loop.
 #[derive(Clone)]
@@ -136,14 +149,15 @@ impl Tunnels {
     /// The answer to the client whose request `switching` the upstream agreed to with
     /// `response` (101): that agreement, with its hop-by-hop headers as the client's connection
     /// needs them. Once it is sent, the client's connection and the upstream's are joined on a
-    /// task of their own, which runs `settle` when the tunnel closes.
+    /// task of their own, which keeps `held` renewed while the tunnel is open and settles it when
+    /// the tunnel closes.
     #[inline(never)]
     pub(crate) fn open(
         &self,
         switching: Switching,
         mut response: Response<UpstreamBody>,
         request_id: &str,
-        settle: impl Future<Output = ()> + Send + 'static,
+        held: Box<dyn Held>,
     ) -> Response<UpstreamBody> {
         let upstream = hyper::upgrade::on(&mut response);
         let (mut parts, body) = response.into_parts();
@@ -155,18 +169,18 @@ impl Tunnels {
             .collect();
         strip_hop_by_hop(&mut parts.headers);
         switch_to(&mut parts.headers, &protocols);
-        self.join(switching.client, upstream, request_id.to_owned(), settle);
+        self.join(switching.client, upstream, request_id.to_owned(), held);
         Response::from_parts(parts, body)
     }
 
     /// Joins the client's connection and the upstream's once both have switched, on a task of
-    /// its own; runs `settle` when the tunnel has closed.
+    /// its own; renews `held` while the tunnel is open and settles it once it has closed.
     fn join(
         &self,
         client: OnUpgrade,
         upstream: OnUpgrade,
         request_id: String,
-        settle: impl Future<Output = ()> + Send + 'static,
+        mut held: Box<dyn Held>,
     ) {
         let (idle_timeout, stopping) = (self.idle_timeout, self.stopping.clone());
         let clock = Arc::clone(&self.clock);
@@ -174,7 +188,7 @@ impl Tunnels {
             let switched = tokio::select! {
                 switched = async { tokio::try_join!(client, upstream) } => switched,
                 () = stopping.cancelled() => {
-                    settle.await;
+                    held.settle().await;
                     return;
                 }
             };
@@ -183,7 +197,8 @@ impl Tunnels {
                     let opened = clock.now();
                     let open = metrics::gauge!("sluice_tunnels_open");
                     open.increment(1);
-                    let carried = carry(client, upstream, idle_timeout, &stopping).await;
+                    let carrying = carry(client, upstream, idle_timeout, &stopping);
+                    let carried = renewing(carrying, &mut *held, &request_id).await;
                     open.decrement(1);
                     for (direction, bytes) in [
                         ("to_upstream", carried.to_upstream),
@@ -207,7 +222,7 @@ impl Tunnels {
                     tracing::debug!(request_id, %error, "a connection did not switch protocols");
                 }
             }
-            settle.await;
+            held.settle().await;
         });
     }
 
@@ -216,6 +231,37 @@ impl Tunnels {
         self.stopping.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+/// Runs `work` to its end, renewing `held` every [`Held::renew_every`] meanwhile. A renewal under
+/// way when the work ends is finished first, so that the settle that follows names the period
+/// the hold was last counted in.
+async fn renewing<T>(work: impl Future<Output = T>, held: &mut dyn Held, request_id: &str) -> T {
+    let Some(every) = held.renew_every() else {
+        return work.await;
+    };
+    let mut work = std::pin::pin!(work);
+    loop {
+        tokio::select! {
+            done = &mut work => return done,
+            () = tokio::time::sleep(every) => {}
+        }
+        let mut renewal = held.renew();
+        let renewed = tokio::select! {
+            done = &mut work => {
+                renewal.await;
+                return done;
+            }
+            renewed = &mut renewal => renewed,
+        };
+        if !renewed {
+            tracing::warn!(
+                request_id,
+                "a tunnel's concurrency hold could not be renewed; it lapses unless a later \
+                 renewal lands"
+            );
+        }
     }
 }
 

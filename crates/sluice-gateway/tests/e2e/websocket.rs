@@ -311,6 +311,45 @@ async fn a_concurrency_limit_counts_open_websockets_until_they_close() {
     bench.stop().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_open_websocket_keeps_its_slot_for_longer_than_the_lease() {
+    // The feed's limit leases a slot for a minute; this one stays open for five, talking now
+    // and then (the gateway's clock and tokio's move together).
+    let (bench, _seen) =
+        bench(|config| config.tunnel_idle_timeout = Duration::from_secs(3600)).await;
+    let mut first = live(&bench, "one").await;
+    for round in 0..15 {
+        bench.clock.advance(Duration::from_secs(20));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let (status, body) = refusal(open(&bench, "/v1/live", Some(KEY)).await);
+        assert_eq!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "round {round}: the open feed lost its slot: {body}"
+        );
+    }
+    first.send(Message::text("still here")).await.expect("send");
+    assert_eq!(
+        first.next().await.expect("a message").expect("a frame"),
+        Message::text("echo: still here")
+    );
+    // Closed, it gives the slot back at once, by the period its last renewal counted it in.
+    first.close(None).await.expect("close");
+    let mut attempts = 0;
+    loop {
+        match open(&bench, "/v1/live", Some(KEY)).await {
+            Ok(_) => break,
+            Err(WsError::Http(response)) if response.status() == StatusCode::TOO_MANY_REQUESTS => {
+                attempts += 1;
+                assert!(attempts < 2_000, "the first feed's slot never came back");
+                tokio::task::yield_now().await;
+            }
+            Err(error) => panic!("{error}"),
+        }
+    }
+    bench.stop().await;
+}
+
 #[tokio::test]
 async fn an_upstream_that_will_not_switch_answers_as_itself() {
     let (bench, seen) = bench(|_| {}).await;
