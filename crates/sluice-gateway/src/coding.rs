@@ -9,6 +9,7 @@ use std::io::Read;
 use flate2::read::{DeflateDecoder, MultiGzDecoder, ZlibDecoder};
 use http::HeaderMap;
 use http::header::CONTENT_ENCODING;
+use sluice_contract::{ErrorCode, Values};
 
 /// The codings the gateway decodes, for `Accept-Encoding` on a refusal (RFC 9110, 12.5.3).
 pub(crate) const ACCEPTED: &str = "gzip, deflate, identity";
@@ -100,6 +101,59 @@ fn is_zlib(coded: &[u8]) -> bool {
             first & 0x0f == 8 && (u16::from(*first) << 8 | u16::from(*second)) % 31 == 0
         }
         _ => false,
+    }
+}
+
+/// Reads a body the policy needs, within `max` bytes: refused before a byte is read when it
+/// declares a larger length or a coding the gateway cannot decode, then read within `timeout`
+/// and decoded within `max`. Returns the content the policy reads and the bytes as they were
+/// sent (what is forwarded), or the refusal in the API's terms.
+pub(crate) async fn read_for_policy<B>(
+    headers: &HeaderMap,
+    body: B,
+    max: u64,
+    timeout: std::time::Duration,
+) -> Result<(bytes::Bytes, bytes::Bytes), (ErrorCode, Values)>
+where
+    B: hyper::body::Body,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use http_body_util::{BodyExt, LengthLimitError, Limited};
+
+    let too_large = || {
+        let values = Values {
+            max_size: Some(max),
+            ..Values::default()
+        };
+        (ErrorCode::BodyTooLarge, values)
+    };
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > max) {
+        // Refused before a byte of it is read.
+        return Err(too_large());
+    }
+    let Ok(codings) = codings(headers) else {
+        return Err((ErrorCode::UnsupportedEncoding, Values::default()));
+    };
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    let read = tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await;
+    let bytes = match read {
+        Err(_) => return Err((ErrorCode::RequestTimeout, Values::default())),
+        Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
+            return Err(too_large());
+        }
+        Ok(Err(_)) => return Err((ErrorCode::MalformedBody, Values::default())),
+        Ok(Ok(collected)) => collected.to_bytes(),
+    };
+    // The policy reads the content; the upstream gets the bytes as sent.
+    match decode(&codings, &bytes, limit) {
+        Ok(None) => Ok((bytes.clone(), bytes)),
+        Ok(Some(decoded)) => Ok((bytes::Bytes::from(decoded), bytes)),
+        Err(Undecodable::TooLarge) => Err(too_large()),
+        Err(Undecodable::Corrupt) => Err((ErrorCode::MalformedBody, Values::default())),
     }
 }
 

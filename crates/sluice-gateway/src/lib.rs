@@ -29,9 +29,8 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Either, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use sluice_contract::{ErrorCode, Values};
@@ -50,7 +49,6 @@ pub use request_id::RequestIds;
 pub use tls::ServerTls;
 
 use crate::body::{full, json_response, rejection_response};
-use crate::coding::Undecodable;
 use crate::deadline::Deadlines;
 use crate::pool::Pool;
 use crate::proxy::Peer;
@@ -452,48 +450,19 @@ impl<S: CounterStore + 'static> Gateway<S> {
         let (bytes, forward) = match matched.body {
             BodyNeed::Stream => (None, Either::Right(incoming)),
             BodyNeed::Read { max } => {
-                let too_large = Values {
-                    max_size: Some(max),
-                    ..Values::default()
-                };
-                let declared = parts
-                    .headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.parse::<u64>().ok());
-                if declared.is_some_and(|length| length > max) {
-                    // Refused before a byte of it is read.
-                    return reject(ErrorCode::BodyTooLarge, too_large, None);
-                }
-                let Ok(codings) = coding::codings(&parts.headers) else {
-                    return unsupported_encoding(reject);
-                };
-                let limit = usize::try_from(max).unwrap_or(usize::MAX);
-                let read = tokio::time::timeout(
+                let read = coding::read_for_policy(
+                    &parts.headers,
+                    incoming,
+                    max,
                     self.config.body_read_timeout,
-                    Limited::new(incoming, limit).collect(),
-                )
-                .await;
-                let bytes: Bytes = match read {
-                    Err(_) => return reject(ErrorCode::RequestTimeout, Values::default(), None),
-                    Ok(Err(error)) if error.downcast_ref::<LengthLimitError>().is_some() => {
-                        return reject(ErrorCode::BodyTooLarge, too_large, None);
+                );
+                match read.await {
+                    Ok((content, bytes)) => (Some(content), Either::Left(Full::new(bytes))),
+                    Err((ErrorCode::UnsupportedEncoding, _)) => {
+                        return unsupported_encoding(reject);
                     }
-                    Ok(Err(_)) => return reject(ErrorCode::MalformedBody, Values::default(), None),
-                    Ok(Ok(collected)) => collected.to_bytes(),
-                };
-                // The policy reads the content; the upstream gets the bytes as sent.
-                let content = match coding::decode(&codings, &bytes, limit) {
-                    Ok(None) => bytes.clone(),
-                    Ok(Some(decoded)) => Bytes::from(decoded),
-                    Err(Undecodable::TooLarge) => {
-                        return reject(ErrorCode::BodyTooLarge, too_large, None);
-                    }
-                    Err(Undecodable::Corrupt) => {
-                        return reject(ErrorCode::MalformedBody, Values::default(), None);
-                    }
-                };
-                (Some(content), Either::Left(Full::new(bytes)))
+                    Err((code, values)) => return reject(code, values, None),
+                }
             }
         };
         let verdict = service
