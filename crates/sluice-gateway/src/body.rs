@@ -24,7 +24,12 @@ pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
 
 /// A response carrying `rejection`: its status, headers and envelope body.
 pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
-    let mut response = Response::new(full(rejection.body));
+    rendered(rejection).map(Either::Left)
+}
+
+/// `rejection` as a response of its own body type.
+pub(crate) fn rendered(rejection: Rejection) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(rejection.body)));
     *response.status_mut() = rejection.status;
     let headers = response.headers_mut();
     headers.insert(

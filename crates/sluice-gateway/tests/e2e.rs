@@ -9,6 +9,7 @@ mod e2e {
     mod bad_input;
     mod decision_api;
     mod https_upstream;
+    mod layer;
     mod pixelpatrol;
     mod proxy;
     mod reload;

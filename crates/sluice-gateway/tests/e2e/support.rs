@@ -252,7 +252,7 @@ impl Bench {
     }
 }
 
-fn service_over(
+pub fn service_over(
     (policy, keys): (Arc<sluice_policy::Policy>, KeyRing),
     store: Arc<MemoryStore>,
     clock: &Arc<dyn Clock>,

@@ -1,0 +1,267 @@
+//! sluice as a tower layer, for a Rust service (axum, or any hyper + tower stack) that enforces
+//! its policy in its own process rather than behind the gateway: the same decisions, headers and
+//! envelopes as the proxy, over the same stores.
+//!
+//! A request the policy refuses is answered by the layer, in the API's envelope, and never
+//! reaches the inner service. An admitted one goes on, its body read first only when the policy
+//! reads a field of it (within the route's size limit, decoded as the proxy decodes it, and
+//! passed on as sent); its response gets the policy's rate-limit headers and `X-Request-Id`, and
+//! a 5xx that is not JSON is answered in the API's envelope, its status kept, as the proxy does
+//! with an upstream's. The request is settled once the inner service has answered (concurrency
+//! slots given back, quotas that count only successes refunded unless it answered 2xx), or, when
+//! its future is dropped first (the client went away), as a failure.
+//!
+//! The layer does not serve the gateway's own endpoints (health, the decision API), nor pass
+//! protocol upgrades through with their holds: a concurrency limit counts an upgraded request
+//! until its 101.
+
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{Either, Full};
+use sluice_contract::{ErrorCode, Values};
+use sluice_service::{BodyNeed, CorsAnswer, Service, Verdict, is_json};
+use sluice_store::CounterStore;
+
+use crate::body::rendered;
+use crate::request_id::X_REQUEST_ID;
+use crate::{RequestIds, Settling, add_cors, coding};
+
+/// The body the inner service gets: the bytes the layer read for the policy (`Left`), or the
+/// client's body untouched (`Right`).
+pub type LayerRequestBody<B> = Either<Full<Bytes>, B>;
+
+/// The body of a response through the layer: one the layer wrote (`Left`: a refusal, or an
+/// error rewritten into the envelope) or the inner service's (`Right`).
+pub type LayerResponseBody<B> = Either<Full<Bytes>, B>;
+
+/// Enforces a [`Service`]'s policy in front of an inner tower service.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # use sluice_gateway::SluiceLayer;
+/// # fn wrap<S: sluice_store::CounterStore + 'static>(service: Arc<sluice_service::Service<S>>) {
+/// let layer = SluiceLayer::new(service)
+///     .client_ip(|parts| parts.extensions.get::<std::net::SocketAddr>().map(|a| a.ip()));
+/// // axum: `Router::new().route(…).layer(layer)`
+/// # }
+/// ```
+pub struct SluiceLayer<S: CounterStore + 'static> {
+    service: Arc<Service<S>>,
+    ids: Arc<RequestIds>,
+    client_ip: fn(&Parts) -> Option<IpAddr>,
+    body_read_timeout: Duration,
+}
+
+impl<S: CounterStore + 'static> SluiceLayer<S> {
+    /// The layer for `service`'s policy. Clients have no address (routes that count per client
+    /// address count them all as one) until [`SluiceLayer::client_ip`] says where it is.
+    pub fn new(service: Arc<Service<S>>) -> SluiceLayer<S> {
+        SluiceLayer {
+            service,
+            ids: Arc::new(RequestIds::new()),
+            client_ip: |_| None,
+            body_read_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Where a request's client address is: with axum, in its `ConnectInfo` extension.
+    pub fn client_ip(mut self, client_ip: fn(&Parts) -> Option<IpAddr>) -> SluiceLayer<S> {
+        self.client_ip = client_ip;
+        self
+    }
+
+    /// How long a client may take to send a body the policy reads (30 s); then it gets a 408.
+    pub fn body_read_timeout(mut self, timeout: Duration) -> SluiceLayer<S> {
+        self.body_read_timeout = timeout;
+        self
+    }
+}
+
+impl<S: CounterStore + 'static> Clone for SluiceLayer<S> {
+    fn clone(&self) -> SluiceLayer<S> {
+        SluiceLayer {
+            service: Arc::clone(&self.service),
+            ids: Arc::clone(&self.ids),
+            client_ip: self.client_ip,
+            body_read_timeout: self.body_read_timeout,
+        }
+    }
+}
+
+impl<S: CounterStore + 'static> std::fmt::Debug for SluiceLayer<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SluiceLayer")
+            .field("body_read_timeout", &self.body_read_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<I, S: CounterStore + 'static> tower::Layer<I> for SluiceLayer<S> {
+    type Service = Sluice<I, S>;
+
+    fn layer(&self, inner: I) -> Sluice<I, S> {
+        Sluice {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// An inner service behind [`SluiceLayer`].
+pub struct Sluice<I, S: CounterStore + 'static> {
+    inner: I,
+    layer: SluiceLayer<S>,
+}
+
+impl<I: Clone, S: CounterStore + 'static> Clone for Sluice<I, S> {
+    fn clone(&self) -> Sluice<I, S> {
+        Sluice {
+            inner: self.inner.clone(),
+            layer: self.layer.clone(),
+        }
+    }
+}
+
+impl<I: std::fmt::Debug, S: CounterStore + 'static> std::fmt::Debug for Sluice<I, S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sluice")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+type Answer<B, E> = Result<Response<LayerResponseBody<B>>, E>;
+
+impl<I, S, ReqBody, ResBody> tower::Service<Request<ReqBody>> for Sluice<I, S>
+where
+    I: tower::Service<Request<LayerRequestBody<ReqBody>>, Response = Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    I::Future: Send,
+    I::Error: Send,
+    S: CounterStore + 'static,
+    ReqBody: hyper::body::Body<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    ResBody: Send,
+{
+    type Response = Response<LayerResponseBody<ResBody>>;
+    type Error = I::Error;
+    type Future = Pin<Box<dyn Future<Output = Answer<ResBody, I::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), I::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The service polled ready goes with this request; its clone stays for the next.
+        let ready = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, ready);
+        let layer = self.layer.clone();
+        Box::pin(async move { layer.enforce(request, inner).await })
+    }
+}
+
+impl<S: CounterStore + 'static> SluiceLayer<S> {
+    async fn enforce<I, ReqBody, ResBody>(
+        &self,
+        request: Request<ReqBody>,
+        mut inner: I,
+    ) -> Answer<ResBody, I::Error>
+    where
+        I: tower::Service<Request<LayerRequestBody<ReqBody>>, Response = Response<ResBody>>,
+        ReqBody: hyper::body::Body<Data = Bytes>,
+        ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let service = &self.service;
+        let request_id = self.ids.of(request.headers());
+        let id = request_id.to_str().ok();
+        let cors = service.cors(request.method().as_str(), request.headers());
+        let answered = |mut response: Response<LayerResponseBody<ResBody>>, cors| {
+            let headers = response.headers_mut();
+            headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+            let (CorsAnswer::Preflight(list) | CorsAnswer::Headers(list)) = cors;
+            add_cors(headers, list);
+            Ok(response)
+        };
+        let refused = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
+            let mut response = rendered(service.reject(code, values, status, id));
+            if code == ErrorCode::UnsupportedEncoding {
+                response.headers_mut().insert(
+                    header::ACCEPT_ENCODING,
+                    HeaderValue::from_static(coding::ACCEPTED),
+                );
+            }
+            response.map(Either::Left)
+        };
+        if matches!(cors, CorsAnswer::Preflight(_)) {
+            // A preflight is answered here: it is neither counted nor passed on.
+            let mut response = Response::new(Either::Left(Full::new(Bytes::new())));
+            *response.status_mut() = StatusCode::NO_CONTENT;
+            return answered(response, cors);
+        }
+        let (parts, body) = request.into_parts();
+        let matched = service.matched(parts.method.as_str(), parts.uri.path());
+        let (content, body) = match matched.body {
+            BodyNeed::Stream => (None, Either::Right(body)),
+            BodyNeed::Read { max } => {
+                let read =
+                    coding::read_for_policy(&parts.headers, body, max, self.body_read_timeout);
+                match read.await {
+                    Ok((content, bytes)) => (Some(content), Either::Left(Full::new(bytes))),
+                    Err((code, values)) => return answered(refused(code, values, None), cors),
+                }
+            }
+        };
+        let verdict = service
+            .check_matched(
+                matched,
+                &sluice_service::Request {
+                    method: parts.method.as_str(),
+                    path: parts.uri.path(),
+                    query: parts.uri.query(),
+                    headers: &parts.headers,
+                    peer: (self.client_ip)(&parts),
+                    body: content.as_deref(),
+                    request_id: id,
+                },
+            )
+            .await;
+        let mut admission = match verdict {
+            Verdict::Reject(rejection) => {
+                return answered(rendered(rejection).map(Either::Left), cors);
+            }
+            Verdict::Admit(admission) => admission,
+        };
+        let limit_headers = std::mem::take(&mut admission.headers);
+        let settling = Settling::new(service, admission);
+        let response = match inner.call(Request::from_parts(parts, body)).await {
+            Ok(response) => response,
+            Err(error) => {
+                settling.finish(false).await;
+                return Err(error);
+            }
+        };
+        let status = response.status();
+        settling.finish(status.is_success()).await;
+        let mut response = if status.is_server_error() && !is_json(response.headers()) {
+            // The API promises its envelope for every failure.
+            refused(ErrorCode::UpstreamError, Values::default(), Some(status))
+        } else {
+            response.map(Either::Right)
+        };
+        let headers = response.headers_mut();
+        for (name, value) in limit_headers {
+            headers.insert(name, value);
+        }
+        answered(response, cors)
+    }
+}
