@@ -13,7 +13,7 @@ mod e2e {
     mod pixelpatrol;
     mod proxy;
     mod reload;
-    mod streampixel;
+    pub mod streampixel;
     pub mod support;
     mod tls_listener;
     mod websocket;

@@ -154,16 +154,22 @@ async fn settle(bench: &Bench, token: &serde_json::Value, success: bool) {
     assert_eq!(settled.json(), json!({"settled": true}));
 }
 
-#[tokio::test]
-async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
-    let bench = Bench::edited("streampixel", |text| {
+/// Streampixel with one upload at a time per user (a concurrency limit, leased for 30 s) in
+/// place of one per two minutes.
+async fn one_upload_at_a_time() -> Bench {
+    Bench::edited("streampixel", |text| {
         text.replacen(
             "name: upload-file\n        rate: 1 per 2m\n",
             "name: upload-file\n        rate: 1 per 30s\n        algorithm: concurrency\n",
             1,
         )
     })
-    .await;
+    .await
+}
+
+#[tokio::test]
+async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
+    let bench = one_upload_at_a_time().await;
     // Without a hold, the call counts as over when the check answers: the slot is free again.
     for _ in 0..2 {
         let answer = bench.post("/v1/check", &[], &check("alice")).await.json();
@@ -201,14 +207,7 @@ async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
 
 #[tokio::test]
 async fn a_held_check_renewed_keeps_its_slot_past_its_lease() {
-    let bench = Bench::edited("streampixel", |text| {
-        text.replacen(
-            "name: upload-file\n        rate: 1 per 2m\n",
-            "name: upload-file\n        rate: 1 per 30s\n        algorithm: concurrency\n",
-            1,
-        )
-    })
-    .await;
+    let bench = one_upload_at_a_time().await;
     let first = bench
         .post("/v1/check", &[], &held(check("alice")))
         .await

@@ -16,9 +16,8 @@ use sluice_gateway::SluiceLayer;
 use sluice_store::MemoryStore;
 use tokio::sync::Semaphore;
 
+use super::streampixel::{ALICE, upload};
 use super::support::{deployment_edited, members, service_over};
-
-const ALICE: &str = "sp_live_alice_demo_key";
 
 /// Seed 000's app behind the layer: uploads answer with the user they were for, `POST /boom` fails
 /// as a panicking handler's framework would (a text 500), and `/projects/render` takes one
@@ -139,15 +138,6 @@ impl App {
 async fn json_of(response: reqwest::Response) -> Value {
     let bytes = response.bytes().await.expect("a whole body");
     serde_json::from_slice(&bytes).expect("a JSON body")
-}
-
-fn upload(key: &str, user: &str) -> Value {
-    json!({
-        "apiKey": key,
-        "userId": user,
-        "projectId": "proj_1",
-        "fileUrl": "https://downloads.example.com/build.zip",
-    })
 }
 
 /// Asserts the answer is exactly `{"message": message}` with `status`.

@@ -9,9 +9,9 @@ use serde_json::{Value, json};
 
 use super::support::{Bench, Reply, members};
 
-const ALICE: &str = "sp_live_alice_demo_key";
+pub const ALICE: &str = "sp_live_alice_demo_key";
 
-fn upload(key: &str, user: &str) -> Value {
+pub fn upload(key: &str, user: &str) -> Value {
     json!({
         "apiKey": key,
         "userId": user,
