@@ -1,7 +1,7 @@
 //! What the binary's test files share: `sluice` run as a real process, killed when dropped;
 //! `sluice serve` on free loopback ports; and an HTTP client for it.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -33,12 +33,28 @@ pub(crate) struct Server {
 impl Server {
     /// `sluice serve ARGS… --listen … --admin-listen … --threads 1`, both on free loopback
     /// ports, once it answers `/healthz`. With `log`, the server logs at debug level into that
-    /// file; otherwise it logs warnings, to nowhere.
+    /// file; otherwise it logs warnings, to nowhere. A port taken by another process between
+    /// its pick and the server's bind (tests run in parallel) is picked again.
     pub(crate) async fn start<I, A>(args: I, log: Option<&Path>) -> Server
     where
         I: IntoIterator<Item = A>,
         A: AsRef<OsStr>,
     {
+        let args: Vec<OsString> = args
+            .into_iter()
+            .map(|arg| arg.as_ref().to_owned())
+            .collect();
+        let mut exits = Vec::new();
+        for _ in 0..3 {
+            match Server::try_start(&args, log).await {
+                Ok(server) => return server,
+                Err(exit) => exits.push(exit),
+            }
+        }
+        panic!("the server did not come up: {exits:?}");
+    }
+
+    async fn try_start(args: &[OsString], log: Option<&Path>) -> Result<Server, String> {
         let (listen, admin) = (free_port(), free_port());
         let stderr = match log {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("a log file")),
@@ -55,24 +71,28 @@ impl Server {
             .stderr(stderr)
             .spawn()
             .expect("the binary runs");
-        let server = Server {
+        let mut server = Server {
             child: Running(child),
             listen,
             admin,
         };
         let probe = client(Duration::from_secs(10));
         for _ in 0..500 {
-            if probe
+            let answered = probe
                 .get(format!("http://{listen}/healthz"))
                 .send()
                 .await
-                .is_ok()
-            {
-                return server;
+                .is_ok();
+            // Exited (its port was taken, say): whatever answered, it was not this server.
+            if let Ok(Some(status)) = server.child.0.try_wait() {
+                return Err(format!("exited on {listen}: {status}"));
+            }
+            if answered {
+                return Ok(server);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("the server did not come up on {listen}");
+        Err(format!("did not answer on {listen} within 10 s"))
     }
 }
 
