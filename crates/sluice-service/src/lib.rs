@@ -339,6 +339,7 @@ impl<S: CounterStore> Service<S> {
             self.store.apply(&renew).await
         };
         drop(renew);
+        self.meters.renewed(renewed.is_ok());
         match renewed {
             Ok(decision) => {
                 admission.held_at = decision.now();

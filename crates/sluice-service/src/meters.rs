@@ -1,6 +1,6 @@
 //! The service's metrics, through the `metrics` facade (a no-op until the binary installs a
-//! recorder): decisions by route and outcome, denials by limit, quota units counted, and the
-//! store's latency. Labels come from the policy only (route patterns, limit and quota names,
+//! recorder): decisions by route and outcome, denials by limit, quota units counted, holds
+//! renewed, and the store's latency. Labels come from the policy only (route patterns, limit and quota names,
 //! error codes), never from a request, so their number is bounded by the policy.
 
 use metrics::{Counter, Histogram};
@@ -69,6 +69,14 @@ impl Meters {
                 .increment(1);
             }
         }
+    }
+
+    /// Counts one renewal of a request's concurrency holds
+    /// (`sluice_hold_renewals_total{outcome="renewed"|"failed"}`): a failed one leaves the holds
+    /// to lapse unless a later renewal lands.
+    pub(crate) fn renewed(&self, renewed: bool) {
+        let outcome = if renewed { "renewed" } else { "failed" };
+        metrics::counter!("sluice_hold_renewals_total", "outcome" => outcome).increment(1);
     }
 
     /// Counts a denial by the limit or quota `name`.

@@ -207,6 +207,10 @@ async fn a_held_check_keeps_its_concurrency_slot_until_it_is_settled() {
 
 #[tokio::test]
 async fn a_held_check_renewed_keeps_its_slot_past_its_lease() {
+    // This thread's recorder: the test's runtime runs the gateway on it.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _recording = metrics::set_default_local_recorder(&recorder);
     let bench = one_upload_at_a_time().await;
     let first = bench
         .post("/v1/check", &[], &held(check("alice")))
@@ -229,6 +233,13 @@ async fn a_held_check_renewed_keeps_its_slot_past_its_lease() {
             .json();
         assert_eq!(busy["code"], "concurrency_exceeded", "{busy}");
     }
+    assert!(
+        metrics
+            .render()
+            .contains(r#"sluice_hold_renewals_total{outcome="renewed"} 15"#),
+        "{}",
+        metrics.render()
+    );
     settle(&bench, &token, true).await;
     let again = bench.post("/v1/check", &[], &check("alice")).await.json();
     assert_eq!(again["allowed"], true, "{again}");
