@@ -27,7 +27,7 @@ use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use sluice_contract::{ErrorCode, Values};
-use sluice_service::{BodyNeed, CorsAnswer, Service, Verdict, is_json};
+use sluice_service::{BodyNeed, CorsAnswer, LiveService, Service, Verdict, is_json};
 use sluice_store::CounterStore;
 
 use crate::body::rendered;
@@ -54,18 +54,44 @@ pub type LayerResponseBody<B> = Either<Full<Bytes>, B>;
 /// # }
 /// ```
 pub struct SluiceLayer<S: CounterStore + 'static> {
-    service: Arc<Service<S>>,
+    source: Source<S>,
     ids: Arc<RequestIds>,
     client_ip: fn(&Parts) -> Option<IpAddr>,
     body_read_timeout: Duration,
+}
+
+/// Where the layer finds the service in force.
+enum Source<S> {
+    Fixed(Arc<Service<S>>),
+    Live(Arc<LiveService<S>>),
+}
+
+impl<S> Clone for Source<S> {
+    fn clone(&self) -> Source<S> {
+        match self {
+            Source::Fixed(service) => Source::Fixed(Arc::clone(service)),
+            Source::Live(services) => Source::Live(Arc::clone(services)),
+        }
+    }
 }
 
 impl<S: CounterStore + 'static> SluiceLayer<S> {
     /// The layer for `service`'s policy. Clients have no address (routes that count per client
     /// address count them all as one) until [`SluiceLayer::client_ip`] says where it is.
     pub fn new(service: Arc<Service<S>>) -> SluiceLayer<S> {
+        SluiceLayer::with_source(Source::Fixed(service))
+    }
+
+    /// The layer for whichever service `services` has in force: a policy reloaded with
+    /// [`LiveService::replace`] decides every request from then on (a request is decided and
+    /// settled wholly under the service it began with), over the same counters.
+    pub fn live(services: Arc<LiveService<S>>) -> SluiceLayer<S> {
+        SluiceLayer::with_source(Source::Live(services))
+    }
+
+    fn with_source(source: Source<S>) -> SluiceLayer<S> {
         SluiceLayer {
-            service,
+            source,
             ids: Arc::new(RequestIds::new()),
             client_ip: |_| None,
             body_read_timeout: Duration::from_secs(30),
@@ -88,7 +114,7 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
 impl<S: CounterStore + 'static> Clone for SluiceLayer<S> {
     fn clone(&self) -> SluiceLayer<S> {
         SluiceLayer {
-            service: Arc::clone(&self.service),
+            source: self.source.clone(),
             ids: Arc::clone(&self.ids),
             client_ip: self.client_ip,
             body_read_timeout: self.body_read_timeout,
@@ -110,7 +136,7 @@ impl<I, S: CounterStore + 'static> tower::Layer<I> for SluiceLayer<S> {
     fn layer(&self, inner: I) -> Sluice<I, S> {
         Sluice {
             inner,
-            layer: self.clone(),
+            layer: Arc::new(self.clone()),
         }
     }
 }
@@ -118,14 +144,15 @@ impl<I, S: CounterStore + 'static> tower::Layer<I> for SluiceLayer<S> {
 /// An inner service behind [`SluiceLayer`].
 pub struct Sluice<I, S: CounterStore + 'static> {
     inner: I,
-    layer: SluiceLayer<S>,
+    /// One reference count moved a request, however many settings.
+    layer: Arc<SluiceLayer<S>>,
 }
 
 impl<I: Clone, S: CounterStore + 'static> Clone for Sluice<I, S> {
     fn clone(&self) -> Sluice<I, S> {
         Sluice {
             inner: self.inner.clone(),
-            layer: self.layer.clone(),
+            layer: Arc::clone(&self.layer),
         }
     }
 }
@@ -165,7 +192,7 @@ where
         // The service polled ready goes with this request; its clone stays for the next.
         let ready = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, ready);
-        let layer = self.layer.clone();
+        let layer = Arc::clone(&self.layer);
         Box::pin(async move { layer.enforce(request, inner).await })
     }
 }
@@ -181,7 +208,14 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
         ReqBody: hyper::body::Body<Data = Bytes>,
         ReqBody::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let service = &self.service;
+        let current;
+        let service = match &self.source {
+            Source::Fixed(service) => service,
+            Source::Live(services) => {
+                current = services.current();
+                &current
+            }
+        };
         let request_id = self.ids.of(request.headers());
         let id = request_id.to_str().ok();
         let cors = service.cors(request.method().as_str(), request.headers());

@@ -13,6 +13,7 @@ use http::StatusCode;
 use serde_json::{Value, json};
 use sluice_core::{Clock, ManualClock, Timestamp};
 use sluice_gateway::SluiceLayer;
+use sluice_service::{KeyRing, LiveService};
 use sluice_store::MemoryStore;
 use tokio::sync::Semaphore;
 
@@ -28,14 +29,17 @@ struct App {
     reached: Arc<AtomicUsize>,
     gate: Arc<Semaphore>,
     client: reqwest::Client,
+    /// The services the layer takes the one in force from, for [`live_app`].
+    services: Option<Arc<LiveService<Arc<MemoryStore>>>>,
+    store: Arc<MemoryStore>,
+    shared: Arc<dyn Clock>,
 }
 
-async fn app() -> App {
-    let clock = ManualClock::new(Timestamp::from_secs(1_795_342_530));
-    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-    // Seed 000's policy, with one render at a time per user on a route of its own.
-    let deployment = deployment_edited("streampixel", |policy| {
-        policy.replacen(
+/// Seed 000's policy, with one render at a time per user on a route of its own, edited by
+/// `edit`.
+fn deployment(edit: impl FnOnce(String) -> String) -> (Arc<sluice_policy::Policy>, KeyRing) {
+    deployment_edited("streampixel", |policy| {
+        edit(policy).replacen(
             "routes:\n",
             "routes:
   - match: POST /projects/render
@@ -50,12 +54,28 @@ async fn app() -> App {
 ",
             1,
         )
-    });
-    let service = service_over(
-        deployment,
-        Arc::new(MemoryStore::new(Arc::clone(&shared))),
-        &shared,
-    );
+    })
+}
+
+async fn app() -> App {
+    serve(false).await
+}
+
+/// The app behind a layer that takes the service in force from a [`LiveService`].
+async fn live_app() -> App {
+    serve(true).await
+}
+
+async fn serve(live: bool) -> App {
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_342_530));
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
+    let service = service_over(deployment(|policy| policy), Arc::clone(&store), &shared);
+    let services = live.then(|| Arc::new(LiveService::new(Arc::clone(&service))));
+    let layer = match &services {
+        Some(services) => SluiceLayer::live(Arc::clone(services)),
+        None => SluiceLayer::new(service),
+    };
     let reached = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let counted = |reached: &Arc<AtomicUsize>| {
@@ -92,7 +112,7 @@ async fn app() -> App {
                 "rendered"
             }),
         )
-        .layer(SluiceLayer::new(service).client_ip(|parts| {
+        .layer(layer.client_ip(|parts| {
             parts
                 .extensions
                 .get::<ConnectInfo<SocketAddr>>()
@@ -116,6 +136,9 @@ async fn app() -> App {
         reached,
         gate,
         client: reqwest::Client::new(),
+        services,
+        store,
+        shared,
     }
 }
 
@@ -128,6 +151,13 @@ impl App {
             .send()
             .await
             .expect("the app answers")
+    }
+
+    /// Puts seed 000's policy, edited by `edit`, in force over the same counters, as a reload
+    /// does.
+    fn reload(&self, edit: impl FnOnce(String) -> String) {
+        let service = service_over(deployment(edit), Arc::clone(&self.store), &self.shared);
+        self.services.as_ref().expect("a live app").replace(service);
     }
 
     fn reached(&self) -> usize {
@@ -269,4 +299,47 @@ async fn a_concurrency_slot_is_held_while_the_app_works_and_given_back_when_it_a
     app.gate.add_permits(1);
     let again = app.post("/projects/render", &render).await;
     assert_eq!(again.status(), 200, "{:?}", again.text().await);
+}
+
+#[tokio::test]
+async fn a_policy_reloaded_through_a_live_service_decides_the_next_request() {
+    let app = live_app().await;
+    let upload_twice = |policy: String| {
+        policy.replacen(
+            "name: upload-file\n        rate: 1 per 2m\n",
+            "name: upload-file\n        rate: 2 per 2m\n",
+            1,
+        )
+    };
+    let first = app
+        .post("/projects/upload-file", &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(first.status(), 200);
+    let refused = app
+        .post("/projects/upload-file", &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(refused.status(), 429);
+    // Two per two minutes from now on: a user new to the counter gets two, the third refused;
+    // alice's counter carries over, still spent.
+    app.reload(upload_twice);
+    for _ in 0..2 {
+        let admitted = app
+            .post("/projects/upload-file", &upload(ALICE, "bob"))
+            .await;
+        assert_eq!(admitted.status(), 200);
+        assert_eq!(
+            admitted.headers()["ratelimit-policy"]
+                .to_str()
+                .expect("text"),
+            r#""upload-file";q=2;w=120"#
+        );
+    }
+    let third = app
+        .post("/projects/upload-file", &upload(ALICE, "bob"))
+        .await;
+    assert_eq!(third.status(), 429);
+    let alice = app
+        .post("/projects/upload-file", &upload(ALICE, "alice"))
+        .await;
+    assert_eq!(alice.status(), 429, "the reload kept alice's count");
 }
