@@ -5,8 +5,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use sluice_contract::ErrorCode;
 use sluice_service::Rejection;
 
+use crate::coding;
 use crate::pool::UpstreamBody;
 
 /// A response body: one the gateway wrote (`Left`) or the upstream's, streamed through
@@ -27,7 +29,8 @@ pub(crate) fn rejection_response(rejection: Rejection) -> Response<Body> {
     rendered(rejection).map(Either::Left)
 }
 
-/// `rejection` as a response of its own body type.
+/// `rejection` as a response of its own body type. The refusal of a body coded in a way the
+/// gateway cannot decode names the codings it can (RFC 9110, 12.5.3).
 pub(crate) fn rendered(rejection: Rejection) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(rejection.body)));
     *response.status_mut() = rejection.status;
@@ -36,6 +39,12 @@ pub(crate) fn rendered(rejection: Rejection) -> Response<Full<Bytes>> {
         header::CONTENT_TYPE,
         HeaderValue::from_static(rejection.content_type),
     );
+    if rejection.code == ErrorCode::UnsupportedEncoding {
+        headers.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_static(coding::ACCEPTED),
+        );
+    }
     for (name, value) in rejection.headers {
         headers.append(name, value);
     }

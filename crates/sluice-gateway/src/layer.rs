@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use sluice_contract::{ErrorCode, Values};
 use sluice_service::{BodyNeed, CorsAnswer, LiveService, Service, Verdict, is_json};
@@ -32,7 +32,7 @@ use sluice_store::CounterStore;
 
 use crate::body::rendered;
 use crate::request_id::X_REQUEST_ID;
-use crate::{RequestIds, Settling, add_cors, coding};
+use crate::{RequestIds, Settling, add_cors, coding, policy_request};
 
 /// The body the inner service gets: the bytes the layer read for the policy (`Left`), or the
 /// client's body untouched (`Right`).
@@ -227,14 +227,7 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
             Ok(response)
         };
         let refused = |code: ErrorCode, values: Values, status: Option<StatusCode>| {
-            let mut response = rendered(service.reject(code, values, status, id));
-            if code == ErrorCode::UnsupportedEncoding {
-                response.headers_mut().insert(
-                    header::ACCEPT_ENCODING,
-                    HeaderValue::from_static(coding::ACCEPTED),
-                );
-            }
-            response.map(Either::Left)
+            rendered(service.reject(code, values, status, id)).map(Either::Left)
         };
         if matches!(cors, CorsAnswer::Preflight(_)) {
             // A preflight is answered here: it is neither counted nor passed on.
@@ -255,20 +248,8 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
                 }
             }
         };
-        let verdict = service
-            .check_matched(
-                matched,
-                &sluice_service::Request {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                    query: parts.uri.query(),
-                    headers: &parts.headers,
-                    peer: (self.client_ip)(&parts),
-                    body: content.as_deref(),
-                    request_id: id,
-                },
-            )
-            .await;
+        let request = policy_request(&parts, (self.client_ip)(&parts), content.as_deref(), id);
+        let verdict = service.check_matched(matched, &request).await;
         let mut admission = match verdict {
             Verdict::Reject(rejection) => {
                 return answered(rendered(rejection).map(Either::Left), cors);

@@ -460,27 +460,12 @@ impl<S: CounterStore + 'static> Gateway<S> {
                 );
                 match read.await {
                     Ok((content, bytes)) => (Some(content), Either::Left(Full::new(bytes))),
-                    Err((ErrorCode::UnsupportedEncoding, _)) => {
-                        return unsupported_encoding(reject);
-                    }
                     Err((code, values)) => return reject(code, values, None),
                 }
             }
         };
-        let verdict = service
-            .check_matched(
-                matched,
-                &sluice_service::Request {
-                    method: parts.method.as_str(),
-                    path: parts.uri.path(),
-                    query: parts.uri.query(),
-                    headers: &parts.headers,
-                    peer: Some(peer.address().ip()),
-                    body: bytes.as_deref(),
-                    request_id: id,
-                },
-            )
-            .await;
+        let request = policy_request(&parts, Some(peer.address().ip()), bytes.as_deref(), id);
+        let verdict = service.check_matched(matched, &request).await;
         let mut admission = match verdict {
             Verdict::Reject(rejection) => return rejection_response(rejection),
             Verdict::Admit(admission) => admission,
@@ -720,17 +705,23 @@ fn add_cors(headers: &mut http::HeaderMap, list: sluice_service::HeaderList) {
     }
 }
 
-/// The refusal of a body coded in a way the gateway cannot decode, with the codings it can
-/// (RFC 9110, 12.5.3).
-fn unsupported_encoding(
-    reject: impl FnOnce(ErrorCode, Values, Option<StatusCode>) -> Response<Body>,
-) -> Response<Body> {
-    let mut response = reject(ErrorCode::UnsupportedEncoding, Values::default(), None);
-    response.headers_mut().insert(
-        header::ACCEPT_ENCODING,
-        HeaderValue::from_static(coding::ACCEPTED),
-    );
-    response
+/// What the service decides on for a request whose head is `parts`: from `peer`, with `body`
+/// the content the policy reads, if it reads any.
+fn policy_request<'a>(
+    parts: &'a http::request::Parts,
+    peer: Option<std::net::IpAddr>,
+    body: Option<&'a [u8]>,
+    request_id: Option<&'a str>,
+) -> sluice_service::Request<'a> {
+    sluice_service::Request {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        peer,
+        body,
+        request_id,
+    }
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Body> {

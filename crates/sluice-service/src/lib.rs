@@ -338,7 +338,6 @@ impl<S: CounterStore> Service<S> {
         } else {
             self.store.apply(&renew).await
         };
-        drop(renew);
         self.meters.renewed(renewed.is_ok());
         match renewed {
             Ok(decision) => {

@@ -1,7 +1,7 @@
 //! The service's metrics, through the `metrics` facade (a no-op until the binary installs a
 //! recorder): decisions by route and outcome, denials by limit, quota units counted, holds
-//! renewed, and the store's latency. Labels come from the policy only (route patterns, limit and quota names,
-//! error codes), never from a request, so their number is bounded by the policy.
+//! renewed, and the store's latency. Labels come from the policy only (route patterns, limit and
+//! quota names, error codes), never from a request, so their number is bounded by the policy.
 
 use metrics::{Counter, Histogram};
 use sluice_contract::ErrorCode;
