@@ -13,8 +13,8 @@ use sluice_core::{Limit, MonthlyCycle, Period};
 use crate::error::{PolicyError, PolicyErrors};
 use crate::route::RoutePattern;
 use crate::syntax::{
-    AlgorithmName, Authentication, IdentitySource, LimitSpec, PathParameters, PolicyFile,
-    QuotaCounts, QuotaPeriod, QuotaSpec, RequestRules, Service, StoreFailure,
+    AlgorithmName, Authentication, EnvoySpec, IdentitySource, LimitSpec, PathParameters,
+    PolicyFile, QuotaCounts, QuotaPeriod, QuotaSpec, RequestRules, Service, StoreFailure,
 };
 use crate::text::Rate;
 
@@ -134,6 +134,74 @@ pub struct Route {
     pub description: Option<String>,
 }
 
+/// Envoy's rate limit service, validated: the domain served and its descriptor rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnvoyRules {
+    /// The domain Envoy's rate limit filter names.
+    pub domain: String,
+    /// Most specific first: a descriptor counts against the first rule it matches.
+    pub descriptors: Vec<DescriptorRule>,
+}
+
+/// One kind of descriptor and the limit it counts against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DescriptorRule {
+    /// The entries a descriptor must have, in order.
+    pub entries: Vec<EntryMatch>,
+    /// Its limit; each descriptor matched (its values) counts apart. `per` is global: the
+    /// descriptor itself names who is counted.
+    pub limit: LimitRule,
+}
+
+/// One entry of a [`DescriptorRule`]: its key, and its value when the rule fixes one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryMatch {
+    /// The entry's key.
+    pub key: String,
+    /// The value it must have; `None` for any, each counted apart.
+    pub value: Option<String>,
+}
+
+impl EnvoyRules {
+    /// The rule for a descriptor with these entries (key, value), if one matches: same keys in
+    /// the same order, and the values a rule fixes. A fixed value wins over any value, entry by
+    /// entry from the first, as in envoyproxy/ratelimit.
+    pub fn rule<'e>(
+        &self,
+        entries: impl ExactSizeIterator<Item = (&'e str, &'e str)> + Clone,
+    ) -> Option<&DescriptorRule> {
+        let length = entries.len();
+        self.descriptors.iter().find(|rule| {
+            rule.entries.len() == length
+                && rule
+                    .entries
+                    .iter()
+                    .zip(entries.clone())
+                    .all(|(want, (key, value))| {
+                        want.key == key && want.value.as_deref().is_none_or(|fixed| fixed == value)
+                    })
+        })
+    }
+}
+
+impl DescriptorRule {
+    /// As written in the policy: `generic_key=uploads, user`.
+    pub fn describe(&self) -> String {
+        describe_entries(&self.entries)
+    }
+}
+
+fn describe_entries(entries: &[EntryMatch]) -> String {
+    entries
+        .iter()
+        .map(|entry| match &entry.value {
+            Some(value) => format!("{}={value}", entry.key),
+            None => entry.key.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// An address block whose `X-Forwarded-For` is believed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TrustedProxy {
@@ -193,6 +261,8 @@ pub struct Policy {
     pub routes: Vec<Route>,
     /// How browsers on other origins may call the API, if they may.
     pub cors: Option<Cors>,
+    /// What Envoy's rate limit service counts, when the policy serves Envoy.
+    pub envoy: Option<EnvoyRules>,
     messages: BTreeMap<ErrorCode, Template>,
     titles: BTreeMap<ErrorCode, String>,
     types: BTreeMap<ErrorCode, String>,
@@ -512,6 +582,118 @@ impl Compiler<'_> {
     }
 }
 
+/// The `envoy:` section: each descriptor rule's entries parsed and its limit built; rules
+/// ordered most specific first.
+fn compile_envoy(compiler: &mut Compiler<'_>, spec: &EnvoySpec) -> EnvoyRules {
+    if spec.domain.value.is_empty() {
+        compiler.error(
+            &spec.domain,
+            "name the domain Envoy's rate limit filter sends".to_owned(),
+        );
+    }
+    let mut rules: Vec<DescriptorRule> = Vec::new();
+    let mut names: BTreeSet<String> = BTreeSet::new();
+    for descriptor in &spec.descriptors {
+        let mut entries = Vec::new();
+        for entry in &descriptor.entries.value {
+            let (key, value) = match entry.value.split_once('=') {
+                Some((key, value)) => (key.trim(), Some(value.trim())),
+                None => (entry.value.trim(), None),
+            };
+            if key.is_empty() || value.is_some_and(str::is_empty) {
+                compiler.error(
+                    entry,
+                    format!(
+                        "`{}` is not an entry: write `key` for any value, or `key=value`",
+                        entry.value
+                    ),
+                );
+            }
+            entries.push(EntryMatch {
+                key: key.to_owned(),
+                value: value.map(str::to_owned),
+            });
+        }
+        if entries.is_empty() {
+            compiler.error(
+                &descriptor.entries,
+                "list the descriptor's entries, like [generic_key=uploads, user]".to_owned(),
+            );
+            continue;
+        }
+        let written = describe_entries(&entries);
+        if rules.iter().any(|rule| rule.entries == entries) {
+            compiler.error(
+                &descriptor.entries,
+                format!("descriptor `{written}` is listed twice"),
+            );
+            continue;
+        }
+        let name = descriptor
+            .name
+            .as_ref()
+            .map_or_else(|| written.clone(), |name| name.value.clone());
+        if !names.insert(name.clone()) {
+            let at = descriptor
+                .name
+                .as_ref()
+                .map_or(&descriptor.entries.referenced, |n| &n.referenced);
+            compiler.errors.push(PolicyError {
+                file: compiler.file.to_owned(),
+                line: at.line(),
+                column: at.column(),
+                message: format!("two descriptors are named `{name}`"),
+            });
+            continue;
+        }
+        let algorithm = descriptor
+            .algorithm
+            .as_ref()
+            .map_or(AlgorithmName::default(), |algorithm| algorithm.value);
+        if algorithm == AlgorithmName::Concurrency {
+            if let Some(written) = &descriptor.algorithm {
+                compiler.error(
+                    written,
+                    "Envoy never says when a request ends, so its descriptors cannot hold \
+                     concurrency slots; choose token_bucket, fixed_window or sliding_window"
+                        .to_owned(),
+                );
+            }
+            continue;
+        }
+        let rate = descriptor.rate.0;
+        match build_limit(algorithm, rate, descriptor.burst, descriptor.count_rejected) {
+            Ok(limit) => rules.push(DescriptorRule {
+                entries,
+                limit: LimitRule {
+                    counter: format!("envoy/{name}"),
+                    name,
+                    rate,
+                    per: Scope::Global,
+                    algorithm,
+                    cost: 1,
+                    limit,
+                },
+            }),
+            Err(error) => compiler.error(
+                &descriptor.entries,
+                format!("invalid limit for descriptor `{written}`: {error}"),
+            ),
+        }
+    }
+    // Entry by entry, a fixed value before any value; otherwise the file's order.
+    rules.sort_by_key(|rule| {
+        rule.entries
+            .iter()
+            .map(|entry| entry.value.is_none())
+            .collect::<Vec<_>>()
+    });
+    EnvoyRules {
+        domain: spec.domain.value.clone(),
+        descriptors: rules,
+    }
+}
+
 /// IPv6 clients are told apart by their /64: the network a host is given, in which it can take
 /// any address it likes.
 const DEFAULT_IPV6_PREFIX: u8 = 64;
@@ -768,6 +950,11 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
     }
     routes.sort_by(|a, b| b.pattern.specificity_cmp(&a.pattern));
 
+    let envoy = file
+        .envoy
+        .as_ref()
+        .map(|spec| compile_envoy(&mut compiler, spec));
+
     let mut overrides = Vec::new();
     for spec in &file.overrides {
         compiler.scope(&spec.identity);
@@ -864,6 +1051,7 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
         penalties,
         routes,
         cors,
+        envoy,
         messages: file
             .errors
             .messages

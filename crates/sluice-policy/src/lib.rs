@@ -14,8 +14,8 @@ mod syntax;
 mod text;
 
 pub use compile::{
-    Cors, LimitRule, OverrideRule, PenaltyRule, PlanRule, Policy, QuotaRule, Route, Scope,
-    TrustedProxy,
+    Cors, DescriptorRule, EntryMatch, EnvoyRules, LimitRule, OverrideRule, PenaltyRule, PlanRule,
+    Policy, QuotaRule, Route, Scope, TrustedProxy,
 };
 pub use docs::docs;
 pub use error::{PolicyError, PolicyErrors};

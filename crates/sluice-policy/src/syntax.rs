@@ -164,6 +164,39 @@ pub(crate) struct PolicyFile {
     #[serde(default)]
     pub cors: Option<CorsSpec>,
     pub routes: Vec<RouteSpec>,
+    #[serde(default)]
+    pub envoy: Option<EnvoySpec>,
+}
+
+/// Envoy's rate limit service (gRPC `envoy.service.ratelimit.v3`): which descriptors Envoy sends
+/// count against which limit, as envoyproxy/ratelimit's own configuration says it.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnvoySpec {
+    /// The domain Envoy's rate limit filter names; descriptors of other domains are not limited.
+    pub domain: Spanned<String>,
+    pub descriptors: Vec<DescriptorSpec>,
+}
+
+/// One kind of descriptor and the limit it counts against.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DescriptorSpec {
+    /// The descriptor's entries in order: `key=value` matches that value only, `key` any value,
+    /// each value counted apart.
+    #[serde(rename = "match")]
+    pub entries: Spanned<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub name: Option<Spanned<String>>,
+    pub rate: RateText,
+    #[serde(default)]
+    pub algorithm: Option<Spanned<AlgorithmName>>,
+    /// Token bucket only: how many at once (default: the rate's count).
+    #[serde(default)]
+    pub burst: Option<u64>,
+    /// Count denied requests too, so hammering keeps a client limited.
+    #[serde(default)]
+    pub count_rejected: bool,
 }
 
 /// Browsers calling the API from pages of other origins (CORS, as the Fetch standard defines

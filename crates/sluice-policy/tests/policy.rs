@@ -337,3 +337,60 @@ fn a_limit_counted_in_blocks_is_read_and_a_block_it_cannot_take_is_located() {
     expect!["policy.yaml:11:16: invalid limit `limit-0`: a block of 5 needs a fixed window or a token bucket that does not count rejected requests, and a block between 2 and its capacity (and burst)"]
         .assert_eq(&errors_of(&sliding));
 }
+
+const ENVOY: &str = "service:\n  name: Edge\nroutes: []\nenvoy:\n  domain: edge\n  descriptors:\n";
+
+#[test]
+fn an_envoy_descriptor_counts_against_the_most_specific_rule_it_matches() {
+    let text = format!(
+        "{ENVOY}    - match: [generic_key=uploads, user]\n      rate: 1 per 2m\n      algorithm: fixed_window\n    - match: [generic_key=uploads, user=vip]\n      name: vip-uploads\n      rate: 100 per 2m\n    - match: [remote_address]\n      rate: 10 per 1s\n"
+    );
+    let policy = load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let envoy = policy.envoy.as_ref().expect("an envoy section");
+    assert_eq!(envoy.domain, "edge");
+    let rule = |entries: &[(&str, &str)]| {
+        envoy
+            .rule(entries.iter().copied())
+            .map(|rule| rule.limit.name.clone())
+    };
+    // A fixed value wins over any value, wherever the rule is written.
+    assert_eq!(
+        rule(&[("generic_key", "uploads"), ("user", "vip")]).as_deref(),
+        Some("vip-uploads")
+    );
+    assert_eq!(
+        rule(&[("generic_key", "uploads"), ("user", "42")]).as_deref(),
+        Some("generic_key=uploads, user")
+    );
+    assert_eq!(
+        rule(&[("remote_address", "10.0.0.1")]).as_deref(),
+        Some("remote_address")
+    );
+    // Keys in another order, another count of entries, or another fixed value: no rule.
+    assert_eq!(rule(&[("user", "42"), ("generic_key", "uploads")]), None);
+    assert_eq!(rule(&[("generic_key", "uploads")]), None);
+    assert_eq!(rule(&[("generic_key", "downloads"), ("user", "42")]), None);
+    let uploads = envoy
+        .rule([("generic_key", "uploads"), ("user", "42")].into_iter())
+        .expect("a rule");
+    assert_eq!(uploads.limit.counter, "envoy/generic_key=uploads, user");
+    assert_eq!(uploads.limit.rate.count, 1);
+}
+
+#[test]
+fn a_bad_envoy_section_is_located() {
+    let twice = format!(
+        "{ENVOY}    - match: [user]\n      rate: 1 per 1s\n    - match: [user]\n      rate: 2 per 1s\n"
+    );
+    expect!["policy.yaml:9:14: descriptor `user` is listed twice"].assert_eq(&errors_of(&twice));
+    let concurrency =
+        format!("{ENVOY}    - match: [user]\n      rate: 1 per 1s\n      algorithm: concurrency\n");
+    expect!["policy.yaml:9:18: Envoy never says when a request ends, so its descriptors cannot hold concurrency slots; choose token_bucket, fixed_window or sliding_window"]
+        .assert_eq(&errors_of(&concurrency));
+    let empty = format!("{ENVOY}    - match: [\"=x\"]\n      rate: 1 per 1s\n");
+    expect!["policy.yaml:7:15: `=x` is not an entry: write `key` for any value, or `key=value`"]
+        .assert_eq(&errors_of(&empty));
+    let typo = format!("{ENVOY}    - match: [user]\n      rat: 1 per 1s\n");
+    expect!["policy.yaml:8:7: unknown field `rat`, expected one of match, name, rate, algorithm, burst, count_rejected"]
+        .assert_eq(&errors_of(&typo));
+}
