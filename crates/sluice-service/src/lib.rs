@@ -9,6 +9,7 @@
 
 mod admin;
 mod cors;
+mod envoy;
 mod hold;
 mod keys;
 mod live;
@@ -39,6 +40,7 @@ use smallvec::SmallVec;
 
 pub use admin::{AdminError, OverrideSpec, Usage};
 pub use cors::CorsAnswer;
+pub use envoy::{Descriptor, DescriptorStatus, DescriptorVerdict, StoreUnavailable};
 pub use hold::{HoldError, RenewedHold};
 pub use keys::{IssuedKey, KeyError, KeyRing, NewKey, StoredKey, hash_key};
 pub use live::LiveService;
