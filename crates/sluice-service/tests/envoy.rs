@@ -166,7 +166,7 @@ async fn what_no_rule_names_is_not_limited() {
     };
     for _ in 0..5 {
         let verdict = service
-            .check_descriptors("edge", &[unknown.clone()], 1)
+            .check_descriptors("edge", std::slice::from_ref(&unknown), 1)
             .await
             .expect("decided");
         assert_eq!(verdict.statuses, [None]);
