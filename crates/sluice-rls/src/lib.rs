@@ -1,0 +1,222 @@
+//! sluice as Envoy's rate limit service: gRPC `envoy.service.ratelimit.v3.RateLimitService`,
+//! a drop-in for envoyproxy/ratelimit behind Envoy's or Istio's rate limit filter.
+//!
+//! This crate only translates: a `ShouldRateLimit` call becomes one
+//! [`Service::check_descriptors`] over the policy's `envoy:` rules, and its verdict becomes
+//! Envoy's answer: a status per descriptor, the policy's rate-limit headers for the client's
+//! response, and, when over the limit, the policy's error body (`raw_body`) with its content
+//! type, so the 429 Envoy sends is the same one the gateway would send.
+//!
+//! A store that cannot answer is a gRPC `UNAVAILABLE`: Envoy's `failure_mode_deny` then decides
+//! whether the request passes.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice_service::{Descriptor, DescriptorStatus, HeaderList, LiveService};
+use sluice_store::CounterStore;
+use tonic::{Request, Response, Status};
+
+/// The messages and the gRPC server and client generated from the vendored `rls.proto`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("envoy.service.ratelimit.v3");
+}
+
+use proto::rate_limit_response::{Code, DescriptorStatus as WireStatus, RateLimit, rate_limit};
+use proto::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
+use proto::{HeaderValue, RateLimitRequest, RateLimitResponse};
+
+/// The rate limit service over the policy in force.
+pub struct Rls<S> {
+    services: Arc<LiveService<S>>,
+}
+
+impl<S> Rls<S>
+where
+    S: CounterStore + Send + Sync + 'static,
+{
+    /// The service deciding with whichever policy `services` has in force at each call.
+    pub fn new(services: Arc<LiveService<S>>) -> Rls<S> {
+        Rls { services }
+    }
+
+    /// The tonic service, for a server of the caller's own.
+    pub fn into_server(self) -> RateLimitServiceServer<Rls<S>> {
+        RateLimitServiceServer::new(self)
+    }
+
+    /// Serves gRPC (HTTP/2 without TLS, as Envoy's rate limit cluster speaks it) on `listener`
+    /// until `shutdown` completes, then lets calls in flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let address: Option<SocketAddr> = listener.local_addr().ok();
+        tracing::info!(rls = ?address, "Envoy rate limit service is serving");
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        tonic::transport::Server::builder()
+            .add_service(self.into_server())
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await
+    }
+}
+
+#[tonic::async_trait]
+impl<S> RateLimitService for Rls<S>
+where
+    S: CounterStore + Send + Sync + 'static,
+{
+    async fn should_rate_limit(
+        &self,
+        request: Request<RateLimitRequest>,
+    ) -> Result<Response<RateLimitResponse>, Status> {
+        let request = request.into_inner();
+        if request.descriptors.is_empty() {
+            return Err(Status::invalid_argument("no descriptors in the request"));
+        }
+        let descriptors: Vec<Descriptor<'_>> = request
+            .descriptors
+            .iter()
+            .map(|descriptor| Descriptor {
+                entries: descriptor
+                    .entries
+                    .iter()
+                    .map(|entry| (entry.key.as_str(), entry.value.as_str()))
+                    .collect(),
+                hits: descriptor.hits_addend,
+            })
+            .collect();
+        let hits = u64::from(request.hits_addend.max(1));
+        let service = self.services.current();
+        let verdict = service
+            .check_descriptors(&request.domain, &descriptors, hits)
+            .await
+            .map_err(|error| Status::unavailable(error.to_string()))?;
+        let statuses = verdict
+            .statuses
+            .iter()
+            .map(|status| status.as_ref().map_or_else(unlimited, wire_status))
+            .collect();
+        let mut response = RateLimitResponse {
+            overall_code: Code::Ok.into(),
+            statuses,
+            response_headers_to_add: wire_headers(&verdict.headers),
+            ..RateLimitResponse::default()
+        };
+        if let Some(rejection) = verdict.rejection {
+            response.overall_code = Code::OverLimit.into();
+            // The rejection's headers are the verdict's, with Retry-After; and the body's type.
+            response.response_headers_to_add = wire_headers(&rejection.headers);
+            response.response_headers_to_add.push(HeaderValue {
+                key: http::header::CONTENT_TYPE.as_str().to_owned(),
+                value: rejection.content_type.to_owned(),
+                ..HeaderValue::default()
+            });
+            response.raw_body = rejection.body;
+        }
+        Ok(Response::new(response))
+    }
+}
+
+/// A descriptor no rule limits: OK, with no limit named (as envoyproxy/ratelimit answers).
+fn unlimited() -> WireStatus {
+    WireStatus {
+        code: Code::Ok.into(),
+        ..WireStatus::default()
+    }
+}
+
+fn wire_status(status: &DescriptorStatus) -> WireStatus {
+    let (requests_per_unit, unit) = per_unit(status.limit, status.period);
+    WireStatus {
+        code: if status.over_limit {
+            Code::OverLimit
+        } else {
+            Code::Ok
+        }
+        .into(),
+        current_limit: Some(RateLimit {
+            name: status.name.clone(),
+            requests_per_unit,
+            unit: unit.into(),
+        }),
+        limit_remaining: u32::try_from(status.remaining).unwrap_or(u32::MAX),
+        duration_until_reset: Some(wire_duration(status.reset_after)),
+    }
+}
+
+/// Envoy's form of a limit: requests per one unit of time. A period of exactly one unit is said
+/// in it; any other (`1 per 2m`) has no unit Envoy can say, and is reported with its own count
+/// and an unknown unit rather than as a rate it is not.
+fn per_unit(limit: u64, period: Duration) -> (u32, rate_limit::Unit) {
+    let unit = match (period.as_secs(), period.subsec_nanos()) {
+        (1, 0) => rate_limit::Unit::Second,
+        (60, 0) => rate_limit::Unit::Minute,
+        (3_600, 0) => rate_limit::Unit::Hour,
+        (86_400, 0) => rate_limit::Unit::Day,
+        _ => rate_limit::Unit::Unknown,
+    };
+    (u32::try_from(limit).unwrap_or(u32::MAX), unit)
+}
+
+fn wire_duration(duration: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).unwrap_or(0),
+    }
+}
+
+fn wire_headers(headers: &HeaderList) -> Vec<HeaderValue> {
+    headers
+        .iter()
+        .map(|(name, value)| match value.to_str() {
+            Ok(text) => HeaderValue {
+                key: name.as_str().to_owned(),
+                value: text.to_owned(),
+                ..HeaderValue::default()
+            },
+            Err(_) => HeaderValue {
+                key: name.as_str().to_owned(),
+                raw_value: value.as_bytes().to_vec(),
+                ..HeaderValue::default()
+            },
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_limit_is_said_in_its_unit_only_when_its_period_is_one() {
+        let cases = [
+            (
+                1000,
+                Duration::from_secs(60),
+                (1000, rate_limit::Unit::Minute),
+            ),
+            (5, Duration::from_secs(1), (5, rate_limit::Unit::Second)),
+            (7, Duration::from_secs(3_600), (7, rate_limit::Unit::Hour)),
+            (9, Duration::from_secs(86_400), (9, rate_limit::Unit::Day)),
+            (1, Duration::from_secs(120), (1, rate_limit::Unit::Unknown)),
+            (
+                10,
+                Duration::from_millis(1_500),
+                (10, rate_limit::Unit::Unknown),
+            ),
+            (
+                u64::MAX,
+                Duration::from_secs(1),
+                (u32::MAX, rate_limit::Unit::Second),
+            ),
+        ];
+        for (limit, period, said) in cases {
+            assert_eq!(per_unit(limit, period), said, "{limit} per {period:?}");
+        }
+    }
+}
