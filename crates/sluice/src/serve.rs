@@ -61,6 +61,11 @@ pub(crate) struct ServeArgs {
     /// or a private network.
     #[arg(long, env = "SLUICE_ADMIN_LISTEN", default_value = "127.0.0.1:9901")]
     admin_listen: SocketAddr,
+    /// Also serve Envoy's rate limit service (gRPC `envoy.service.ratelimit.v3`, plaintext
+    /// HTTP/2) on this address, deciding descriptors by the policy's `envoy:` section: point
+    /// Envoy's or Istio's rate limit cluster here.
+    #[arg(long, env = "SLUICE_RLS_LISTEN", value_name = "ADDR")]
+    rls_listen: Option<SocketAddr>,
     /// The admin API's bearer token. Without one, a token is generated and written with the
     /// admin address to DIR/admin.json (readable by this user only), where `sluice keys` finds
     /// it; on `--store memory` the admin API is then off.
@@ -507,6 +512,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "sluice is serving"
     );
     let admin = start_admin(&args, &services).await?;
+    let rls = start_rls(&args, &services).await?;
     let reloads = tokio::spawn(reload_policy(
         Arc::clone(&services),
         Reload {
@@ -526,6 +532,11 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let gateway = Arc::new(Gateway::live(services, config, clock));
     gateway.serve_threads(listeners, stop_signal()).await?;
+    if let Some((stop, server)) = rls {
+        // Calls in flight finish; each is one store call.
+        let _ = stop.send(());
+        let _ = server.await;
+    }
     reloads.abort();
     if let Some(admin) = admin {
         admin.abort();
@@ -753,6 +764,37 @@ async fn start_admin(
     Ok(Some(tokio::spawn(
         Arc::new(admin).serve(listener, std::future::pending()),
     )))
+}
+
+/// A running rate limit service: what stops it, and its task.
+type RlsServer = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+);
+
+/// Starts Envoy's rate limit service, when `--rls-listen` asks for it.
+async fn start_rls(
+    args: &ServeArgs,
+    services: &Arc<LiveService<Arc<AnyStore>>>,
+) -> anyhow::Result<Option<RlsServer>> {
+    let Some(address) = args.rls_listen else {
+        return Ok(None);
+    };
+    if services.current().policy().envoy.is_none() {
+        tracing::warn!(
+            "--rls-listen is set but the policy has no `envoy:` section: every descriptor passes"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("cannot listen on {address} for the rate limit service"))?;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        sluice_rls::Rls::new(Arc::clone(services)).serve(listener, async {
+            let _ = stopped.await;
+        }),
+    );
+    Ok(Some((stop, server)))
 }
 
 fn generate_token() -> anyhow::Result<String> {

@@ -106,6 +106,18 @@ impl Server {
             .expect("kill runs");
         assert!(status.success(), "kill -s {name} failed");
     }
+
+    /// The server's exit status once it exits, as it should after SIGTERM; fails the test if it
+    /// has not within 10 s.
+    pub(crate) async fn exited(&mut self) -> std::process::ExitStatus {
+        for _ in 0..500 {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return status;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the server did not exit within 10 s");
+    }
 }
 
 /// A free loopback port.

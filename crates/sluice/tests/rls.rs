@@ -1,0 +1,96 @@
+//! `sluice serve --rls-listen`: Envoy's rate limit service beside the gateway, from the same
+//! policy file, over real gRPC; and a SIGTERM that stops both cleanly.
+
+mod support;
+
+use sluice_rls::proto::rate_limit_descriptor::Entry;
+use sluice_rls::proto::rate_limit_response::Code;
+use sluice_rls::proto::rate_limit_service_client::RateLimitServiceClient;
+use sluice_rls::proto::{RateLimitDescriptor, RateLimitRequest};
+use support::{Server, free_port};
+
+const POLICY: &str = r#"
+service:
+  name: Streampixel
+errors:
+  envelope:
+    style: message
+  messages:
+    rate_limited: "Rate limit exceeded. Try again in {retry_in}."
+routes: []
+envoy:
+  domain: streampixel
+  descriptors:
+    - match: [generic_key=upload-file, user]
+      rate: 1 per 2m
+"#;
+
+fn upload(user: &str) -> RateLimitRequest {
+    RateLimitRequest {
+        domain: "streampixel".into(),
+        descriptors: vec![RateLimitDescriptor {
+            entries: vec![
+                Entry {
+                    key: "generic_key".into(),
+                    value: "upload-file".into(),
+                },
+                Entry {
+                    key: "user".into(),
+                    value: user.into(),
+                },
+            ],
+            ..RateLimitDescriptor::default()
+        }],
+        hits_addend: 0,
+    }
+}
+
+#[tokio::test]
+async fn envoy_asks_the_server_and_gets_the_policys_answer() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("written");
+    let rls = free_port();
+    let mut server = Server::start(
+        [
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--store".as_ref(),
+            "memory".as_ref(),
+            "--rls-listen".as_ref(),
+            rls.to_string().as_ref(),
+        ],
+        None,
+    )
+    .await;
+    let mut client = RateLimitServiceClient::connect(format!("http://{rls}"))
+        .await
+        .expect("the rate limit service answers");
+
+    let first = client
+        .should_rate_limit(upload("42"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(first.overall_code(), Code::Ok);
+    let second = client
+        .should_rate_limit(upload("42"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(second.overall_code(), Code::OverLimit);
+    // Seed 000's promise, word for word, for Envoy to send with its 429.
+    assert_eq!(
+        String::from_utf8(second.raw_body).expect("utf-8"),
+        r#"{"message":"Rate limit exceeded. Try again in 2 minutes."}"#
+    );
+    let other = client
+        .should_rate_limit(upload("43"))
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(other.overall_code(), Code::Ok);
+
+    server.signal("TERM");
+    assert!(server.exited().await.success());
+}
