@@ -148,9 +148,9 @@ pub struct EnvoyRules {
 pub struct DescriptorRule {
     /// The entries a descriptor must have, in order.
     pub entries: Vec<EntryMatch>,
-    /// Its limit; each descriptor matched (its values) counts apart. `per` is global: the
-    /// descriptor itself names who is counted.
-    pub limit: LimitRule,
+    /// Its limit, each descriptor matched (its values) counting apart; `None` when the rule
+    /// says `unlimited`. `per` is global: the descriptor itself names who is counted.
+    pub limit: Option<LimitRule>,
 }
 
 /// One entry of a [`DescriptorRule`]: its key, and its value when the rule fixes one.
@@ -661,11 +661,40 @@ fn compile_envoy(compiler: &mut Compiler<'_>, spec: &EnvoySpec) -> EnvoyRules {
             }
             continue;
         }
-        let rate = descriptor.rate.0;
+        let unlimited = descriptor.unlimited.as_ref().filter(|on| on.value);
+        let rate = match (&descriptor.rate, unlimited) {
+            (None, Some(_)) => {
+                rules.push(DescriptorRule {
+                    entries,
+                    limit: None,
+                });
+                continue;
+            }
+            (Some(rate), None) => rate.0,
+            (Some(_), Some(on)) => {
+                compiler.error(
+                    on,
+                    format!(
+                        "descriptor `{written}` is `unlimited` but also has a rate; choose one"
+                    ),
+                );
+                continue;
+            }
+            (None, None) => {
+                compiler.error(
+                    &descriptor.entries,
+                    format!(
+                        "descriptor `{written}` needs a `rate` (like `100 per 1m`), or \
+                         `unlimited: true`"
+                    ),
+                );
+                continue;
+            }
+        };
         match build_limit(algorithm, rate, descriptor.burst, descriptor.count_rejected) {
             Ok(limit) => rules.push(DescriptorRule {
                 entries,
-                limit: LimitRule {
+                limit: Some(LimitRule {
                     counter: format!("envoy/{name}"),
                     name,
                     rate,
@@ -673,7 +702,7 @@ fn compile_envoy(compiler: &mut Compiler<'_>, spec: &EnvoySpec) -> EnvoyRules {
                     algorithm,
                     cost: 1,
                     limit,
-                },
+                }),
             }),
             Err(error) => compiler.error(
                 &descriptor.entries,

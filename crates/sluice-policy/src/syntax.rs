@@ -188,7 +188,12 @@ pub(crate) struct DescriptorSpec {
     pub entries: Spanned<Vec<Spanned<String>>>,
     #[serde(default)]
     pub name: Option<Spanned<String>>,
-    pub rate: RateText,
+    /// The limit; absent only with `unlimited`.
+    #[serde(default)]
+    pub rate: Option<RateText>,
+    /// Never limited: to exempt values that a less specific rule limits.
+    #[serde(default)]
+    pub unlimited: Option<Spanned<bool>>,
     #[serde(default)]
     pub algorithm: Option<Spanned<AlgorithmName>>,
     /// Token bucket only: how many at once (default: the rate's count).

@@ -343,15 +343,18 @@ const ENVOY: &str = "service:\n  name: Edge\nroutes: []\nenvoy:\n  domain: edge\
 #[test]
 fn an_envoy_descriptor_counts_against_the_most_specific_rule_it_matches() {
     let text = format!(
-        "{ENVOY}    - match: [generic_key=uploads, user]\n      rate: 1 per 2m\n      algorithm: fixed_window\n    - match: [generic_key=uploads, user=vip]\n      name: vip-uploads\n      rate: 100 per 2m\n    - match: [remote_address]\n      rate: 10 per 1s\n"
+        "{ENVOY}    - match: [generic_key=uploads, user]\n      rate: 1 per 2m\n      algorithm: fixed_window\n    - match: [generic_key=uploads, user=vip]\n      name: vip-uploads\n      rate: 100 per 2m\n    - match: [remote_address]\n      rate: 10 per 1s\n    - match: [remote_address=10.0.0.9]\n      unlimited: true\n"
     );
     let policy = load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}"));
     let envoy = policy.envoy.as_ref().expect("an envoy section");
     assert_eq!(envoy.domain, "edge");
     let rule = |entries: &[(&str, &str)]| {
-        envoy
-            .rule(entries.iter().copied())
-            .map(|rule| rule.limit.name.clone())
+        envoy.rule(entries.iter().copied()).map(|rule| {
+            rule.limit
+                .as_ref()
+                .map_or("unlimited", |limit| &limit.name)
+                .to_owned()
+        })
     };
     // A fixed value wins over any value, wherever the rule is written.
     assert_eq!(
@@ -373,8 +376,14 @@ fn an_envoy_descriptor_counts_against_the_most_specific_rule_it_matches() {
     let uploads = envoy
         .rule([("generic_key", "uploads"), ("user", "42")].into_iter())
         .expect("a rule");
-    assert_eq!(uploads.limit.counter, "envoy/generic_key=uploads, user");
-    assert_eq!(uploads.limit.rate.count, 1);
+    let limit = uploads.limit.as_ref().expect("a limit");
+    assert_eq!(limit.counter, "envoy/generic_key=uploads, user");
+    assert_eq!(limit.rate.count, 1);
+    // An `unlimited` rule exempts the value it fixes from a less specific rule's limit.
+    assert_eq!(
+        rule(&[("remote_address", "10.0.0.9")]).as_deref(),
+        Some("unlimited")
+    );
 }
 
 #[test]
@@ -391,6 +400,12 @@ fn a_bad_envoy_section_is_located() {
     expect!["policy.yaml:7:15: `=x` is not an entry: write `key` for any value, or `key=value`"]
         .assert_eq(&errors_of(&empty));
     let typo = format!("{ENVOY}    - match: [user]\n      rat: 1 per 1s\n");
-    expect!["policy.yaml:8:7: unknown field `rat`, expected one of match, name, rate, algorithm, burst, count_rejected"]
+    expect!["policy.yaml:8:7: unknown field `rat`, expected one of match, name, rate, unlimited, algorithm, burst, count_rejected"]
         .assert_eq(&errors_of(&typo));
+    let both = format!("{ENVOY}    - match: [user]\n      rate: 1 per 1s\n      unlimited: true\n");
+    expect!["policy.yaml:9:18: descriptor `user` is `unlimited` but also has a rate; choose one"]
+        .assert_eq(&errors_of(&both));
+    let neither = format!("{ENVOY}    - match: [user]\n");
+    expect!["policy.yaml:7:14: descriptor `user` needs a `rate` (like `100 per 1m`), or `unlimited: true`"]
+        .assert_eq(&errors_of(&neither));
 }

@@ -127,6 +127,10 @@ fn header<'r>(response: &'r RateLimitResponse, name: &str) -> &'r str {
 
 #[tokio::test]
 async fn envoy_gets_the_limit_per_site_and_the_policys_429_body() {
+    // This thread's recorder: the test's runtime runs the server on it.
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let metrics = recorder.handle();
+    let _recording = metrics::set_default_local_recorder(&recorder);
     let mut running = start().await;
     let client = &mut running.client;
     for remaining in [1, 0] {
@@ -166,6 +170,15 @@ async fn envoy_gets_the_limit_per_site_and_the_policys_429_body() {
     running.clock.advance(Duration::from_secs(30));
     let next = call(&mut running.client, "pixelpatrol", vec![submit("s1")]).await;
     assert_eq!(next.overall_code(), Code::Ok);
+
+    let rendered = metrics.render();
+    for line in [
+        r#"sluice_envoy_calls_total{outcome="ok"} 4"#,
+        r#"sluice_envoy_calls_total{outcome="over_limit"} 1"#,
+        r#"sluice_limit_denials_total{limit="submit-media"} 1"#,
+    ] {
+        assert!(rendered.contains(line), "{line} in {rendered}");
+    }
 }
 
 #[tokio::test]

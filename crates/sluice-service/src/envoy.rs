@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice_contract::{ErrorCode, Values};
 use sluice_core::{CounterKey, Op, Transition};
-use sluice_policy::DescriptorRule;
+use sluice_policy::LimitRule;
 use sluice_store::CounterStore;
 use smallvec::SmallVec;
 
@@ -76,15 +76,18 @@ impl<S: CounterStore> Service<S> {
             .as_ref()
             .filter(|envoy| envoy.domain == domain);
         // Each descriptor's counter, once: a descriptor sent twice counts twice on one counter.
-        let mut counters: SmallVec<[(&DescriptorRule, CounterKey, u64); 4]> = SmallVec::new();
+        let mut counters: SmallVec<[(&LimitRule, CounterKey, u64); 4]> = SmallVec::new();
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(descriptors.len());
         for descriptor in descriptors {
-            let Some(rule) = rules.and_then(|rules| rules.rule(descriptor.entries.iter().copied()))
+            // No rule, or an `unlimited` one: not limited.
+            let Some(rule) = rules
+                .and_then(|rules| rules.rule(descriptor.entries.iter().copied()))
+                .and_then(|rule| rule.limit.as_ref())
             else {
                 slots.push(None);
                 continue;
             };
-            let key = CounterKey::new(&scope(descriptor), rule.limit.counter.as_bytes());
+            let key = CounterKey::new(&scope(descriptor), rule.counter.as_bytes());
             let cost = descriptor.hits.unwrap_or(hits);
             let slot = match counters.iter().position(|(_, known, _)| *known == key) {
                 Some(slot) => {
@@ -99,6 +102,7 @@ impl<S: CounterStore> Service<S> {
             slots.push(Some(slot));
         }
         if counters.is_empty() {
+            self.meters.envoy("ok");
             return Ok(DescriptorVerdict {
                 statuses: slots.iter().map(|_| None).collect(),
                 headers: HeaderList::new(),
@@ -110,17 +114,22 @@ impl<S: CounterStore> Service<S> {
             .iter()
             .map(|(rule, key, cost)| Transition {
                 key: key.clone(),
-                limit: &rule.limit.limit,
+                limit: &rule.limit,
                 op: Op::Acquire { cost: *cost },
             })
             .collect();
-        let decision = self
-            .apply(&transitions)
-            .await
-            .map_err(|_| StoreUnavailable)?;
+        let Ok(decision) = self.apply(&transitions).await else {
+            self.meters.envoy("unavailable");
+            return Err(StoreUnavailable);
+        };
+        self.meters.envoy(if decision.allowed() {
+            "ok"
+        } else {
+            "over_limit"
+        });
         let counted: SmallVec<[Counted<'_>; 4]> = counters
             .iter()
-            .map(|(rule, _, _)| Counted::Limit(&rule.limit))
+            .map(|(rule, _, _)| Counted::Limit(rule))
             .collect();
         let headers = self.headers(&counted, &decision, None);
         let statuses = slots
@@ -131,16 +140,16 @@ impl<S: CounterStore> Service<S> {
                 let status = decision.limits().get(slot)?;
                 Some(DescriptorStatus {
                     over_limit: status.denied(),
-                    name: rule.limit.name.clone(),
-                    limit: rule.limit.rate.count,
-                    period: rule.limit.rate.span,
+                    name: rule.name.clone(),
+                    limit: rule.rate.count,
+                    period: rule.rate.span,
                     remaining: status.remaining(),
                     reset_after: until(status, &decision),
                 })
             })
             .collect();
         let rejection = decision.denied_by().map(|index| {
-            let rule = counters.get(index).map(|(rule, _, _)| &rule.limit);
+            let rule = counters.get(index).map(|(rule, _, _)| *rule);
             if let Some(rule) = rule {
                 self.meters.denied_by(&rule.name);
             }

@@ -79,6 +79,12 @@ impl Meters {
         metrics::counter!("sluice_hold_renewals_total", "outcome" => outcome).increment(1);
     }
 
+    /// Counts one call of Envoy's rate limit service by its answer
+    /// (`sluice_envoy_calls_total{outcome="ok"|"over_limit"|"unavailable"}`).
+    pub(crate) fn envoy(&self, outcome: &'static str) {
+        metrics::counter!("sluice_envoy_calls_total", "outcome" => outcome).increment(1);
+    }
+
     /// Counts a denial by the limit or quota `name`.
     pub(crate) fn denied_by(&self, name: &str) {
         metrics::counter!("sluice_limit_denials_total", "limit" => name.to_owned()).increment(1);

@@ -27,6 +27,8 @@ envoy:
       name: uploads
       rate: 2 per 1m
       algorithm: fixed_window
+    - match: [generic_key=uploads, user=ci]
+      unlimited: true
     - match: [remote_address]
       rate: 100 per 1s
 "#;
@@ -177,5 +179,12 @@ async fn what_no_rule_names_is_not_limited() {
             .await
             .expect("decided");
         assert_eq!(elsewhere.statuses, [None]);
+        // An `unlimited` rule exempts the value it fixes from the limit on every other one.
+        let exempt = service
+            .check_descriptors("edge", &[upload("ci")], 1)
+            .await
+            .expect("decided");
+        assert_eq!(exempt.statuses, [None]);
+        assert!(exempt.rejection.is_none());
     }
 }
