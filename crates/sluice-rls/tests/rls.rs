@@ -268,3 +268,63 @@ async fn a_reloaded_policy_decides_the_next_call_over_the_same_counters() {
         .expect("running");
     running.server.await.expect("joined").expect("clean stop");
 }
+
+#[tokio::test]
+async fn a_redis_that_goes_away_is_unavailable_to_envoy_until_it_is_back() {
+    let mut redis = sluice_test_support::RedisServer::start();
+    let target = sluice_store::RedisTarget::parse(&redis.url()).expect("a Redis URL");
+    let store = sluice_store::RedisStore::connect(&target, &Default::default())
+        .await
+        .expect("the store connects");
+    let policy = Arc::new(sluice_policy::load("policy.yaml", POLICY).expect("valid"));
+    let services = Arc::new(LiveService::new(Arc::new(Service::new(
+        policy,
+        store,
+        KeyRing::default(),
+    ))));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let address = listener.local_addr().expect("an address");
+    tokio::spawn(Rls::new(services).serve(listener, std::future::pending()));
+    let mut client = RateLimitServiceClient::connect(format!("http://{address}"))
+        .await
+        .expect("connects");
+    let answer = call(&mut client, "pixelpatrol", vec![submit("s1")]).await;
+    assert_eq!(answer.overall_code(), Code::Ok);
+
+    redis.kill();
+    let gone = client
+        .should_rate_limit(RateLimitRequest {
+            domain: "pixelpatrol".into(),
+            descriptors: vec![submit("s1")],
+            hits_addend: 0,
+        })
+        .await
+        .expect_err("no store, no answer");
+    // Envoy's failure_mode_deny decides what the client gets.
+    assert_eq!(gone.code(), tonic::Code::Unavailable);
+
+    // Back on the same port: served again once the store reconnects (10 s at most).
+    redis.restart();
+    for attempt in 0.. {
+        let answer = client
+            .should_rate_limit(RateLimitRequest {
+                domain: "pixelpatrol".into(),
+                descriptors: vec![submit("s2")],
+                hits_addend: 0,
+            })
+            .await;
+        match answer {
+            Ok(answer) => {
+                assert_eq!(answer.into_inner().overall_code(), Code::Ok);
+                break;
+            }
+            Err(status) if attempt < 100 => {
+                assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(status) => panic!("still unavailable after 10 s: {status}"),
+        }
+    }
+}
