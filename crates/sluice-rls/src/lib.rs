@@ -2,10 +2,11 @@
 //! a drop-in for envoyproxy/ratelimit behind Envoy's or Istio's rate limit filter.
 //!
 //! This crate only translates: a `ShouldRateLimit` call becomes one
-//! [`Service::check_descriptors`] over the policy's `envoy:` rules, and its verdict becomes
-//! Envoy's answer: a status per descriptor, the policy's rate-limit headers for the client's
-//! response, and, when over the limit, the policy's error body (`raw_body`) with its content
-//! type, so the 429 Envoy sends is the same one the gateway would send.
+//! [`check_descriptors`](sluice_service::Service::check_descriptors) over the policy's `envoy:`
+//! rules, and its verdict becomes Envoy's answer: a status per descriptor, the policy's
+//! rate-limit headers for the client's response, and, when over the limit, the policy's error
+//! body (`raw_body`) with its content type, so the 429 Envoy sends is the same one the gateway
+//! would send.
 //!
 //! A store that cannot answer is a gRPC `UNAVAILABLE`: Envoy's `failure_mode_deny` then decides
 //! whether the request passes.
