@@ -29,6 +29,11 @@ use proto::rate_limit_response::{Code, DescriptorStatus as WireStatus, RateLimit
 use proto::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use proto::{HeaderValue, RateLimitRequest, RateLimitResponse};
 
+/// The most descriptors one call may carry. Envoy sends one per rate limit action list of the
+/// route, a handful; the bound keeps a call's single store call, and the work of telling its
+/// descriptors apart, small.
+pub const MAX_DESCRIPTORS: usize = 64;
+
 /// The rate limit service over the policy in force.
 pub struct Rls<S> {
     services: Arc<LiveService<S>>,
@@ -78,6 +83,12 @@ where
         let request = request.into_inner();
         if request.descriptors.is_empty() {
             return Err(Status::invalid_argument("no descriptors in the request"));
+        }
+        if request.descriptors.len() > MAX_DESCRIPTORS {
+            return Err(Status::invalid_argument(format!(
+                "{} descriptors in one request; at most {MAX_DESCRIPTORS} are decided together",
+                request.descriptors.len()
+            )));
         }
         let descriptors: Vec<Descriptor<'_>> = request
             .descriptors

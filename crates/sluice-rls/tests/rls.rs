@@ -240,6 +240,19 @@ async fn unknown_descriptors_and_domains_pass_and_hits_add_up() {
         .await
         .expect_err("refused");
     assert_eq!(empty.code(), tonic::Code::InvalidArgument);
+    let many = client
+        .should_rate_limit(RateLimitRequest {
+            domain: "pixelpatrol".into(),
+            descriptors: vec![submit("s9"); sluice_rls::MAX_DESCRIPTORS + 1],
+            hits_addend: 0,
+        })
+        .await
+        .expect_err("refused");
+    assert_eq!(many.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        many.message(),
+        "65 descriptors in one request; at most 64 are decided together"
+    );
 }
 
 #[tokio::test]
