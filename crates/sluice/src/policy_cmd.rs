@@ -33,8 +33,16 @@ pub(crate) fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
     let Some(policy) = load(args)? else {
         return Ok(ExitCode::FAILURE);
     };
+    let envoy = policy.envoy.as_ref().map_or_else(String::new, |envoy| {
+        let rules = envoy.descriptors.len();
+        let plural = if rules == 1 { "" } else { "s" };
+        format!(
+            ", {rules} Envoy descriptor rule{plural} for domain `{}`",
+            envoy.domain
+        )
+    });
     println!(
-        "{}: ok ({} routes, {} plans)",
+        "{}: ok ({} routes, {} plans{envoy})",
         args.policy.display(),
         policy.routes.len(),
         policy.plans.len()

@@ -94,3 +94,23 @@ async fn envoy_asks_the_server_and_gets_the_policys_answer() {
     server.signal("TERM");
     assert!(server.exited().await.success());
 }
+
+#[test]
+fn the_checker_counts_the_envoy_rules() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("written");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&policy)
+        .output()
+        .expect("runs");
+    assert!(output.status.success());
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.ends_with(
+            ": ok (0 routes, 0 plans, 1 Envoy descriptor rule for domain `streampixel`)\n"
+        ),
+        "{said}"
+    );
+}
