@@ -139,8 +139,9 @@ fn the_wall_clock_is_read_only_in_the_clock_module() {
         path == "crates/sluice-core/src/clock.rs"
             // The client SDK knows only the wire contract, so it has its own door for time.
             || path == "crates/sluice-client/src/clock.rs"
-            // Benchmarks measure elapsed time; they decide nothing with it.
+            // Benchmarks and load generators measure elapsed time; they decide nothing with it.
             || path.contains("/benches/")
+            || path.contains("/examples/")
             // The gateway's connection and upstream timeouts read tokio's monotonic clock when a
             // timer is armed and once a tick, as tokio's own timers would; no decision depends
             // on it.
