@@ -184,13 +184,6 @@ impl EnvoyRules {
     }
 }
 
-impl DescriptorRule {
-    /// As written in the policy: `generic_key=uploads, user`.
-    pub fn describe(&self) -> String {
-        describe_entries(&self.entries)
-    }
-}
-
 fn describe_entries(entries: &[EntryMatch]) -> String {
     entries
         .iter()
@@ -476,10 +469,14 @@ struct Compiler<'a> {
 
 impl Compiler<'_> {
     fn error<T>(&mut self, at: &Spanned<T>, message: String) {
+        self.error_at(&at.referenced, message);
+    }
+
+    fn error_at(&mut self, at: &serde_saphyr::Location, message: String) {
         self.errors.push(PolicyError {
             file: self.file.to_owned(),
-            line: at.referenced.line(),
-            column: at.referenced.column(),
+            line: at.line(),
+            column: at.column(),
             message,
         });
     }
@@ -638,12 +635,7 @@ fn compile_envoy(compiler: &mut Compiler<'_>, spec: &EnvoySpec) -> EnvoyRules {
                 .name
                 .as_ref()
                 .map_or(&descriptor.entries.referenced, |n| &n.referenced);
-            compiler.errors.push(PolicyError {
-                file: compiler.file.to_owned(),
-                line: at.line(),
-                column: at.column(),
-                message: format!("two descriptors are named `{name}`"),
-            });
+            compiler.error_at(at, format!("two descriptors are named `{name}`"));
             continue;
         }
         let algorithm = descriptor

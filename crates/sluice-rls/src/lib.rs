@@ -121,8 +121,7 @@ where
         };
         if let Some(rejection) = verdict.rejection {
             response.overall_code = Code::OverLimit.into();
-            // The rejection's headers are the verdict's, with Retry-After; and the body's type.
-            response.response_headers_to_add = wire_headers(&rejection.headers);
+            // The verdict's headers (with Retry-After) are the rejection's; the body's type too.
             response.response_headers_to_add.push(HeaderValue {
                 key: http::header::CONTENT_TYPE.as_str().to_owned(),
                 value: rejection.content_type.to_owned(),
