@@ -30,7 +30,7 @@ impl Retry {
 }
 
 /// `Option<Retry>` in one word, so a status is 32 bytes and a decision stays small enough to
-/// return by value cheaply. `After` durations are whole nanoseconds below `ON_RELEASE`.
+/// return by value cheaply. `After` durations are whole nanoseconds below `SHADOWED`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct RetryCode(u64);
 
@@ -38,6 +38,8 @@ impl RetryCode {
     const NONE: u64 = u64::MAX;
     const NEVER: u64 = u64::MAX - 1;
     const ON_RELEASE: u64 = u64::MAX - 2;
+    /// No retry: the limit is in shadow mode and would have denied.
+    const SHADOWED: u64 = u64::MAX - 3;
 
     pub(crate) fn new(retry: Option<Retry>) -> RetryCode {
         RetryCode(match retry {
@@ -46,13 +48,18 @@ impl RetryCode {
             Some(Retry::OnRelease) => RetryCode::ON_RELEASE,
             Some(Retry::After(wait)) => u64::try_from(wait.as_nanos())
                 .unwrap_or(u64::MAX)
-                .min(RetryCode::ON_RELEASE.saturating_sub(1)),
+                .min(RetryCode::SHADOWED.saturating_sub(1)),
         })
+    }
+
+    /// The code of a shadow limit that would have denied.
+    pub(crate) const fn shadowed() -> RetryCode {
+        RetryCode(RetryCode::SHADOWED)
     }
 
     fn get(self) -> Option<Retry> {
         match self.0 {
-            RetryCode::NONE => None,
+            RetryCode::NONE | RetryCode::SHADOWED => None,
             RetryCode::NEVER => Some(Retry::Never),
             RetryCode::ON_RELEASE => Some(Retry::OnRelease),
             nanos => Some(Retry::After(Duration::from_nanos(nanos))),
@@ -105,7 +112,13 @@ impl LimitStatus {
 
     /// Whether this limit denied the request.
     pub fn denied(&self) -> bool {
-        self.retry.0 != RetryCode::NONE
+        !matches!(self.retry.0, RetryCode::NONE | RetryCode::SHADOWED)
+    }
+
+    /// Whether this limit, in shadow mode, would have denied the request (the request was
+    /// admitted or refused by the other limits alone).
+    pub fn would_deny(&self) -> bool {
+        self.retry.0 == RetryCode::SHADOWED
     }
 }
 

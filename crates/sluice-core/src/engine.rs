@@ -65,6 +65,8 @@ pub struct Transition<'a> {
 /// the store has none). The request is admitted only if every limit admits it; then every state is
 /// replaced by its next value. A denied request leaves every state exactly as it was, except
 /// those of limits that count rejected requests: they count every attempt that reaches them.
+/// A limit in shadow mode ([`Limit::in_shadow`]) has no say: one that would deny the request
+/// moves as it would had it denied it, and its status says so ([`LimitStatus::would_deny`]).
 /// Extra elements of the longer slice are ignored.
 pub fn decide(
     now: Timestamp,
@@ -81,9 +83,27 @@ pub fn decide(
 /// Which limits of a request deny it, as [`step_all`] found them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Denials {
-    /// `denied[i]`: whether `transitions[i]`'s limit stands in the request's way; empty when the
-    /// request is admitted.
+    /// `denied[i]`: whether `transitions[i]`'s limit stands in the request's way (would, for a
+    /// limit in shadow mode); empty when none does.
     denied: SmallVec<[bool; 4]>,
+}
+
+/// What [`step`] found for a request touching one counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// The limit admits the request.
+    Admitted,
+    /// The limit denies the request.
+    Denied,
+    /// The limit, in shadow mode, would deny the request, which is admitted all the same.
+    Shadowed,
+}
+
+impl Step {
+    /// Whether the request is admitted.
+    pub fn admitted(self) -> bool {
+        self != Step::Denied
+    }
 }
 
 /// The first half of [`decide`] for a request touching any number of counters: moves every state
@@ -100,17 +120,37 @@ pub fn step_all(
     let stored: SmallVec<[CounterState; 4]> = SmallVec::from_slice(states);
     // Admitted, as nearly every request is: each state moves on as its limit says.
     let mut allowed = true;
+    let mut shadowed = false;
     for (transition, state) in transitions.iter().zip(states.iter_mut()) {
         let outcome = evaluate(transition.limit, transition.op, *state, now);
-        allowed &= outcome.admits;
-        *state = outcome.admitted;
+        if outcome.admits || !transition.limit.is_shadow() {
+            allowed &= outcome.admits;
+            *state = outcome.admitted;
+        } else {
+            // A shadow limit that would deny: it moves as if it had, and the request goes on.
+            shadowed = true;
+            *state = outcome.rejected.unwrap_or(*state);
+        }
     }
-    if allowed {
+    if allowed && !shadowed {
         return Denials {
             denied: SmallVec::new(),
         };
     }
-    // Denied: every state as it was, except those of limits that count rejected requests.
+    if allowed {
+        // Admitted, though some shadow limits would have denied: which ones.
+        let denied = transitions
+            .iter()
+            .zip(stored)
+            .map(|(transition, stored)| {
+                transition.limit.is_shadow()
+                    && !evaluate(transition.limit, transition.op, stored, now).admits
+            })
+            .collect();
+        return Denials { denied };
+    }
+    // Denied: every state as it was, except those of limits that count rejected requests. A
+    // shadow limit is flagged as any other; `conclude_all` reports it as one that would deny.
     let denied = transitions
         .iter()
         .zip(states.iter_mut())
@@ -143,13 +183,16 @@ pub fn conclude_all(
     let mut denied_by: Option<(usize, Retry)> = None;
     for (index, (transition, state)) in transitions.iter().zip(states).enumerate() {
         let denied = denials.denied.get(index).copied().unwrap_or(false);
-        let status = report(
+        let mut status = report(
             transition.limit,
             transition.op,
             live(*state, now),
             now,
             denied,
         );
+        if denied && transition.limit.is_shadow() {
+            status.retry = RetryCode::shadowed();
+        }
         if let Some(retry) = status.retry() {
             denied_by = match denied_by {
                 Some((_, worst)) if retry.max(worst) == worst => denied_by,
@@ -168,20 +211,21 @@ pub fn conclude_all(
 /// `decide` for a request touching one counter, the most common shape, without the bookkeeping
 /// that several counters need.
 fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Decision {
-    let admitted = step(now, transition, state);
-    conclude(now, transition, state, admitted)
+    let step = step(now, transition, state);
+    conclude(now, transition, state, step)
 }
 
 /// The first half of [`decide`] for a request touching one counter: moves the counter's state
 /// exactly as `decide` would, and says whether the request is admitted. A store runs this while
 /// it holds the counter and [`conclude`] after letting go, so the counter is held only for the
 /// arithmetic that changes it.
-pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> bool {
+pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Step {
     let limit = transition.limit;
     if let (Algorithm::TokenBucket { .. }, Op::Acquire { cost }) =
         (limit.algorithm(), transition.op)
         && limit.capacity() > 0
         && !limit.counts_rejected()
+        && !limit.is_shadow()
     {
         // The commonest step of all, straight: `token_bucket` without the denied future.
         let cells = limit.cells();
@@ -200,16 +244,23 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
                 aux: next.part,
                 expires_at: Timestamp::from_nanos(next.ceil()),
             };
+            return Step::Admitted;
         }
-        return admits;
+        return Step::Denied;
     }
     let outcome = evaluate(limit, transition.op, *state, now);
     if outcome.admits {
         *state = outcome.admitted;
-    } else if let Some(rejected) = outcome.rejected {
+        return Step::Admitted;
+    }
+    if let Some(rejected) = outcome.rejected {
         *state = rejected;
     }
-    outcome.admits
+    if limit.is_shadow() {
+        Step::Shadowed
+    } else {
+        Step::Denied
+    }
 }
 
 /// The second half of [`decide`] for a request touching one counter: the decision, from the
@@ -218,21 +269,24 @@ pub fn conclude(
     now: Timestamp,
     transition: &Transition<'_>,
     state: &CounterState,
-    admitted: bool,
+    step: Step,
 ) -> Decision {
-    let status = report(
+    let mut status = report(
         transition.limit,
         transition.op,
         live(*state, now),
         now,
-        !admitted,
+        step != Step::Admitted,
     );
+    if step == Step::Shadowed {
+        status.retry = RetryCode::shadowed();
+    }
     let mut limits = SmallVec::new();
     limits.push(status);
     Decision {
         now,
         limits,
-        denied_by: (!admitted).then_some(0),
+        denied_by: (step == Step::Denied).then_some(0),
     }
 }
 

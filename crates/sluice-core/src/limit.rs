@@ -84,6 +84,8 @@ pub struct Limit {
     period: Period,
     /// Invariant: never true for `Concurrency`.
     count_rejected: bool,
+    /// Invariant: never true for `Concurrency`, nor with blocks.
+    shadow: bool,
     /// Units a gateway takes from a shared store at once and spends locally; 0 counts every
     /// request in the store. Invariant: 0, or 2..=capacity (and ..=burst) on a fixed window or
     /// a token bucket that does not count rejected requests.
@@ -145,6 +147,7 @@ impl Limit {
             cells: Cells::new(capacity, span, burst),
             period,
             count_rejected: false,
+            shadow: false,
             block: 0,
         })
     }
@@ -165,6 +168,29 @@ impl Limit {
         })
     }
 
+    /// This limit in shadow mode (a dry run): it counts as it would if enforced, and a decision
+    /// reports when it would have denied a request ([`LimitStatus::would_deny`]), but it never
+    /// denies one itself. A request it would have denied takes nothing from it (unless it
+    /// counts rejected requests), as if it had been refused; one another limit denies takes
+    /// nothing either. A way to watch a new limit against real traffic before enforcing it.
+    ///
+    /// Not available for concurrency limits, whose slots are given back when a request ends
+    /// whether or not they were taken, nor with blocks.
+    ///
+    /// [`LimitStatus::would_deny`]: crate::LimitStatus::would_deny
+    pub fn in_shadow(self) -> Result<Limit, LimitError> {
+        if self.algorithm == Algorithm::Concurrency {
+            return Err(LimitError::ShadowConcurrency);
+        }
+        if self.block > 0 {
+            return Err(LimitError::Block(self.block));
+        }
+        Ok(Limit {
+            shadow: true,
+            ..self
+        })
+    }
+
     /// This limit, approximated for a very hot key: a gateway sharing its counters through a
     /// store (Redis) takes `block` units at once and spends them locally, calling the store
     /// about once per block instead of once per request.
@@ -177,15 +203,15 @@ impl Limit {
     /// gateway refused a block refuses locally until one could be taken: the fleet may refuse
     /// up to `block − 1` units per gateway that the exact limit would have admitted.
     ///
-    /// For fixed windows and token buckets that do not count rejected requests, with `block`
-    /// between 2 and the capacity (and the burst).
+    /// For fixed windows and token buckets that do not count rejected requests and are not in
+    /// shadow mode, with `block` between 2 and the capacity (and the burst).
     pub fn in_blocks(self, block: u64) -> Result<Limit, LimitError> {
         let most = match self.algorithm {
             Algorithm::FixedWindow => self.capacity,
             Algorithm::TokenBucket { burst } => self.capacity.min(burst),
             Algorithm::SlidingWindow | Algorithm::Concurrency => 0,
         };
-        if block < 2 || block > most || self.count_rejected {
+        if block < 2 || block > most || self.count_rejected || self.shadow {
             return Err(LimitError::Block(block));
         }
         Ok(Limit { block, ..self })
@@ -252,6 +278,11 @@ impl Limit {
         self.count_rejected
     }
 
+    /// Whether the limit is in shadow mode: counted and reported, never enforced.
+    pub fn is_shadow(&self) -> bool {
+        self.shadow
+    }
+
     /// This limit's share for one of `parts` instances counting apart: capacity (and burst)
     /// divided by `parts`, rounded down, so that the parts together never admit more than the
     /// whole. `None` when a share would be zero: the limit is too small to divide.
@@ -273,6 +304,7 @@ impl Limit {
         let limit = Limit::new(algorithm, capacity, self.period.clone()).ok()?;
         Some(Limit {
             count_rejected: self.count_rejected,
+            shadow: self.shadow,
             ..limit
         })
     }
@@ -313,6 +345,8 @@ pub enum LimitError {
     TimeZone(String),
     /// `counting_rejected` on a concurrency limit.
     CountRejectedConcurrency,
+    /// `in_shadow` on a concurrency limit.
+    ShadowConcurrency,
     /// Blocks on a limit that cannot take them, or of a size outside 2..=capacity (and burst).
     Block(u64),
 }
@@ -340,10 +374,14 @@ impl fmt::Display for LimitError {
             LimitError::CountRejectedConcurrency => {
                 write!(f, "a concurrency limit cannot count rejected requests")
             }
+            LimitError::ShadowConcurrency => {
+                write!(f, "a concurrency limit cannot run in shadow mode")
+            }
             LimitError::Block(block) => write!(
                 f,
                 "a block of {block} needs a fixed window or a token bucket that does not count \
-                 rejected requests, and a block between 2 and its capacity (and burst)"
+                 rejected requests and is not in shadow mode, and a block between 2 and its \
+                 capacity (and burst)"
             ),
         }
     }

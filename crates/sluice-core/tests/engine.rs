@@ -179,6 +179,63 @@ fn a_denied_request_consumes_nothing_from_the_limits_that_admitted_it() {
 }
 
 #[test]
+fn a_shadow_limit_reports_what_it_would_deny_and_denies_nothing() {
+    let trial = Limit::fixed_window(2, Period::Span(60_000_000_000))
+        .unwrap()
+        .in_shadow()
+        .unwrap();
+    let enforced = Limit::fixed_window(3, Period::Span(60_000_000_000)).unwrap();
+    let mut client = Client::new(&[&trial, &enforced]);
+    for remaining in [1, 0] {
+        let decision = client.request(t0(), 1);
+        assert!(decision.allowed());
+        assert_eq!(decision.limits()[0].remaining(), remaining);
+        assert!(!decision.limits()[0].would_deny());
+    }
+    // Over the shadow limit: admitted, counted by the enforced limit only, and reported.
+    let over = client.request(t0(), 1);
+    assert!(over.allowed());
+    assert_eq!(over.denied_by(), None);
+    assert_eq!(over.retry(), None);
+    assert!(over.limits()[0].would_deny());
+    assert!(!over.limits()[0].denied());
+    assert_eq!(over.limits()[0].remaining(), 0);
+    assert_eq!(over.limits()[1].remaining(), 0);
+    assert_eq!(client.states[0].value, 2);
+    // Denied by the enforced limit, the shadow limit's verdict still shows.
+    let denied = client.request(t0(), 1);
+    assert_eq!(denied.denied_by(), Some(1));
+    assert!(denied.limits()[0].would_deny());
+    assert_eq!(denied.retry(), after(Duration::from_millis(29_750)));
+
+    // Alone, it never denies either.
+    let mut alone = Client::new(&[&trial]);
+    assert!(alone.request(t0(), 2).allowed());
+    let over = alone.request(t0(), 1);
+    assert!(over.allowed());
+    assert!(over.limits()[0].would_deny());
+    assert_eq!(alone.states[0].value, 2);
+}
+
+#[test]
+fn shadow_mode_is_refused_where_it_cannot_be_honest() {
+    let concurrency = Limit::concurrency(2, MINUTE).unwrap();
+    assert_eq!(concurrency.in_shadow(), Err(LimitError::ShadowConcurrency));
+    let blocks = Limit::fixed_window(100, Period::Span(60_000_000_000))
+        .unwrap()
+        .in_blocks(10)
+        .unwrap();
+    assert_eq!(blocks.in_shadow(), Err(LimitError::Block(10)));
+    let shadow = Limit::fixed_window(100, Period::Span(60_000_000_000))
+        .unwrap()
+        .in_shadow()
+        .unwrap();
+    assert!(shadow.is_shadow());
+    assert_eq!(shadow.clone().in_blocks(10), Err(LimitError::Block(10)));
+    assert!(shadow.divided(2).unwrap().is_shadow());
+}
+
+#[test]
 fn the_longest_wait_decides_which_limit_denied() {
     let short = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
     let long = Limit::token_bucket(1, 2 * MINUTE, 1).unwrap();

@@ -293,8 +293,10 @@ proptest! {
         now in prop_oneof![START..START + 4_000_000_000, any::<u64>()],
         cost in prop_oneof![0u64..=13, any::<u64>()],
         counting in any::<bool>(),
+        shadow in any::<bool>(),
     ) {
         let limit = limit_of(algorithm, capacity, span, burst, counting);
+        let limit = if shadow && algorithm != 3 { limit.in_shadow().unwrap() } else { limit };
         let companion = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
         let stored = stored(state);
         let now = Timestamp::from_nanos(now);
@@ -315,6 +317,60 @@ proptest! {
         prop_assert_eq!(decision.limits()[0], general.limits()[0]);
         prop_assert_eq!(decision.denied_by(), general.denied_by());
         prop_assert_eq!(alone[0], together[0]);
+    }
+
+    /// A limit in shadow mode never changes the answer, the other limits decide as they would
+    /// without it, and it counts as if it were enforced: alone when the request is admitted,
+    /// as every limit enforced would when another limit denies it.
+    #[test]
+    fn a_shadow_limit_counts_as_if_enforced_and_never_decides(
+        limits in prop::collection::vec(a_limit(true), 1..5),
+        shadows in prop::collection::vec(any::<bool>(), 4),
+        steps in steps(80),
+    ) {
+        let mixed: Vec<Limit> = limits
+            .iter()
+            .zip(&shadows)
+            .map(|(limit, &shadow)| {
+                if shadow && limit.algorithm() != Algorithm::Concurrency {
+                    limit.clone().in_shadow().unwrap()
+                } else {
+                    limit.clone()
+                }
+            })
+            .collect();
+        let enforced: Vec<usize> = (0..mixed.len()).filter(|&i| !mixed[i].is_shadow()).collect();
+        let enforced_limits: Vec<Limit> = enforced.iter().map(|&i| limits[i].clone()).collect();
+        let span = span_of(&limits[0]);
+        let mut states = vec![CounterState::EMPTY; limits.len()];
+        let mut now = START;
+        for step in steps {
+            now += span / 1_000 * step.advance_permille;
+            let at = Timestamp::from_nanos(now);
+            let before = states.clone();
+            let decision = acquire(&mixed, &mut states, at, step.cost);
+
+            let mut without: Vec<CounterState> = enforced.iter().map(|&i| before[i]).collect();
+            let alone = acquire(&enforced_limits, &mut without, at, step.cost);
+            prop_assert_eq!(decision.allowed(), alone.allowed());
+            for (j, &i) in enforced.iter().enumerate() {
+                prop_assert_eq!(states[i], without[j]);
+                prop_assert_eq!(decision.limits()[i], alone.limits()[j]);
+            }
+            let mut all = before.clone();
+            acquire(&limits, &mut all, at, step.cost);
+            for (i, limit) in mixed.iter().enumerate().filter(|(_, limit)| limit.is_shadow()) {
+                prop_assert!(!decision.limits()[i].denied());
+                if decision.allowed() {
+                    let mut one = [before[i]];
+                    let own = acquire(&limits[i..=i], &mut one, at, step.cost);
+                    prop_assert_eq!(states[i], one[0], "{:?}", limit);
+                    prop_assert_eq!(decision.limits()[i].would_deny(), !own.allowed());
+                } else {
+                    prop_assert_eq!(states[i], all[i], "{:?}", limit);
+                }
+            }
+        }
     }
 
     /// Whatever a store hands back and whatever a request asks, a decision is made.

@@ -334,7 +334,7 @@ fn a_limit_counted_in_blocks_is_read_and_a_block_it_cannot_take_is_located() {
     let sliding = format!(
         "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 10 per 1s\n        per: global\n        algorithm: sliding_window\n        block: 5\n"
     );
-    expect!["policy.yaml:11:16: invalid limit `limit-0`: a block of 5 needs a fixed window or a token bucket that does not count rejected requests, and a block between 2 and its capacity (and burst)"]
+    expect!["policy.yaml:11:16: invalid limit `limit-0`: a block of 5 needs a fixed window or a token bucket that does not count rejected requests and is not in shadow mode, and a block between 2 and its capacity (and burst)"]
         .assert_eq(&errors_of(&sliding));
 }
 

@@ -71,6 +71,7 @@ macro_rules! store_conformance {
             counters_are_independent,
             a_denied_request_changes_no_counter,
             limits_that_count_rejections_count_them,
+            shadow_limits_count_and_never_deny,
             releases_give_capacity_back,
             a_hold_never_released_is_dropped,
             a_renewed_hold_keeps_counting,
@@ -210,6 +211,56 @@ pub async fn limits_that_count_rejections_count_them<S: CounterStore + 'static>(
     let next_window = subject.acquire(&counter, &limit, 1).await;
     assert!(next_window.allowed());
     assert_eq!(next_window.limits()[0].remaining(), 1);
+}
+
+/// A limit in shadow mode counts what it admits and reports what it would deny, and never denies:
+/// alone, beside an enforced limit of another scope (a Redis Cluster decides the two apart),
+/// and when that limit denies (it then keeps nothing, and gives back nothing it did not take).
+pub async fn shadow_limits_count_and_never_deny<S: CounterStore + 'static>(subject: &Subject<S>) {
+    let shadow = per_second(2).in_shadow().expect("a valid limit");
+    let enforced = per_second(3);
+    let user = key("user:1", "uploads");
+    let route = key("route:uploads", "all");
+    let request = [acquire(&user, &shadow, 1), acquire(&route, &enforced, 1)];
+    for remaining in [1, 0] {
+        let decision = subject.apply(&request).await;
+        assert!(decision.allowed());
+        assert_eq!(decision.limits()[0].remaining(), remaining);
+        assert!(!decision.limits()[0].would_deny());
+    }
+    let over = subject.apply(&request).await;
+    assert!(over.allowed());
+    assert_eq!(over.denied_by(), None);
+    assert!(over.limits()[0].would_deny());
+    assert_eq!(over.limits()[1].remaining(), 0);
+    let denied = subject.apply(&request).await;
+    assert_eq!(denied.denied_by(), Some(1));
+    assert!(denied.limits()[0].would_deny());
+    let left = subject.acquire(&user, &shadow, 0).await;
+    assert_eq!(left.limits()[0].remaining(), 0);
+    assert!(!left.limits()[0].would_deny());
+
+    subject.clock.advance(Duration::from_secs(1));
+    // Denied by a limit it could never pass: the shadow limit, which had room, keeps nothing.
+    let never = per_second(1);
+    let other = key("route:other", "all");
+    let refused = subject
+        .apply(&[acquire(&user, &shadow, 1), acquire(&other, &never, 2)])
+        .await;
+    assert_eq!(refused.denied_by(), Some(1));
+    assert!(!refused.limits()[0].would_deny());
+    let left = subject.acquire(&user, &shadow, 0).await;
+    assert_eq!(left.limits()[0].remaining(), 2);
+
+    // Alone, over its limit: admitted, reported, not counted.
+    assert!(subject.acquire(&user, &shadow, 2).await.allowed());
+    let alone = subject.acquire(&user, &shadow, 1).await;
+    assert!(alone.allowed());
+    assert!(alone.limits()[0].would_deny());
+    assert_eq!(alone.limits()[0].remaining(), 0);
+    subject.clock.advance(Duration::from_millis(750));
+    let next = subject.acquire(&user, &shadow, 1).await;
+    assert_eq!(next.limits()[0].remaining(), 1);
 }
 
 /// Released units can be acquired again; a concurrency limit frees its slot.
@@ -463,6 +514,17 @@ pub async fn decisions_match_the_engine<S: CounterStore + 'static>(subject: &Sub
         Limit::token_bucket(1, Duration::from_secs(120), 1)
             .expect("a valid limit")
             .counting_rejected()
+            .expect("a valid limit"),
+        Limit::token_bucket(2, Duration::from_secs(1), 2)
+            .expect("a valid limit")
+            .in_shadow()
+            .expect("a valid limit"),
+        per_second(3)
+            .counting_rejected()
+            .and_then(Limit::in_shadow)
+            .expect("a valid limit"),
+        Limit::sliding_window(4, Duration::from_secs(2))
+            .and_then(Limit::in_shadow)
             .expect("a valid limit"),
     ];
     let scopes = ["user:1", "user:2", "site:x"];

@@ -21,7 +21,7 @@
 --   that sent its own (requests of one limit repeat them; Redis parses each value it gets):
 --   algorithm ('f' fixed, 's' sliding, 'g' token bucket, 'c' concurrency),
 --   op ('a' acquire, 'r' release, 'n' renew, 'x' reset), cost, capacity, counts rejected
---   ('1'/'0'),
+--   and shadow mode ('0' neither, '1' counts rejected, 's' shadow, 'S' both),
 --   and per algorithm:
 --   f: window index, window start, window end, next window's index, next window's end,
 --      the acquiring request's window index (release, renew)
@@ -391,7 +391,7 @@ local function build()
   local function evaluate(raw, now, b)
     local algorithm, op = ARGV[b - 4], ARGV[b - 3]
     local cost, capacity = tonumber(ARGV[b - 2]), tonumber(ARGV[b - 1])
-    local rejected = ARGV[b] == '1'
+    local rejected = ARGV[b] == '1' or ARGV[b] == 'S'
     local bucket = algorithm == 'g'
     if capacity == 0 then
       -- Nothing is ever admitted and nothing is ever counted.
@@ -451,7 +451,13 @@ local function build()
       end
       outcomes[i] = outcome
       if not outcome[1] then
-        allowed = false
+        local mode = ARGV[bases[i] + 4]
+        if mode == 's' or mode == 'S' then
+          -- A shadow limit that would deny moves as if it had, and the request goes on.
+          outcomes[i] = {true, outcome[3], outcome[3]}
+        else
+          allowed = false
+        end
       end
     end
     for i = 1, count do

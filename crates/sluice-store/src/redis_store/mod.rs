@@ -826,13 +826,25 @@ impl RedisStore {
             let part = part(transitions, step);
             let reply = self.call(&part, now, allowed).await?;
             now = Some(reply.now);
-            for (&index, state) in step.iter().zip(reply.states) {
+            for (&index, state) in step.iter().zip(&reply.states) {
                 if let Some(slot) = states.get_mut(index) {
-                    *slot = state;
+                    *slot = *state;
                 }
             }
             if allowed && reply.admitted {
-                taken.extend(part);
+                if part.iter().any(|transition| transition.limit.is_shadow()) {
+                    // A shadow limit that would have denied took nothing to give back.
+                    let mut moved = reply.states;
+                    let decision = decide(reply.now, &part, &mut moved);
+                    taken.extend(
+                        part.into_iter()
+                            .zip(decision.limits())
+                            .filter(|(_, status)| !status.would_deny())
+                            .map(|(transition, _)| transition),
+                    );
+                } else {
+                    taken.extend(part);
+                }
             } else {
                 allowed = false;
             }
@@ -1035,7 +1047,12 @@ fn push_args(call: &mut Call, transition: &Transition<'_>, estimate: Timestamp) 
         .arg(op)
         .arg(cost)
         .arg(limit.capacity())
-        .arg(if limit.counts_rejected() { "1" } else { "0" });
+        .arg(match (limit.counts_rejected(), limit.is_shadow()) {
+            (false, false) => "0",
+            (true, false) => "1",
+            (false, true) => "s",
+            (true, true) => "S",
+        });
     let span = match limit.period() {
         Period::Span(span) => (*span).max(1),
         Period::Monthly(_) => 1,
