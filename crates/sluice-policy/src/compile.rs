@@ -350,8 +350,8 @@ fn build_limit(
 impl Policy {
     /// An override set at run time (through the admin API) for `identity` = `value`: the plan it
     /// gets, and route limits replaced by name with new rates (e.g. `"10000 per 1m"`). A replaced
-    /// limit keeps its counter, its algorithm and its cost, so what was counted under the old
-    /// rate counts under the new one.
+    /// limit keeps its counter, its algorithm, its cost and its shadow mode, so what was counted
+    /// under the old rate counts under the new one.
     pub fn runtime_override(
         &self,
         identity: &str,
@@ -379,6 +379,13 @@ impl Policy {
                 .find(|limit| &limit.name == name)
                 .ok_or_else(|| format!("no route limit is named `{name}`"))?;
             let limit = build_limit(original.algorithm, rate, None, false)
+                .and_then(|limit| {
+                    if original.limit.is_shadow() {
+                        limit.in_shadow()
+                    } else {
+                        Ok(limit)
+                    }
+                })
                 .map_err(|error| format!("{name}: {error}"))?;
             replaced.insert(
                 name.clone(),
@@ -519,6 +526,16 @@ impl Compiler<'_> {
                 Ok(limit) => Ok(limit),
                 Err(error) => {
                     self.error(block, format!("invalid limit `{name}`: {error}"));
+                    return None;
+                }
+            },
+            (built, _) => built,
+        };
+        let built = match (built, &spec.shadow) {
+            (Ok(limit), Some(shadow)) if shadow.value => match limit.in_shadow() {
+                Ok(limit) => Ok(limit),
+                Err(error) => {
+                    self.error(shadow, format!("invalid limit `{name}`: {error}"));
                     return None;
                 }
             },
@@ -683,7 +700,21 @@ fn compile_envoy(compiler: &mut Compiler<'_>, spec: &EnvoySpec) -> EnvoyRules {
                 continue;
             }
         };
-        match build_limit(algorithm, rate, descriptor.burst, descriptor.count_rejected) {
+        let built = build_limit(algorithm, rate, descriptor.burst, descriptor.count_rejected);
+        let built = match (built, &descriptor.shadow) {
+            (Ok(limit), Some(shadow)) if shadow.value => match limit.in_shadow() {
+                Ok(limit) => Ok(limit),
+                Err(error) => {
+                    compiler.error(
+                        shadow,
+                        format!("invalid limit for descriptor `{written}`: {error}"),
+                    );
+                    continue;
+                }
+            },
+            (built, _) => built,
+        };
+        match built {
             Ok(limit) => rules.push(DescriptorRule {
                 entries,
                 limit: Some(LimitRule {
@@ -1007,6 +1038,11 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
                 cost: original.cost,
                 count_rejected: false,
                 block: None,
+                // A limit on trial stays on trial for the customers it is replaced for.
+                shadow: original
+                    .limit
+                    .is_shadow()
+                    .then(|| Spanned::new(true, spec.identity.referenced, spec.identity.defined)),
             };
             let counter_prefix = original
                 .counter

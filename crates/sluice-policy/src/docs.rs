@@ -68,6 +68,11 @@ fn endpoint_words(route: &Route, catch_all: &str) -> String {
     }
 }
 
+/// The limits a client can run into: a limit in shadow mode is on trial, not a promise.
+fn enforced(limits: &[LimitRule]) -> impl Iterator<Item = &LimitRule> {
+    limits.iter().filter(|limit| !limit.limit.is_shadow())
+}
+
 fn limit_cell(limit: &LimitRule) -> String {
     format!("**{}**", rate_words(limit.rate.count, limit.rate.span))
 }
@@ -94,9 +99,8 @@ pub fn docs(policy: &Policy) -> String {
     for route in &routes {
         let endpoint = endpoint_words(route, "All other endpoints");
         if route.unlimited {
-            let scope = route
-                .limits
-                .first()
+            let scope = enforced(&route.limits)
+                .next()
                 .map_or_else(|| "—".to_owned(), |limit| scope_words(policy, &limit.per));
             let _ = writeln!(
                 out,
@@ -104,7 +108,7 @@ pub fn docs(policy: &Policy) -> String {
             );
             continue;
         }
-        for limit in &route.limits {
+        for limit in enforced(&route.limits) {
             let _ = writeln!(
                 out,
                 "| {endpoint} | {} | {} |",
@@ -112,7 +116,7 @@ pub fn docs(policy: &Policy) -> String {
                 scope_words(policy, &limit.per)
             );
         }
-        if route.limits.is_empty() {
+        if enforced(&route.limits).next().is_none() {
             let _ = writeln!(out, "| {endpoint} | No limit | — |");
         }
     }
@@ -124,7 +128,7 @@ pub fn docs(policy: &Policy) -> String {
             "\"Unlimited\" still means fair use: aggressive polling, parallel fan-out or repeated \
              retries are throttled. Fair use allows:\n"
         );
-        for limit in fair.limits.iter() {
+        for limit in enforced(&fair.limits) {
             let _ = writeln!(
                 out,
                 "- {} ({})",
@@ -293,7 +297,7 @@ pub fn docs(policy: &Policy) -> String {
     let sample = policy
         .routes
         .iter()
-        .flat_map(|route| route.limits.first())
+        .flat_map(|route| enforced(&route.limits))
         .next();
     // The wait right after the limit is reached: a whole window for a fixed window, one
     // emission interval for a token bucket.
@@ -427,7 +431,7 @@ fn produced_codes(policy: &Policy) -> Vec<ErrorCode> {
         .iter()
         .copied()
         .filter(|code| match code {
-            ErrorCode::RateLimited => any(&|route| !route.limits.is_empty()),
+            ErrorCode::RateLimited => any(&|route| enforced(&route.limits).next().is_some()),
             ErrorCode::QuotaExceeded => any(&|route| !route.quotas.is_empty()),
             ErrorCode::Blocked => !policy.penalties.is_empty(),
             ErrorCode::ConcurrencyExceeded => any(&|route| {

@@ -202,6 +202,9 @@ pub(crate) struct DescriptorSpec {
     /// Count denied requests too, so hammering keeps a client limited.
     #[serde(default)]
     pub count_rejected: bool,
+    /// Shadow mode: counted and reported, never enforced.
+    #[serde(default)]
+    pub shadow: Option<Spanned<bool>>,
 }
 
 /// Browsers calling the API from pages of other origins (CORS, as the Fetch standard defines
@@ -425,6 +428,9 @@ pub(crate) struct LimitSpec {
     /// at once and spends them locally (see `Limit::in_blocks` for the bound).
     #[serde(default)]
     pub block: Option<Spanned<u64>>,
+    /// Shadow mode (a dry run): counted and reported as if enforced, never refusing a request.
+    #[serde(default)]
+    pub shadow: Option<Spanned<bool>>,
 }
 
 fn one() -> u64 {

@@ -338,6 +338,56 @@ fn a_limit_counted_in_blocks_is_read_and_a_block_it_cannot_take_is_located() {
         .assert_eq(&errors_of(&sliding));
 }
 
+#[test]
+fn a_limit_in_shadow_mode_is_read_kept_by_overrides_left_off_the_page_and_refused_where_it_cannot_be()
+ {
+    let trial = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - name: per-user\n        rate: 10 per 1m\n        per: user\n        shadow: true\n  - match: GET /b\n    limits:\n      - rate: 5 per 1m\n        per: user\n      - rate: 1 per 1s\n        per: user\n        shadow: true\noverrides:\n  - identity: user\n    value: big\n    limits:\n      per-user: 1000 per 1m\n"
+    );
+    let policy = load("policy.yaml", &trial).unwrap_or_else(|errors| panic!("{errors}"));
+    let (route, _) = policy.route("GET", "/a").expect("a route");
+    assert!(route.limits[0].limit.is_shadow());
+    let (route, _) = policy.route("GET", "/b").expect("a route");
+    assert!(!route.limits[0].limit.is_shadow());
+    assert!(route.limits[1].limit.is_shadow());
+    assert!(policy.overrides[0].limits["per-user"].limit.is_shadow());
+    let runtime = policy
+        .runtime_override(
+            "user",
+            "bigger",
+            None,
+            &[("per-user".to_owned(), "5000 per 1m".to_owned())].into(),
+        )
+        .expect("an override");
+    assert!(runtime.limits["per-user"].limit.is_shadow());
+    // The published page promises what is enforced: a limit on trial is not on it.
+    let page = sluice_policy::docs(&policy);
+    assert!(page.contains("| `GET /a` | No limit | — |"), "{page}");
+    assert!(
+        page.contains("| `GET /b` | **5 requests per minute** |"),
+        "{page}"
+    );
+    assert!(!page.contains("1 request per second"), "{page}");
+
+    let concurrency = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 2 per 1m\n        per: user\n        algorithm: concurrency\n        shadow: true\n"
+    );
+    expect![
+        "policy.yaml:11:17: invalid limit `limit-0`: a concurrency limit cannot run in shadow mode"
+    ]
+    .assert_eq(&errors_of(&concurrency));
+    let blocks = format!(
+        "{HEAD}routes:\n  - match: GET /a\n    limits:\n      - rate: 100 per 1s\n        per: global\n        block: 10\n        shadow: true\n"
+    );
+    expect!["policy.yaml:11:17: invalid limit `limit-0`: a block of 10 needs a fixed window or a token bucket that does not count rejected requests and is not in shadow mode, and a block between 2 and its capacity (and burst)"].assert_eq(&errors_of(&blocks));
+
+    let envoy = format!("{ENVOY}    - match: [user]\n      rate: 10 per 1m\n      shadow: true\n");
+    let policy = load("policy.yaml", &envoy).unwrap_or_else(|errors| panic!("{errors}"));
+    let rules = policy.envoy.as_ref().expect("an envoy section");
+    let rule = rules.rule([("user", "42")].into_iter()).expect("a rule");
+    assert!(rule.limit.as_ref().expect("a limit").limit.is_shadow());
+}
+
 const ENVOY: &str = "service:\n  name: Edge\nroutes: []\nenvoy:\n  domain: edge\n  descriptors:\n";
 
 #[test]
@@ -400,7 +450,7 @@ fn a_bad_envoy_section_is_located() {
     expect!["policy.yaml:7:15: `=x` is not an entry: write `key` for any value, or `key=value`"]
         .assert_eq(&errors_of(&empty));
     let typo = format!("{ENVOY}    - match: [user]\n      rat: 1 per 1s\n");
-    expect!["policy.yaml:8:7: unknown field `rat`, expected one of match, name, rate, unlimited, algorithm, burst, count_rejected"]
+    expect!["policy.yaml:8:7: unknown field `rat`, expected one of match, name, rate, unlimited, algorithm, burst, count_rejected, shadow"]
         .assert_eq(&errors_of(&typo));
     let both = format!("{ENVOY}    - match: [user]\n      rate: 1 per 1s\n      unlimited: true\n");
     expect!["policy.yaml:9:18: descriptor `user` is `unlimited` but also has a rate; choose one"]

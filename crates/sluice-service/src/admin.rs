@@ -40,6 +40,8 @@ pub struct Usage {
     pub name: String,
     /// `limit` or `quota`.
     pub kind: &'static str,
+    /// Whether it is a limit in shadow mode: counted, never enforced.
+    pub shadow: bool,
     /// Its capacity in the current window.
     pub limit: u64,
     /// How much of it is used.
@@ -264,6 +266,7 @@ impl<S: CounterStore + RecordStore> Service<S> {
             .map(|(applies, status)| Usage {
                 name: applies.name.to_owned(),
                 kind: applies.kind,
+                shadow: applies.limit.is_shadow(),
                 limit: status.limit(),
                 used: status.limit().saturating_sub(status.remaining()),
                 remaining: status.remaining(),

@@ -636,6 +636,7 @@ impl<S: CounterStore> Service<S> {
                 }
             }
         };
+        self.count_shadowed(&counted, &decision);
         let headers = self.headers(&counted, &decision, None);
 
         // A blocked identity is refused whatever its limits said; what it just took is given
@@ -823,6 +824,17 @@ impl<S: CounterStore> Service<S> {
 
     /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
     /// are not rate limits), with `Retry-After` no earlier than `at_least`.
+    /// Counts, by name, the limits in shadow mode that would have refused the request.
+    fn count_shadowed(&self, counted: &[Counted<'_>], decision: &Decision) {
+        for (item, status) in counted.iter().zip(decision.limits()) {
+            if status.would_deny()
+                && let Counted::Limit(rule) = item
+            {
+                self.meters.shadow_denied(&rule.name);
+            }
+        }
+    }
+
     fn headers(
         &self,
         counted: &[Counted<'_>],
@@ -833,7 +845,8 @@ impl<S: CounterStore> Service<S> {
             .iter()
             .zip(decision.limits())
             .filter_map(|(item, status)| match item {
-                Counted::Limit(rule) => Some(LimitView {
+                // A limit in shadow mode is on trial: clients are not told of it.
+                Counted::Limit(rule) if !rule.limit.is_shadow() => Some(LimitView {
                     name: &rule.name,
                     limit: status.limit(),
                     remaining: status.remaining(),

@@ -1,6 +1,6 @@
 //! The service's metrics, through the `metrics` facade (a no-op until the binary installs a
-//! recorder): decisions by route and outcome, denials by limit, quota units counted, holds
-//! renewed, and the store's latency. Labels come from the policy only (route patterns, limit and
+//! recorder): decisions by route and outcome, denials by limit (and those limits in shadow mode
+//! would have made), quota units counted, holds renewed, and the store's latency. Labels come from the policy only (route patterns, limit and
 //! quota names, error codes), never from a request, so their number is bounded by the policy.
 
 use metrics::{Counter, Histogram};
@@ -88,6 +88,12 @@ impl Meters {
     /// Counts a denial by the limit or quota `name`.
     pub(crate) fn denied_by(&self, name: &str) {
         metrics::counter!("sluice_limit_denials_total", "limit" => name.to_owned()).increment(1);
+    }
+
+    /// Counts a request the limit `name`, in shadow mode, would have refused.
+    pub(crate) fn shadow_denied(&self, name: &str) {
+        metrics::counter!("sluice_limit_shadow_denials_total", "limit" => name.to_owned())
+            .increment(1);
     }
 
     /// Counts `units` of quota `name` taken.

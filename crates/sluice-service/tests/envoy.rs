@@ -188,3 +188,26 @@ async fn what_no_rule_names_is_not_limited() {
         assert!(exempt.rejection.is_none());
     }
 }
+
+#[tokio::test]
+async fn a_descriptor_rule_in_shadow_mode_answers_ok_over_its_limit_and_tells_envoy_nothing() {
+    let text = POLICY.replace(
+        "      algorithm: fixed_window\n",
+        "      algorithm: fixed_window\n      shadow: true\n",
+    );
+    let policy = Arc::new(sluice_policy::load("policy.yaml", &text).expect("valid"));
+    let clock = ManualClock::new(Timestamp::from_secs(1_795_342_530));
+    let shared: Arc<dyn Clock> = Arc::new(clock.clone());
+    let store = Arc::new(MemoryStore::new(Arc::clone(&shared)));
+    let service = Service::new(policy, store, KeyRing::default()).with_clock(shared);
+    for remaining in [1, 0, 0] {
+        let verdict = service
+            .check_descriptors("edge", &[upload("ada")], 1)
+            .await
+            .expect("decided");
+        assert!(verdict.rejection.is_none());
+        let status = verdict.statuses[0].as_ref().expect("counted");
+        assert_eq!((status.over_limit, status.remaining), (false, remaining));
+        assert!(verdict.headers.is_empty(), "{:?}", verdict.headers);
+    }
+}

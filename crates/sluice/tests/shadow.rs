@@ -1,0 +1,120 @@
+//! A limit in shadow mode through the real server: requests it would refuse are admitted, its
+//! clients are not told of it, and the operator sees what it would have done in `/metrics` and
+//! in `/v1/usage`.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::Server;
+
+const POLICY: &str = "\
+service:
+  name: Uploads
+identities:
+  user:
+    from: header
+    name: x-user
+headers:
+  x_ratelimit: unix_seconds
+routes:
+  - match: POST /upload
+    limits:
+      - name: uploads
+        rate: 100 per 1d
+        per: user
+      - name: uploads-trial
+        rate: 2 per 1h
+        per: user
+        shadow: true
+";
+
+const TOKEN: &str = "shadow-test-token";
+
+#[tokio::test]
+async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_have_refused() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, POLICY).expect("written");
+    let server = Server::start(
+        [
+            "--policy",
+            file.to_str().expect("UTF-8"),
+            "--store",
+            "memory",
+            "--admin-token",
+            TOKEN,
+        ],
+        None,
+    )
+    .await;
+    let client = support::client(Duration::from_secs(5));
+
+    for _ in 0..3 {
+        let response = client
+            .post(format!("http://{}/v1/check", server.listen))
+            .header("content-type", "application/json")
+            .body(
+                json!({"method": "POST", "path": "/upload", "headers": {"x-user": "ada"}})
+                    .to_string(),
+            )
+            .send()
+            .await
+            .expect("the server answers");
+        let answer: Value =
+            serde_json::from_slice(&response.bytes().await.expect("a body")).expect("JSON");
+        assert_eq!(answer["allowed"], true, "{answer}");
+        // Clients see the enforced limit only.
+        let limit = answer["headers"]["x-ratelimit-limit"].clone();
+        assert_eq!(limit, "100", "{answer}");
+    }
+
+    let admin = |path: &str| {
+        client
+            .get(format!("http://{}{path}", server.admin))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let metrics = admin("/metrics")
+        .await
+        .expect("the admin API answers")
+        .text()
+        .await
+        .expect("a body");
+    assert!(
+        metrics.contains(r#"sluice_limit_shadow_denials_total{limit="uploads-trial"} 1"#),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("sluice_limit_denials_total"), "{metrics}");
+
+    let usage = admin("/v1/usage?identity=user&value=ada")
+        .await
+        .expect("the admin API answers")
+        .bytes()
+        .await
+        .expect("a body");
+    let usage: Value = serde_json::from_slice(&usage).expect("JSON");
+    let trial = usage["usage"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|entry| entry["name"] == "uploads-trial")
+        .unwrap_or_else(|| panic!("no trial in {usage}"));
+    assert_eq!(
+        (&trial["shadow"], &trial["used"], &trial["remaining"]),
+        (&json!(true), &json!(2), &json!(0)),
+        "{usage}"
+    );
+    let enforced = usage["usage"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .find(|entry| entry["name"] == "uploads")
+        .unwrap_or_else(|| panic!("no uploads in {usage}"));
+    assert_eq!(
+        (&enforced["shadow"], &enforced["used"]),
+        (&json!(false), &json!(3)),
+        "{usage}"
+    );
+}
