@@ -41,8 +41,28 @@ pub(crate) fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
             envoy.domain
         )
     });
+    // Limits on trial, so that one left in shadow mode by mistake is seen.
+    let shadow = policy
+        .routes
+        .iter()
+        .flat_map(|route| &route.limits)
+        .chain(policy.plans.values().flat_map(|plan| &plan.limits))
+        .chain(
+            policy
+                .envoy
+                .iter()
+                .flat_map(|envoy| &envoy.descriptors)
+                .filter_map(|rule| rule.limit.as_ref()),
+        )
+        .filter(|rule| rule.limit.is_shadow())
+        .count();
+    let shadow = match shadow {
+        0 => String::new(),
+        1 => ", 1 limit in shadow mode".to_owned(),
+        count => format!(", {count} limits in shadow mode"),
+    };
     println!(
-        "{}: ok ({} routes, {} plans{envoy})",
+        "{}: ok ({} routes, {} plans{envoy}{shadow})",
         args.policy.display(),
         policy.routes.len(),
         policy.plans.len()

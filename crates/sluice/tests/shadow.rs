@@ -32,6 +32,24 @@ routes:
 
 const TOKEN: &str = "shadow-test-token";
 
+#[test]
+fn check_counts_the_limits_on_trial() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, POLICY).expect("written");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success());
+    let said = String::from_utf8(output.stdout).expect("UTF-8");
+    assert!(
+        said.ends_with(": ok (1 routes, 0 plans, 1 limit in shadow mode)\n"),
+        "{said}"
+    );
+}
+
 #[tokio::test]
 async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_have_refused() {
     let dir = tempfile::tempdir().expect("a temp dir");
