@@ -159,6 +159,9 @@ pub(crate) struct CheckResponse {
     /// lasts, in ms (half the shortest lease).
     #[serde(skip_serializing_if = "Option::is_none")]
     renew_every_ms: Option<u64>,
+    /// The limits in shadow mode that would have refused the request, by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    shadow: Vec<String>,
 }
 
 /// Response headers, written as a JSON object without copying them into one.
@@ -345,6 +348,7 @@ async fn decide<S: CounterStore>(
                 body: None,
                 hold: None,
                 renew_every_ms: None,
+                shadow: Vec::new(),
             });
         }
         CorsAnswer::Headers(list) => list,
@@ -364,6 +368,7 @@ async fn decide<S: CounterStore>(
             let mut headers = std::mem::take(&mut admission.headers);
             headers.extend(cors);
             let headers = Headers(headers);
+            let shadow = std::mem::take(&mut admission.shadowed);
             let (hold, renew_every_ms) = if check.hold {
                 (
                     Some(admission.hold_token()),
@@ -383,6 +388,7 @@ async fn decide<S: CounterStore>(
                 body: None,
                 hold,
                 renew_every_ms,
+                shadow,
             }
         }
         Verdict::Reject(rejection) => {
@@ -400,6 +406,7 @@ async fn decide<S: CounterStore>(
                 body: serde_json::from_slice(&rejection.body).ok(),
                 hold: None,
                 renew_every_ms: None,
+                shadow: Vec::new(),
             }
         }
     })

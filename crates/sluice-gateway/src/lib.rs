@@ -387,7 +387,11 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let (CorsAnswer::Preflight(list) | CorsAnswer::Headers(list)) = cors;
         add_cors(response.headers_mut(), list);
-        line.write(response.status().as_u16());
+        let shadowed = response.extensions_mut().remove::<Shadowed>();
+        line.write_shadowed(
+            response.status().as_u16(),
+            shadowed.as_ref().map(|s| s.0.as_str()),
+        );
         response
     }
 
@@ -471,6 +475,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             Verdict::Admit(admission) => admission,
         };
         let limit_headers = std::mem::take(&mut admission.headers);
+        let shadowed = std::mem::take(&mut admission.shadowed);
         let settling = Settling::new(service, admission);
         let mut outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id)
         {
@@ -536,9 +541,18 @@ impl<S: CounterStore + 'static> Gateway<S> {
         for (name, value) in limit_headers {
             headers.insert(name, value);
         }
+        if !shadowed.is_empty() {
+            response
+                .extensions_mut()
+                .insert(Shadowed(shadowed.join(",")));
+        }
         response
     }
 }
+
+/// The limits in shadow mode that would have refused a proxied request, for its log line.
+#[derive(Clone)]
+struct Shadowed(String);
 
 /// A request's access log line: written with the response's status when there is one, and
 /// otherwise, when the client hangs up before its answer and the request is dropped midway, with
@@ -559,6 +573,11 @@ const CLIENT_CLOSED: u16 = 499;
 
 impl AccessLine<'_> {
     fn write(&mut self, status: u16) {
+        self.write_shadowed(status, None);
+    }
+
+    /// The line, naming the limits in shadow mode that would have refused the request.
+    fn write_shadowed(&mut self, status: u16, shadow: Option<&str>) {
         let Some(started) = self.started.take() else {
             return;
         };
@@ -575,6 +594,7 @@ impl AccessLine<'_> {
             },
             status,
             micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            shadow,
             "request"
         );
     }

@@ -636,7 +636,7 @@ impl<S: CounterStore> Service<S> {
                 }
             }
         };
-        self.count_shadowed(&counted, &decision);
+        let shadowed = self.count_shadowed(&counted, &decision);
         let headers = self.headers(&counted, &decision, None);
 
         // A blocked identity is refused whatever its limits said; what it just took is given
@@ -719,6 +719,7 @@ impl<S: CounterStore> Service<S> {
         }
         Ok(Admission {
             headers,
+            shadowed,
             settle,
             acquired_at: decision.now(),
             held_at: decision.now(),
@@ -824,15 +825,19 @@ impl<S: CounterStore> Service<S> {
 
     /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
     /// are not rate limits), with `Retry-After` no earlier than `at_least`.
-    /// Counts, by name, the limits in shadow mode that would have refused the request.
-    fn count_shadowed(&self, counted: &[Counted<'_>], decision: &Decision) {
+    /// Counts, by name, the limits in shadow mode that would have refused the request, and
+    /// names them.
+    fn count_shadowed(&self, counted: &[Counted<'_>], decision: &Decision) -> Vec<String> {
+        let mut names = Vec::new();
         for (item, status) in counted.iter().zip(decision.limits()) {
             if status.would_deny()
                 && let Counted::Limit(rule) = item
             {
                 self.meters.shadow_denied(&rule.name);
+                names.push(rule.name.clone());
             }
         }
+        names
     }
 
     fn headers(

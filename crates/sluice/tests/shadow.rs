@@ -69,7 +69,7 @@ async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_h
     .await;
     let client = support::client(Duration::from_secs(5));
 
-    for _ in 0..3 {
+    for check in 1..=3 {
         let response = client
             .post(format!("http://{}/v1/check", server.listen))
             .header("content-type", "application/json")
@@ -86,6 +86,13 @@ async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_h
         // Clients see the enforced limit only.
         let limit = answer["headers"]["x-ratelimit-limit"].clone();
         assert_eq!(limit, "100", "{answer}");
+        // The caller learns which limits on trial would have refused it.
+        let shadow = if check == 3 {
+            json!(["uploads-trial"])
+        } else {
+            Value::Null
+        };
+        assert_eq!(answer["shadow"], shadow, "{answer}");
     }
 
     let admin = |path: &str| {

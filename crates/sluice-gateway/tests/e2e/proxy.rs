@@ -481,3 +481,56 @@ async fn a_stop_does_not_wait_for_a_client_that_has_sent_nothing_yet() {
         .await
         .expect("the stop does not wait out the silent client's header-read timeout");
 }
+
+#[tokio::test]
+async fn a_limit_in_shadow_mode_forwards_what_it_would_refuse_and_names_itself_in_the_log_line() {
+    let (captured, _guard) = sluice_test_support::CapturedLogs::start();
+    let bench = Bench::edited("streampixel", |policy| {
+        policy.replace(
+            "  - match: \"* /*\"",
+            "  - match: POST /projects/render
+    limits:
+      - name: renders-trial
+        rate: 1 per 1m
+        algorithm: fixed_window
+        per: user
+        shadow: true
+    request:
+      json: true
+      fields:
+        apiKey: { type: string, required: true, non_empty: true }
+        userId: { type: string, required: true, non_empty: true }
+  - match: \"* /*\"",
+        )
+    })
+    .await;
+    let first = bench
+        .post("/projects/render", &[("x-request-id", "trial-1")], &poll())
+        .await;
+    let second = bench
+        .post("/projects/render", &[("x-request-id", "trial-2")], &poll())
+        .await;
+    for reply in [&first, &second] {
+        assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+        // Clients are not told of a limit on trial.
+        let told = format!("{:?}", reply.headers);
+        assert!(!told.contains("renders-trial"), "{told}");
+        assert!(reply.header("retry-after").is_none(), "{told}");
+    }
+    assert_eq!(bench.seen.lock().expect("lock").len(), 2);
+    bench.stop().await;
+
+    let logs = captured.text();
+    let line = |id: &str| {
+        logs.lines()
+            .find(|line| line.contains(id))
+            .unwrap_or_else(|| panic!("no line for {id}:\n{logs}"))
+            .to_owned()
+    };
+    assert!(!line("trial-1").contains("shadow"), "{}", line("trial-1"));
+    assert!(
+        line("trial-2").contains("shadow=\"renders-trial\""),
+        "{}",
+        line("trial-2")
+    );
+}
