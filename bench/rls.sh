@@ -2,9 +2,11 @@
 # Envoy's rate limit service under load, on loopback: `sluice serve --rls-listen` deciding every
 # call against bench/rls-policy.yaml (one descriptor per call, 10,000 users, memory store), beside
 # its baseline, a gRPC server of the same generated code that answers every call OK without
-# deciding anything (what gRPC alone costs). Both serve on one thread; the load generator
-# (crates/sluice-rls/examples/rls-load.rs) runs on one thread with 64 callers over 4 HTTP/2
-# connections. ROUNDS interleaved rounds; prints the median calls/s, p50 and p99, and the ratio.
+# deciding anything (what gRPC alone costs). Both serve on one thread; so does, as a third
+# target, sluice on one thread per core (--threads, as it runs by default), to show what the
+# service's threads add. The load generator (crates/sluice-rls/examples/rls-load.rs) runs on one
+# thread with 64 callers over 8 HTTP/2 connections (which the kernel spreads over the threads'
+# listeners). ROUNDS interleaved rounds; prints the median calls/s, p50 and p99, and the ratios.
 #
 #   bash bench/rls.sh                 # 3 rounds of 10 s per target
 #   ROUNDS=5 SECONDS_EACH=20 bash bench/rls.sh
@@ -18,6 +20,10 @@ GATEWAY=127.0.0.1:$BASE_PORT
 SLUICE=127.0.0.1:$((BASE_PORT + 1))
 FLOOR=127.0.0.1:$((BASE_PORT + 2))
 ADMIN=127.0.0.1:$((BASE_PORT + 3))
+GATEWAY_ALL=127.0.0.1:$((BASE_PORT + 4))
+SLUICE_ALL=127.0.0.1:$((BASE_PORT + 5))
+ADMIN_ALL=127.0.0.1:$((BASE_PORT + 6))
+CORES=$(nproc)
 
 source bench/common.sh
 cargo build --release -q -p sluice-rls --example rls-load
@@ -26,27 +32,33 @@ LOAD=target/release/examples/rls-load
 RUST_LOG=warn "$BIN" serve --policy bench/rls-policy.yaml --store memory --listen "$GATEWAY" \
   --admin-listen "$ADMIN" --threads 1 --rls-listen "$SLUICE" &
 pids+=($!)
+RUST_LOG=warn "$BIN" serve --policy bench/rls-policy.yaml --store memory --listen "$GATEWAY_ALL" \
+  --admin-listen "$ADMIN_ALL" --threads "$CORES" --rls-listen "$SLUICE_ALL" &
+pids+=($!)
 "$LOAD" --floor "$FLOOR" &
 pids+=($!)
 wait_for "$SLUICE"
+wait_for "$SLUICE_ALL"
 wait_for "$FLOOR"
 
 declare -A RPS P50 P99
 for round in $(seq 1 "$ROUNDS"); do
   echo "round $round of $ROUNDS" >&2
-  for name in sluice floor; do
-    target=$SLUICE; [ "$name" = floor ] && target=$FLOOR
-    read -r _ rps _ p50 _ p99 _ <<<"$("$LOAD" --target "$target" --seconds "$SECONDS_EACH")"
+  for name in sluice floor all; do
+    target=$SLUICE; [ "$name" = floor ] && target=$FLOOR; [ "$name" = all ] && target=$SLUICE_ALL
+    read -r _ rps _ p50 _ p99 _ <<<"$("$LOAD" --target "$target" --connections 8 --seconds "$SECONDS_EACH")"
     echo "  $name: $rps calls/s, p50 $p50 ms, p99 $p99 ms" >&2
     RPS[$name]+="$rps "; P50[$name]+="$p50 "; P99[$name]+="$p99 "
   done
 done
-for name in sluice floor; do
+for name in sluice floor all; do
   RPS[$name]=$(median "${RPS[$name]}"); P50[$name]=$(median "${P50[$name]}"); P99[$name]=$(median "${P99[$name]}")
 done
 
-echo "ShouldRateLimit, 1 descriptor, 10,000 users, 64 callers over 4 HTTP/2 connections, one server thread, median of $ROUNDS rounds"
+echo "ShouldRateLimit, 1 descriptor, 10,000 users, 64 callers over 8 HTTP/2 connections, median of $ROUNDS rounds"
 printf '%-42s %10s %8s %8s\n' target calls/s p50_ms p99_ms
 printf '%-42s %10s %8s %8s\n' "sluice --rls-listen" "${RPS[sluice]}" "${P50[sluice]}" "${P99[sluice]}"
 printf '%-42s %10s %8s %8s\n' "gRPC floor (answers OK, decides nothing)" "${RPS[floor]}" "${P50[floor]}" "${P99[floor]}"
-echo "sluice / floor: calls/s $(ratio "${RPS[sluice]}" "${RPS[floor]}"), p99 $(ratio "${P99[sluice]}" "${P99[floor]}")"
+printf '%-42s %10s %8s %8s\n' "sluice --rls-listen --threads $CORES" "${RPS[all]}" "${P50[all]}" "${P99[all]}"
+echo "sluice / floor (one thread each): calls/s $(ratio "${RPS[sluice]}" "${RPS[floor]}"), p99 $(ratio "${P99[sluice]}" "${P99[floor]}")"
+echo "sluice on $CORES threads / on one: calls/s $(ratio "${RPS[all]}" "${RPS[sluice]}"), p99 $(ratio "${P99[all]}" "${P99[sluice]}")"

@@ -29,6 +29,29 @@ use proto::rate_limit_response::{Code, DescriptorStatus as WireStatus, RateLimit
 use proto::rate_limit_service_server::{RateLimitService, RateLimitServiceServer};
 use proto::{HeaderValue, RateLimitRequest, RateLimitResponse};
 
+/// The serving threads of [`Rls::spawn_threads`].
+#[derive(Debug)]
+pub struct Serving {
+    stopping: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Serving {
+    /// Stops accepting on every thread and returns once each has let its calls in flight
+    /// finish (each is one store call).
+    pub async fn stop(self) -> std::io::Result<()> {
+        let _ = self.stopping.send(true);
+        let threads = self.threads;
+        tokio::task::spawn_blocking(move || {
+            for thread in threads {
+                let _ = thread.join();
+            }
+        })
+        .await
+        .map_err(std::io::Error::other)
+    }
+}
+
 /// The most descriptors one call may carry. Envoy sends one per rate limit action list of the
 /// route, a handful; the bound keeps a call's single store call, and the work of telling its
 /// descriptors apart, small.
@@ -37,6 +60,14 @@ pub const MAX_DESCRIPTORS: usize = 64;
 /// The rate limit service over the policy in force.
 pub struct Rls<S> {
     services: Arc<LiveService<S>>,
+}
+
+impl<S> Clone for Rls<S> {
+    fn clone(&self) -> Rls<S> {
+        Rls {
+            services: Arc::clone(&self.services),
+        }
+    }
 }
 
 impl<S> Rls<S>
@@ -62,6 +93,58 @@ where
     ) -> Result<(), tonic::transport::Error> {
         let address: Option<SocketAddr> = listener.local_addr().ok();
         tracing::info!(rls = ?address, "Envoy rate limit service is serving");
+        self.serve_quietly(listener, shutdown).await
+    }
+
+    /// [`Rls::serve`] on each of `listeners` (one port shared with `SO_REUSEPORT`, so that the
+    /// kernel spreads Envoy's connections across them), one thread each with a single-threaded
+    /// runtime of its own, as the gateway serves: a call's tasks stay on one thread, with no
+    /// cross-thread wake-ups. The threads are running when this returns; [`Serving::stop`]
+    /// stops them.
+    pub fn spawn_threads(self, listeners: Vec<std::net::TcpListener>) -> std::io::Result<Serving> {
+        let address = listeners.first().and_then(|first| first.local_addr().ok());
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let mut threads = Vec::with_capacity(listeners.len());
+        for (index, listener) in listeners.into_iter().enumerate() {
+            let rls = self.clone();
+            let mut stopped = stopped.clone();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let thread = std::thread::Builder::new()
+                .name(format!("sluice-rls-{index}"))
+                .spawn(move || {
+                    runtime.block_on(async move {
+                        let stop = async move {
+                            let _ = stopped.wait_for(|stop| *stop).await;
+                        };
+                        let served = match tokio::net::TcpListener::from_std(listener) {
+                            Ok(listener) => rls.serve_quietly(listener, stop).await,
+                            Err(error) => {
+                                tracing::error!(%error, "cannot serve a rate limit listener");
+                                return;
+                            }
+                        };
+                        if let Err(error) = served {
+                            tracing::error!(%error, "the rate limit service stopped");
+                        }
+                    });
+                })?;
+            threads.push(thread);
+        }
+        tracing::info!(
+            rls = ?address,
+            threads = threads.len(),
+            "Envoy rate limit service is serving"
+        );
+        Ok(Serving { stopping, threads })
+    }
+
+    async fn serve_quietly(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
         let incoming =
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         tonic::transport::Server::builder()

@@ -114,7 +114,8 @@ pub(crate) struct GatewayOptions {
     /// How long probing a linked resource's size (an image by URL) may take.
     #[arg(long, env = "SLUICE_PROBE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub(crate) probe_timeout: Duration,
-    /// Threads serving requests, each with its own event loop (default: one per core).
+    /// Threads serving requests, each with its own event loop (default: one per core); with
+    /// --rls-listen, as many again serve Envoy's calls.
     #[arg(long, env = "SLUICE_THREADS")]
     threads: Option<usize>,
     /// `auto`: when there is one serving thread per CPU this process may run on, pin each to a
@@ -532,10 +533,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let gateway = Arc::new(Gateway::live(services, config, clock));
     gateway.serve_threads(listeners, stop_signal()).await?;
-    if let Some((stop, server)) = rls {
-        // Calls in flight finish; each is one store call.
-        let _ = stop.send(());
-        let _ = server.await;
+    if let Some(rls) = rls {
+        rls.stop().await?;
     }
     reloads.abort();
     if let Some(admin) = admin {
@@ -766,17 +765,11 @@ async fn start_admin(
     )))
 }
 
-/// A running rate limit service: what stops it, and its task.
-type RlsServer = (
-    tokio::sync::oneshot::Sender<()>,
-    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-);
-
 /// Starts Envoy's rate limit service, when `--rls-listen` asks for it.
 async fn start_rls(
     args: &ServeArgs,
     services: &Arc<LiveService<Arc<AnyStore>>>,
-) -> anyhow::Result<Option<RlsServer>> {
+) -> anyhow::Result<Option<sluice_rls::Serving>> {
     let Some(address) = args.rls_listen else {
         return Ok(None);
     };
@@ -785,16 +778,15 @@ async fn start_rls(
             "--rls-listen is set but the policy has no `envoy:` section: every descriptor passes"
         );
     }
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .with_context(|| format!("cannot listen on {address} for the rate limit service"))?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        sluice_rls::Rls::new(Arc::clone(services)).serve(listener, async {
-            let _ = stopped.await;
-        }),
-    );
-    Ok(Some((stop, server)))
+    // As many threads as the gateway's, each with its own listener on the one port.
+    let listeners = args
+        .options
+        .listeners(address)
+        .context("cannot listen for the rate limit service")?;
+    let serving = sluice_rls::Rls::new(Arc::clone(services))
+        .spawn_threads(listeners)
+        .context("cannot start the rate limit service")?;
+    Ok(Some(serving))
 }
 
 fn generate_token() -> anyhow::Result<String> {

@@ -95,6 +95,75 @@ async fn envoy_asks_the_server_and_gets_the_policys_answer() {
     assert!(server.exited().await.success());
 }
 
+#[tokio::test]
+async fn every_serving_thread_answers_envoy_over_the_same_counters() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(&policy, POLICY).expect("written");
+    let rls = free_port();
+    let mut server = Server::start(
+        [
+            "--policy".as_ref(),
+            policy.as_os_str(),
+            "--store".as_ref(),
+            "memory".as_ref(),
+            "--threads".as_ref(),
+            "2".as_ref(),
+            "--rls-listen".as_ref(),
+            rls.to_string().as_ref(),
+        ],
+        None,
+    )
+    .await;
+    // Its threads, as `ps -L` names them.
+    let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .expect("the server's threads")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .collect();
+    for thread in ["sluice-rls-0", "sluice-rls-1"] {
+        assert!(names.iter().any(|name| name == thread), "{names:?}");
+    }
+
+    // Sixteen Envoy connections at once, which the kernel spreads over the threads' listeners:
+    // one user's one upload is admitted once, whichever thread decides it.
+    let mut calls = Vec::new();
+    for _ in 0..16 {
+        let address = format!("http://{rls}");
+        calls.push(tokio::spawn(async move {
+            let mut client = RateLimitServiceClient::connect(address)
+                .await
+                .expect("the rate limit service answers");
+            client
+                .should_rate_limit(upload("7"))
+                .await
+                .expect("answered")
+                .into_inner()
+                .overall_code()
+        }));
+    }
+    let mut codes = Vec::new();
+    for call in calls {
+        codes.push(call.await.expect("the call ran"));
+    }
+    assert_eq!(
+        codes.iter().filter(|code| **code == Code::Ok).count(),
+        1,
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes
+            .iter()
+            .filter(|code| **code == Code::OverLimit)
+            .count(),
+        15,
+        "{codes:?}"
+    );
+
+    server.signal("TERM");
+    assert!(server.exited().await.success());
+}
+
 #[test]
 fn the_checker_counts_the_envoy_rules() {
     let dir = tempfile::tempdir().expect("a temporary directory");

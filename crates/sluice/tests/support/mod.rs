@@ -31,8 +31,8 @@ pub(crate) struct Server {
 
 #[allow(dead_code, reason = "not every test binary runs the server through it")]
 impl Server {
-    /// `sluice serve ARGS… --listen … --admin-listen … --threads 1`, both on free loopback
-    /// ports, once it answers `/healthz`. With `log`, the server logs at debug level into that
+    /// `sluice serve ARGS… --listen … --admin-listen … --threads 1` (unless ARGS name a thread
+    /// count), both on free loopback ports, once it answers `/healthz`. With `log`, the server logs at debug level into that
     /// file; otherwise it logs warnings, to nowhere. A port taken by another process between
     /// its pick and the server's bind (tests run in parallel) is picked again.
     pub(crate) async fn start<I, A>(args: I, log: Option<&Path>) -> Server
@@ -60,12 +60,17 @@ impl Server {
             Some(path) => Stdio::from(std::fs::File::create(path).expect("a log file")),
             None => Stdio::null(),
         };
+        let threads = if args.iter().any(|arg| arg == "--threads") {
+            &[][..]
+        } else {
+            &["--threads", "1"][..]
+        };
         let child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .arg("serve")
             .args(args)
             .args(["--listen", &listen.to_string()])
             .args(["--admin-listen", &admin.to_string()])
-            .args(["--threads", "1"])
+            .args(threads)
             .env("RUST_LOG", if log.is_some() { "debug" } else { "warn" })
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -105,6 +110,11 @@ impl Server {
             .status()
             .expect("kill runs");
         assert!(status.success(), "kill -s {name} failed");
+    }
+
+    /// The server's process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.0.id()
     }
 
     /// The server's exit status once it exits, as it should after SIGTERM; fails the test if it
