@@ -368,7 +368,7 @@ async fn decide<S: CounterStore>(
             let mut headers = std::mem::take(&mut admission.headers);
             headers.extend(cors);
             let headers = Headers(headers);
-            let shadow = std::mem::take(&mut admission.shadowed);
+            let shadow = admission.shadowed.take().map(Vec::from).unwrap_or_default();
             let (hold, renew_every_ms) = if check.hold {
                 (
                     Some(admission.hold_token()),

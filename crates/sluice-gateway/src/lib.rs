@@ -346,6 +346,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             method: &method,
             path,
             version: request.version(),
+            shadowed: None,
         };
         let cors = lane.service.cors(method.as_str(), request.headers());
         let mut response = match (&method, path) {
@@ -371,7 +372,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             }
             _ => match (&lane.pool, &self.config.upstream) {
                 (Some(pool), Some(upstream)) => {
-                    self.proxy(lane, upstream, pool, request, peer, &request_id)
+                    self.proxy(lane, upstream, pool, request, peer, &mut line)
                         .await
                 }
                 _ => rejection_response(lane.service.reject(
@@ -387,11 +388,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             .insert(X_REQUEST_ID.clone(), request_id.clone());
         let (CorsAnswer::Preflight(list) | CorsAnswer::Headers(list)) = cors;
         add_cors(response.headers_mut(), list);
-        let shadowed = response.extensions_mut().remove::<Shadowed>();
-        line.write_shadowed(
-            response.status().as_u16(),
-            shadowed.as_ref().map(|s| s.0.as_str()),
-        );
+        line.write(response.status().as_u16());
         response
     }
 
@@ -433,8 +430,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         pool: &Arc<Pool>,
         mut request: Request<Incoming>,
         peer: &Peer,
-        request_id: &HeaderValue,
+        line: &mut AccessLine<'_>,
     ) -> Response<Body> {
+        let request_id = line.request_id;
         let service = &lane.service;
         // hyper marks a request that asks to switch protocols; the headers are read only then.
         let mut switching = if request.extensions().get::<OnUpgrade>().is_some() {
@@ -475,7 +473,7 @@ impl<S: CounterStore + 'static> Gateway<S> {
             Verdict::Admit(admission) => admission,
         };
         let limit_headers = std::mem::take(&mut admission.headers);
-        let shadowed = std::mem::take(&mut admission.shadowed);
+        line.shadowed = admission.shadowed.take();
         let settling = Settling::new(service, admission);
         let mut outgoing = match proxy::upstream_request(upstream, parts, forward, peer, request_id)
         {
@@ -541,18 +539,9 @@ impl<S: CounterStore + 'static> Gateway<S> {
         for (name, value) in limit_headers {
             headers.insert(name, value);
         }
-        if !shadowed.is_empty() {
-            response
-                .extensions_mut()
-                .insert(Shadowed(shadowed.join(",")));
-        }
         response
     }
 }
-
-/// The limits in shadow mode that would have refused a proxied request, for its log line.
-#[derive(Clone)]
-struct Shadowed(String);
 
 /// A request's access log line: written with the response's status when there is one, and
 /// otherwise, when the client hangs up before its answer and the request is dropped midway, with
@@ -566,6 +555,8 @@ struct AccessLine<'a> {
     method: &'a Method,
     path: &'a str,
     version: http::Version,
+    /// The limits in shadow mode that would have refused the request.
+    shadowed: Option<Box<[String]>>,
 }
 
 /// What the access log says of a request whose client left before its answer.
@@ -573,14 +564,10 @@ const CLIENT_CLOSED: u16 = 499;
 
 impl AccessLine<'_> {
     fn write(&mut self, status: u16) {
-        self.write_shadowed(status, None);
-    }
-
-    /// The line, naming the limits in shadow mode that would have refused the request.
-    fn write_shadowed(&mut self, status: u16, shadow: Option<&str>) {
         let Some(started) = self.started.take() else {
             return;
         };
+        let shadow = self.shadowed.as_ref().map(|names| names.join(","));
         let elapsed = self.clock.now().saturating_duration_since(started);
         tracing::info!(
             request_id = self.request_id.to_str().unwrap_or_default(),

@@ -125,7 +125,7 @@ impl Admission {
             .collect::<Result<_, HoldError>>()?;
         Ok(Admission {
             headers: Vec::new(),
-            shadowed: Vec::new(),
+            shadowed: None,
             settle,
             acquired_at: Timestamp::from_nanos(hold.at),
             held_at: Timestamp::from_nanos(hold.held.unwrap_or(hold.at)),

@@ -135,6 +135,9 @@ pub struct Service<S> {
     identity_in_body: bool,
     /// The API key is read from the body, so authenticated routes read it.
     key_in_body: bool,
+    /// Some limit is in shadow mode (an override keeps the mode of the limit it replaces), so
+    /// decisions are looked over for what such limits would have refused.
+    any_shadow: bool,
 }
 
 impl<S: CounterStore> Service<S> {
@@ -166,6 +169,25 @@ impl<S: CounterStore> Service<S> {
             .authentication
             .as_ref()
             .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
+        let any_shadow = policy
+            .routes
+            .iter()
+            .flat_map(|route| &route.limits)
+            .chain(policy.plans.values().flat_map(|plan| &plan.limits))
+            .chain(
+                policy
+                    .overrides
+                    .iter()
+                    .flat_map(|rule| rule.limits.values()),
+            )
+            .chain(
+                policy
+                    .envoy
+                    .iter()
+                    .flat_map(|envoy| &envoy.descriptors)
+                    .filter_map(|rule| rule.limit.as_ref()),
+            )
+            .any(|rule| rule.limit.is_shadow());
         let meters = meters::Meters::new(&policy);
         Service {
             policy,
@@ -180,6 +202,7 @@ impl<S: CounterStore> Service<S> {
             probe: None,
             identity_in_body,
             key_in_body,
+            any_shadow,
         }
     }
 
@@ -826,8 +849,15 @@ impl<S: CounterStore> Service<S> {
     /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
     /// are not rate limits), with `Retry-After` no earlier than `at_least`.
     /// Counts, by name, the limits in shadow mode that would have refused the request, and
-    /// names them.
-    fn count_shadowed(&self, counted: &[Counted<'_>], decision: &Decision) -> Vec<String> {
+    /// names them (`None` when none would have).
+    fn count_shadowed(
+        &self,
+        counted: &[Counted<'_>],
+        decision: &Decision,
+    ) -> Option<Box<[String]>> {
+        if !self.any_shadow {
+            return None;
+        }
         let mut names = Vec::new();
         for (item, status) in counted.iter().zip(decision.limits()) {
             if status.would_deny()
@@ -837,7 +867,7 @@ impl<S: CounterStore> Service<S> {
                 names.push(rule.name.clone());
             }
         }
-        names
+        (!names.is_empty()).then(|| names.into_boxed_slice())
     }
 
     fn headers(

@@ -26,8 +26,8 @@ pub struct Admission {
     /// Rate-limit headers for the response.
     pub headers: HeaderList,
     /// The limits in shadow mode that would have refused the request, by name (for the
-    /// request's log line; empty, and unallocated, nearly always).
-    pub shadowed: Vec<String>,
+    /// request's log line); `None` nearly always.
+    pub shadowed: Option<Box<[String]>>,
     pub(crate) settle: Vec<Settle>,
     pub(crate) acquired_at: Timestamp,
     /// When its concurrency slots were taken, or last renewed ([`crate::Service::renew`]): the
