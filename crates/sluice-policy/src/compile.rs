@@ -348,6 +348,21 @@ fn build_limit(
 }
 
 impl Policy {
+    /// Every limit the policy declares: its routes', its plans' and its Envoy descriptor
+    /// rules'. (An override's limits are versions of these, with other rates.)
+    pub fn limits(&self) -> impl Iterator<Item = &LimitRule> {
+        self.routes
+            .iter()
+            .flat_map(|route| &route.limits)
+            .chain(self.plans.values().flat_map(|plan| &plan.limits))
+            .chain(
+                self.envoy
+                    .iter()
+                    .flat_map(|envoy| &envoy.descriptors)
+                    .filter_map(|rule| rule.limit.as_ref()),
+            )
+    }
+
     /// An override set at run time (through the admin API) for `identity` = `value`: the plan it
     /// gets, and route limits replaced by name with new rates (e.g. `"10000 per 1m"`). A replaced
     /// limit keeps its counter, its algorithm, its cost and its shadow mode, so what was counted

@@ -131,7 +131,9 @@ impl<S: CounterStore> Service<S> {
             .iter()
             .map(|(rule, _, _)| Counted::Limit(rule))
             .collect();
-        self.count_shadowed(&counted, &decision);
+        if self.any_shadow {
+            self.count_shadowed(&counted, &decision);
+        }
         let headers = self.headers(&counted, &decision, None);
         let statuses = slots
             .iter()

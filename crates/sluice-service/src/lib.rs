@@ -169,25 +169,7 @@ impl<S: CounterStore> Service<S> {
             .authentication
             .as_ref()
             .is_some_and(|auth| matches!(auth.api_key, KeySource::Body { .. }));
-        let any_shadow = policy
-            .routes
-            .iter()
-            .flat_map(|route| &route.limits)
-            .chain(policy.plans.values().flat_map(|plan| &plan.limits))
-            .chain(
-                policy
-                    .overrides
-                    .iter()
-                    .flat_map(|rule| rule.limits.values()),
-            )
-            .chain(
-                policy
-                    .envoy
-                    .iter()
-                    .flat_map(|envoy| &envoy.descriptors)
-                    .filter_map(|rule| rule.limit.as_ref()),
-            )
-            .any(|rule| rule.limit.is_shadow());
+        let any_shadow = policy.limits().any(|rule| rule.limit.is_shadow());
         let meters = meters::Meters::new(&policy);
         Service {
             policy,
@@ -659,7 +641,11 @@ impl<S: CounterStore> Service<S> {
                 }
             }
         };
-        let shadowed = self.count_shadowed(&counted, &decision);
+        let shadowed = if self.any_shadow {
+            self.count_shadowed(&counted, &decision)
+        } else {
+            None
+        };
         let headers = self.headers(&counted, &decision, None);
 
         // A blocked identity is refused whatever its limits said; what it just took is given
@@ -850,14 +836,12 @@ impl<S: CounterStore> Service<S> {
     /// are not rate limits), with `Retry-After` no earlier than `at_least`.
     /// Counts, by name, the limits in shadow mode that would have refused the request, and
     /// names them (`None` when none would have).
+    #[cold]
     fn count_shadowed(
         &self,
         counted: &[Counted<'_>],
         decision: &Decision,
     ) -> Option<Box<[String]>> {
-        if !self.any_shadow {
-            return None;
-        }
         let mut names = Vec::new();
         for (item, status) in counted.iter().zip(decision.limits()) {
             if status.would_deny()

@@ -43,17 +43,7 @@ pub(crate) fn check(args: &PolicyArgs) -> anyhow::Result<ExitCode> {
     });
     // Limits on trial, so that one left in shadow mode by mistake is seen.
     let shadow = policy
-        .routes
-        .iter()
-        .flat_map(|route| &route.limits)
-        .chain(policy.plans.values().flat_map(|plan| &plan.limits))
-        .chain(
-            policy
-                .envoy
-                .iter()
-                .flat_map(|envoy| &envoy.descriptors)
-                .filter_map(|rule| rule.limit.as_ref()),
-        )
+        .limits()
         .filter(|rule| rule.limit.is_shadow())
         .count();
     let shadow = match shadow {

@@ -45,24 +45,29 @@ fn upload(user: &str) -> RateLimitRequest {
     }
 }
 
-#[tokio::test]
-async fn envoy_asks_the_server_and_gets_the_policys_answer() {
+/// `sluice serve` of `POLICY` on the memory store with `extra` flags and `--rls-listen`: its
+/// directory, the server, and the rate limit service's address.
+async fn serve(extra: &[&str]) -> (tempfile::TempDir, Server, std::net::SocketAddr) {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, POLICY).expect("written");
     let rls = free_port();
-    let mut server = Server::start(
-        [
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--store".as_ref(),
-            "memory".as_ref(),
-            "--rls-listen".as_ref(),
-            rls.to_string().as_ref(),
-        ],
-        None,
-    )
-    .await;
+    let rls_text = rls.to_string();
+    let mut args = vec![
+        policy.to_str().expect("UTF-8"),
+        "--store",
+        "memory",
+        "--rls-listen",
+        &rls_text,
+    ];
+    args.extend_from_slice(extra);
+    let server = Server::start(std::iter::once("--policy").chain(args), None).await;
+    (dir, server, rls)
+}
+
+#[tokio::test]
+async fn envoy_asks_the_server_and_gets_the_policys_answer() {
+    let (_dir, mut server, rls) = serve(&[]).await;
     let mut client = RateLimitServiceClient::connect(format!("http://{rls}"))
         .await
         .expect("the rate limit service answers");
@@ -97,24 +102,7 @@ async fn envoy_asks_the_server_and_gets_the_policys_answer() {
 
 #[tokio::test]
 async fn every_serving_thread_answers_envoy_over_the_same_counters() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("written");
-    let rls = free_port();
-    let mut server = Server::start(
-        [
-            "--policy".as_ref(),
-            policy.as_os_str(),
-            "--store".as_ref(),
-            "memory".as_ref(),
-            "--threads".as_ref(),
-            "2".as_ref(),
-            "--rls-listen".as_ref(),
-            rls.to_string().as_ref(),
-        ],
-        None,
-    )
-    .await;
+    let (_dir, mut server, rls) = serve(&["--threads", "2"]).await;
     // Its threads, as `ps -L` names them.
     let names: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
         .expect("the server's threads")
