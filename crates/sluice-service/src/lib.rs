@@ -832,8 +832,6 @@ impl<S: CounterStore> Service<S> {
         })
     }
 
-    /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
-    /// are not rate limits), with `Retry-After` no earlier than `at_least`.
     /// Counts, by name, the limits in shadow mode that would have refused the request, and
     /// names them (`None` when none would have).
     #[cold]
@@ -854,6 +852,9 @@ impl<S: CounterStore> Service<S> {
         (!names.is_empty()).then(|| names.into_boxed_slice())
     }
 
+    /// The policy's rate-limit headers for the rate limits of `decision` (quotas and penalties
+    /// are not rate limits; nor, to clients, are limits in shadow mode), with `Retry-After` no
+    /// earlier than `at_least`.
     fn headers(
         &self,
         counted: &[Counted<'_>],
