@@ -365,8 +365,8 @@ impl Policy {
 
     /// An override set at run time (through the admin API) for `identity` = `value`: the plan it
     /// gets, and route limits replaced by name with new rates (e.g. `"10000 per 1m"`). A replaced
-    /// limit keeps its counter, its algorithm, its cost and its shadow mode, so what was counted
-    /// under the old rate counts under the new one.
+    /// limit keeps its counter, its algorithm, its cost, whether it counts rejected requests and
+    /// its shadow mode, so what was counted under the old rate counts under the new one.
     pub fn runtime_override(
         &self,
         identity: &str,
@@ -393,15 +393,20 @@ impl Policy {
                 .flat_map(|route| &route.limits)
                 .find(|limit| &limit.name == name)
                 .ok_or_else(|| format!("no route limit is named `{name}`"))?;
-            let limit = build_limit(original.algorithm, rate, None, false)
-                .and_then(|limit| {
-                    if original.limit.is_shadow() {
-                        limit.in_shadow()
-                    } else {
-                        Ok(limit)
-                    }
-                })
-                .map_err(|error| format!("{name}: {error}"))?;
+            let limit = build_limit(
+                original.algorithm,
+                rate,
+                None,
+                original.limit.counts_rejected(),
+            )
+            .and_then(|limit| {
+                if original.limit.is_shadow() {
+                    limit.in_shadow()
+                } else {
+                    Ok(limit)
+                }
+            })
+            .map_err(|error| format!("{name}: {error}"))?;
             replaced.insert(
                 name.clone(),
                 LimitRule {
@@ -1051,7 +1056,8 @@ pub(crate) fn compile(path: &str, file: PolicyFile) -> Result<Policy, PolicyErro
                 algorithm: original.algorithm,
                 burst: None,
                 cost: original.cost,
-                count_rejected: false,
+                // A hammering client stays limited under its own rate too.
+                count_rejected: original.limit.counts_rejected(),
                 block: None,
                 // A limit on trial stays on trial for the customers it is replaced for.
                 shadow: original

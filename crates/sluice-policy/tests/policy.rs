@@ -388,6 +388,26 @@ fn a_limit_in_shadow_mode_is_read_kept_by_overrides_left_off_the_page_and_refuse
     assert!(rule.limit.as_ref().expect("a limit").limit.is_shadow());
 }
 
+#[test]
+fn an_override_keeps_a_limit_counting_the_requests_it_refuses() {
+    let text = format!(
+        "{HEAD}routes:\n  - match: GET /poll\n    limits:\n      - name: polls\n        rate: 10 per 1m\n        per: user\n        count_rejected: true\noverrides:\n  - identity: user\n    value: big\n    limits:\n      polls: 1000 per 1m\n"
+    );
+    let policy = load("policy.yaml", &text).unwrap_or_else(|errors| panic!("{errors}"));
+    let replaced = &policy.overrides[0].limits["polls"];
+    assert_eq!(replaced.rate.count, 1000);
+    assert!(replaced.limit.counts_rejected());
+    let runtime = policy
+        .runtime_override(
+            "user",
+            "bigger",
+            None,
+            &[("polls".to_owned(), "5000 per 1m".to_owned())].into(),
+        )
+        .expect("an override");
+    assert!(runtime.limits["polls"].limit.counts_rejected());
+}
+
 const ENVOY: &str = "service:\n  name: Edge\nroutes: []\nenvoy:\n  domain: edge\n  descriptors:\n";
 
 #[test]
