@@ -2,9 +2,8 @@
 # Envoy's rate limit service under load, on loopback: `sluice serve --rls-listen` deciding every
 # call against bench/rls-policy.yaml (one descriptor per call, 10,000 users, memory store), beside
 # its baseline, a gRPC server of the same generated code that answers every call OK without
-# deciding anything (what gRPC alone costs). Both serve on one thread; so does, as a third
-# target, sluice on one thread per core (--threads, as it runs by default), to show what the
-# service's threads add. The load generator (crates/sluice-rls/examples/rls-load.rs) runs on one
+# deciding anything (what gRPC alone costs). Both serve on one thread; a third target, sluice on
+# one thread per core (--threads, as it runs by default), shows what the service's threads add. The load generator (crates/sluice-rls/examples/rls-load.rs) runs on one
 # thread with 64 callers over 8 HTTP/2 connections (which the kernel spreads over the threads'
 # listeners). ROUNDS interleaved rounds; prints the median calls/s, p50 and p99, the CPU each
 # server spent per call (user + kernel, from /proc), and the ratios. The load generator shares the

@@ -58,21 +58,10 @@ async fn admitted_to(client: &reqwest::Client, server: &Server, path: &str, user
     answer["allowed"] == true
 }
 
-/// `sluice serve` of `text`, written to `policy.yaml` in a new directory, on the memory store
-/// with `extra` flags, logging into `server.log` beside it.
+/// `sluice serve` of `text` on the memory store with `extra` flags, logging into `server.log`
+/// beside its policy file.
 async fn serve(text: String, extra: &[&str]) -> (tempfile::TempDir, Server) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let file = dir.path().join("policy.yaml");
-    std::fs::write(&file, text).expect("written");
-    let mut args = vec![
-        "--policy",
-        file.to_str().expect("UTF-8"),
-        "--store",
-        "memory",
-    ];
-    args.extend_from_slice(extra);
-    let server = Server::start(args, Some(&dir.path().join("server.log"))).await;
-    (dir, server)
+    support::serve_policy(&text, extra, true).await
 }
 
 /// The admin API's token in these tests.

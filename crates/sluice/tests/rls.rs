@@ -48,20 +48,11 @@ fn upload(user: &str) -> RateLimitRequest {
 /// `sluice serve` of `POLICY` on the memory store with `extra` flags and `--rls-listen`: its
 /// directory, the server, and the rate limit service's address.
 async fn serve(extra: &[&str]) -> (tempfile::TempDir, Server, std::net::SocketAddr) {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("written");
     let rls = free_port();
     let rls_text = rls.to_string();
-    let mut args = vec![
-        policy.to_str().expect("UTF-8"),
-        "--store",
-        "memory",
-        "--rls-listen",
-        &rls_text,
-    ];
+    let mut args = vec!["--rls-listen", &rls_text];
     args.extend_from_slice(extra);
-    let server = Server::start(std::iter::once("--policy").chain(args), None).await;
+    let (dir, server) = support::serve_policy(POLICY, &args, false).await;
     (dir, server, rls)
 }
 
@@ -154,16 +145,7 @@ async fn every_serving_thread_answers_envoy_over_the_same_counters() {
 
 #[test]
 fn the_checker_counts_the_envoy_rules() {
-    let dir = tempfile::tempdir().expect("a temporary directory");
-    let policy = dir.path().join("policy.yaml");
-    std::fs::write(&policy, POLICY).expect("written");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check")
-        .arg(&policy)
-        .output()
-        .expect("runs");
-    assert!(output.status.success());
-    let said = String::from_utf8_lossy(&output.stdout);
+    let said = support::check(POLICY);
     assert!(
         said.ends_with(
             ": ok (0 routes, 0 plans, 1 Envoy descriptor rule for domain `streampixel`)\n"

@@ -7,7 +7,6 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::Server;
 
 const POLICY: &str = "\
 service:
@@ -34,16 +33,7 @@ const TOKEN: &str = "shadow-test-token";
 
 #[test]
 fn check_counts_the_limits_on_trial() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let file = dir.path().join("policy.yaml");
-    std::fs::write(&file, POLICY).expect("written");
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
-        .arg("check")
-        .arg(&file)
-        .output()
-        .expect("the binary runs");
-    assert!(output.status.success());
-    let said = String::from_utf8(output.stdout).expect("UTF-8");
+    let said = support::check(POLICY);
     assert!(
         said.ends_with(": ok (1 routes, 0 plans, 1 limit in shadow mode)\n"),
         "{said}"
@@ -52,21 +42,7 @@ fn check_counts_the_limits_on_trial() {
 
 #[tokio::test]
 async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_have_refused() {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let file = dir.path().join("policy.yaml");
-    std::fs::write(&file, POLICY).expect("written");
-    let server = Server::start(
-        [
-            "--policy",
-            file.to_str().expect("UTF-8"),
-            "--store",
-            "memory",
-            "--admin-token",
-            TOKEN,
-        ],
-        None,
-    )
-    .await;
+    let (_dir, server) = support::serve_policy(POLICY, &["--admin-token", TOKEN], false).await;
     let client = support::client(Duration::from_secs(5));
 
     for check in 1..=3 {
@@ -120,23 +96,21 @@ async fn a_limit_on_trial_refuses_nothing_and_shows_the_operator_what_it_would_h
         .await
         .expect("a body");
     let usage: Value = serde_json::from_slice(&usage).expect("JSON");
-    let trial = usage["usage"]
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|entry| entry["name"] == "uploads-trial")
-        .unwrap_or_else(|| panic!("no trial in {usage}"));
+    let entry = |name: &str| {
+        usage["usage"]
+            .as_array()
+            .expect("a list")
+            .iter()
+            .find(|entry| entry["name"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {usage}"))
+    };
+    let trial = entry("uploads-trial");
     assert_eq!(
         (&trial["shadow"], &trial["used"], &trial["remaining"]),
         (&json!(true), &json!(2), &json!(0)),
         "{usage}"
     );
-    let enforced = usage["usage"]
-        .as_array()
-        .expect("a list")
-        .iter()
-        .find(|entry| entry["name"] == "uploads")
-        .unwrap_or_else(|| panic!("no uploads in {usage}"));
+    let enforced = entry("uploads");
     assert_eq!(
         (&enforced["shadow"], &enforced["used"]),
         (&json!(false), &json!(3)),

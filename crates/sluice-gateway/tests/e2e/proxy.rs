@@ -333,6 +333,25 @@ async fn the_log_line_carries_the_request_id_and_never_the_api_key() {
     );
 }
 
+/// The Streampixel policy with one more route, `POST /projects/render` (an API key and a user id
+/// in a JSON body, as the example's other routes), limited by `limit`: one limit's YAML, at the
+/// indentation of a list item under `limits:`.
+fn with_render_route(policy: &str, limit: &str) -> String {
+    policy.replace(
+        "  - match: \"* /*\"",
+        &format!(
+            "  - match: POST /projects/render
+    limits:
+{limit}    request:
+      json: true
+      fields:
+        apiKey: {{ type: string, required: true, non_empty: true }}
+        userId: {{ type: string, required: true, non_empty: true }}
+  - match: \"* /*\""
+        ),
+    )
+}
+
 /// The Streampixel policy with one more route, `POST /projects/render`, where a user may have one
 /// request in flight; and without its penalty, so that asking again and again is not blocked.
 fn one_render_at_a_time(policy: String) -> String {
@@ -341,20 +360,13 @@ fn one_render_at_a_time(policy: String) -> String {
         policy.contains(penalty),
         "the example's penalty has changed"
     );
-    policy.replace(penalty, "").replace(
-        "  - match: \"* /*\"",
-        "  - match: POST /projects/render
-    limits:
-      - name: renders-in-flight
+    with_render_route(
+        &policy.replace(penalty, ""),
+        "      - name: renders-in-flight
         rate: 1 per 1m
         algorithm: concurrency
         per: user
-    request:
-      json: true
-      fields:
-        apiKey: { type: string, required: true, non_empty: true }
-        userId: { type: string, required: true, non_empty: true }
-  - match: \"* /*\"",
+",
     )
 }
 
@@ -486,21 +498,14 @@ async fn a_stop_does_not_wait_for_a_client_that_has_sent_nothing_yet() {
 async fn a_limit_in_shadow_mode_forwards_what_it_would_refuse_and_names_itself_in_the_log_line() {
     let (captured, _guard) = sluice_test_support::CapturedLogs::start();
     let bench = Bench::edited("streampixel", |policy| {
-        policy.replace(
-            "  - match: \"* /*\"",
-            "  - match: POST /projects/render
-    limits:
-      - name: renders-trial
+        with_render_route(
+            &policy,
+            "      - name: renders-trial
         rate: 1 per 1m
         algorithm: fixed_window
         per: user
         shadow: true
-    request:
-      json: true
-      fields:
-        apiKey: { type: string, required: true, non_empty: true }
-        userId: { type: string, required: true, non_empty: true }
-  - match: \"* /*\"",
+",
         )
     })
     .await;

@@ -130,6 +130,45 @@ impl Server {
     }
 }
 
+/// `sluice serve` of `text`, written to `policy.yaml` in a new directory, on the memory store
+/// with `extra` flags; with `log`, logging into `server.log` beside it. The directory lives as
+/// long as the value returned.
+#[allow(dead_code, reason = "not every test binary serves a policy of its own")]
+pub(crate) async fn serve_policy(
+    text: &str,
+    extra: &[&str],
+    log: bool,
+) -> (tempfile::TempDir, Server) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, text).expect("written");
+    let mut args = vec![
+        "--policy",
+        file.to_str().expect("UTF-8"),
+        "--store",
+        "memory",
+    ];
+    args.extend_from_slice(extra);
+    let log = log.then(|| dir.path().join("server.log"));
+    let server = Server::start(args, log.as_deref()).await;
+    (dir, server)
+}
+
+/// What `sluice check` prints for `text`, once it has exited 0.
+#[allow(dead_code, reason = "not every test binary checks a policy")]
+pub(crate) fn check(text: &str) -> String {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, text).expect("written");
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .arg("check")
+        .arg(&file)
+        .output()
+        .expect("the binary runs");
+    assert!(output.status.success(), "{output:?}");
+    String::from_utf8(output.stdout).expect("UTF-8")
+}
+
 /// A free loopback port.
 pub(crate) fn free_port() -> SocketAddr {
     TcpListener::bind("127.0.0.1:0")
