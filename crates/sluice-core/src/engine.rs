@@ -215,11 +215,31 @@ fn decide_one(now: Timestamp, transition: &Transition<'_>, state: &mut CounterSt
     conclude(now, transition, state, step)
 }
 
+/// What [`step`] found, for [`conclude`] to report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stepped {
+    step: Step,
+    /// The limit's status, when the step had it at hand; `conclude` works it out otherwise.
+    status: Option<LimitStatus>,
+}
+
+impl Stepped {
+    /// Whether the limit admits the request.
+    pub fn step(&self) -> Step {
+        self.step
+    }
+
+    fn of(step: Step) -> Stepped {
+        Stepped { step, status: None }
+    }
+}
+
 /// The first half of [`decide`] for a request touching one counter: moves the counter's state
 /// exactly as `decide` would, and says whether the request is admitted. A store runs this while
 /// it holds the counter and [`conclude`] after letting go, so the counter is held only for the
 /// arithmetic that changes it.
-pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Step {
+#[inline(always)]
+pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Stepped {
     let limit = transition.limit;
     if let (Algorithm::TokenBucket { .. }, Op::Acquire { cost }) =
         (limit.algorithm(), transition.op)
@@ -227,7 +247,10 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
         && !limit.counts_rejected()
         && !limit.is_shadow()
     {
-        // The commonest step of all, straight: `token_bucket` without the denied future.
+        // The commonest step of all, straight: `token_bucket` without the denied future, and
+        // an admitted request's status from the values at hand, as `token_bucket_report` finds
+        // it (the tolerance less the debt, in whole requests), instead of from a second look
+        // at the state once the counter is let go.
         let cells = limit.cells();
         let at = Frac::from_nanos(now.as_nanos());
         let tat = if state.is_live(now) {
@@ -236,31 +259,51 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
             Frac::default()
         };
         let next = cells.add(tat.max(at), cells.weight(clamp_cost(cost)));
-        let admits = next.le(cells.add(at, cells.tolerance));
-        if admits {
-            *state = CounterState {
-                window: 0,
-                value: next.whole,
-                aux: next.part,
-                expires_at: Timestamp::from_nanos(next.ceil()),
-            };
-            return Step::Admitted;
+        let ceiling = cells.add(at, cells.tolerance);
+        if !next.le(ceiling) {
+            return Stepped::of(Step::Denied);
         }
-        return Step::Denied;
+        *state = CounterState {
+            window: 0,
+            value: next.whole,
+            aux: next.part,
+            expires_at: Timestamp::from_nanos(next.ceil()),
+        };
+        let status = LimitStatus {
+            limit: limit.capacity(),
+            remaining: cells.intervals_in(cells.sub(cells.tolerance, cells.sub(next, at))),
+            reset: if next.gt(at) {
+                Timestamp::from_nanos(next.ceil())
+            } else {
+                now
+            },
+            retry: RetryCode::new(None),
+        };
+        return Stepped {
+            step: Step::Admitted,
+            status: Some(status),
+        };
     }
+    step_any(now, transition, state)
+}
+
+/// [`step`] for any limit and operation.
+#[inline(never)]
+fn step_any(now: Timestamp, transition: &Transition<'_>, state: &mut CounterState) -> Stepped {
+    let limit = transition.limit;
     let outcome = evaluate(limit, transition.op, *state, now);
     if outcome.admits {
         *state = outcome.admitted;
-        return Step::Admitted;
+        return Stepped::of(Step::Admitted);
     }
     if let Some(rejected) = outcome.rejected {
         *state = rejected;
     }
-    if limit.is_shadow() {
+    Stepped::of(if limit.is_shadow() {
         Step::Shadowed
     } else {
         Step::Denied
-    }
+    })
 }
 
 /// The second half of [`decide`] for a request touching one counter: the decision, from the
@@ -269,18 +312,22 @@ pub fn conclude(
     now: Timestamp,
     transition: &Transition<'_>,
     state: &CounterState,
-    step: Step,
+    stepped: Stepped,
 ) -> Decision {
-    let mut status = report(
-        transition.limit,
-        transition.op,
-        live(*state, now),
-        now,
-        step != Step::Admitted,
-    );
-    if step == Step::Shadowed {
-        status.retry = RetryCode::shadowed();
-    }
+    let Stepped { step, status } = stepped;
+    let status = status.unwrap_or_else(|| {
+        let mut status = report(
+            transition.limit,
+            transition.op,
+            live(*state, now),
+            now,
+            step != Step::Admitted,
+        );
+        if step == Step::Shadowed {
+            status.retry = RetryCode::shadowed();
+        }
+        status
+    });
     let mut limits = SmallVec::new();
     limits.push(status);
     Decision {

@@ -29,7 +29,8 @@ pub use calendar::{MonthlyCycle, Window};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use decision::{Decision, LimitStatus, Retry};
 pub use engine::{
-    Denials, Op, Step, Transition, clamp_cost, conclude, conclude_all, decide, step, step_all,
+    Denials, Op, Step, Stepped, Transition, clamp_cost, conclude, conclude_all, decide, step,
+    step_all,
 };
 pub use jiff::tz::TimeZone;
 pub use key::CounterKey;

@@ -397,3 +397,23 @@ proptest! {
         }
     }
 }
+
+proptest! {
+    /// A key's encoding is its scope's length (four bytes, little-endian), its scope and its
+    /// name, whatever their lengths: the shortest keys, put together in a register, and longer
+    /// ones written piece by piece alike.
+    #[test]
+    fn a_key_encodes_its_scope_length_scope_and_name(
+        scope in prop::collection::vec(any::<u8>(), 0..24),
+        name in prop::collection::vec(any::<u8>(), 0..24),
+    ) {
+        let key = CounterKey::new(&scope, &name);
+        let mut expected = u32::try_from(scope.len()).unwrap().to_le_bytes().to_vec();
+        expected.extend_from_slice(&scope);
+        expected.extend_from_slice(&name);
+        prop_assert_eq!(key.encoded(), &expected[..]);
+        prop_assert_eq!(key.scope(), &scope[..]);
+        prop_assert_eq!(key.name(), &name[..]);
+        prop_assert_eq!(CounterKey::from_encoded(&expected), key);
+    }
+}

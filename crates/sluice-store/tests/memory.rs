@@ -197,3 +197,68 @@ fn a_request_whose_new_counter_grows_the_table_still_counts_its_others() {
         );
     }
 }
+
+/// Keys built to look alike: every length up to and past the shortest keys' (which the store
+/// names by their own bytes, and longer ones by a hash), bytes all zero, all ones or a ramp, the
+/// same bytes split differently between scope and name, and encodings no key makes whose bytes
+/// would pack like another key's.
+fn lookalike_keys() -> Vec<CounterKey> {
+    let mut keys = Vec::new();
+    for total in 0..=20u8 {
+        for fill in [0u8, 0xff, 1] {
+            let bytes: Vec<u8> = (0..total)
+                .map(|i| if fill == 1 { i + 1 } else { fill })
+                .collect();
+            for split in 0..=usize::from(total) {
+                let key = CounterKey::new(&bytes[..split], &bytes[split..]);
+                let mut forged = key.encoded().to_vec();
+                if let Some(byte) = forged.get_mut(1) {
+                    *byte = total + 4;
+                    keys.push(CounterKey::from_encoded(&forged));
+                }
+                keys.push(key);
+            }
+        }
+    }
+    keys.sort_by(|a, b| a.encoded().cmp(b.encoded()));
+    keys.dedup();
+    keys
+}
+
+#[test]
+fn every_key_counts_on_a_counter_of_its_own_and_finds_it_again() {
+    let clock = ManualClock::new(START);
+    let store = store(&clock);
+    let limit = Limit::fixed_window(1, Period::Span(3_600_000_000_000)).unwrap();
+    let keys = lookalike_keys();
+    for key in &keys {
+        let decision = store.apply_now(&[acquire(key.clone(), &limit)]).unwrap();
+        assert!(
+            decision.allowed(),
+            "{key:?} shared a counter with an earlier key"
+        );
+    }
+    assert_eq!(store.len(), keys.len());
+    for key in &keys {
+        let decision = store.apply_now(&[acquire(key.clone(), &limit)]).unwrap();
+        assert!(!decision.allowed(), "{key:?} lost its counter");
+    }
+}
+
+proptest::proptest! {
+    /// Any two different keys count on different counters.
+    #[test]
+    fn two_different_keys_never_share_a_counter(
+        first in (proptest::collection::vec(0u8..4, 0..14), proptest::collection::vec(0u8..4, 0..14)),
+        second in (proptest::collection::vec(0u8..4, 0..14), proptest::collection::vec(0u8..4, 0..14)),
+    ) {
+        proptest::prop_assume!(first != second);
+        let clock = ManualClock::new(START);
+        let store = store(&clock);
+        let limit = Limit::fixed_window(1, Period::Span(3_600_000_000_000)).unwrap();
+        for (scope, name) in [&first, &second] {
+            let decision = store.apply_now(&[acquire(CounterKey::new(scope, name), &limit)]).unwrap();
+            proptest::prop_assert!(decision.allowed());
+        }
+    }
+}

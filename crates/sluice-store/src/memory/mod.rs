@@ -1,14 +1,22 @@
 //! The in-memory backend: counters in sharded hash tables, each shard behind its own lock.
 //!
 //! Design, and why:
-//! - A counter is named by a 128-bit SipHash-1-3 of its key under a secret chosen at start-up.
-//!   Storing the hash instead of the key bytes keeps an entry at 48 bytes whatever the key's
-//!   length (the memory budget is 128 bytes per live counter); the secret keeps clients from
-//!   forging two keys that share a counter, and 128 bits keep accidental collisions out of reach.
-//! - Shards are picked by middle bits of the hash's low half, the table slot by its low bits. A
-//!   request locks only the shards its counters live in, in ascending order (so two requests can
-//!   never wait on each other in a cycle), and holds them while the engine moves the states:
-//!   all or nothing. The decision's report is built after they are let go.
+//! - A counter is named by 128 bits: a short key's own bytes (up to 16 encoded bytes: a scope
+//!   and a name of 12 bytes together, such as a numeric user id and a short limit name), packed
+//!   so that no two keys share them; a longer key's 128-bit SipHash-1-3 under a secret chosen at
+//!   start-up, one byte of it set to a value no packed key has. Storing the name instead of the
+//!   key bytes keeps an entry at 48 bytes whatever the key's length (the memory budget is 128
+//!   bytes per live counter). The secret keeps clients from forging two long keys that share a
+//!   counter, and 128 bits keep accidental collisions out of reach; short keys cannot collide
+//!   at all. SipHash's rounds are the longest step of a decision (its latency sits between the
+//!   key and the shard lock), which is why short keys skip it.
+//! - Where a name goes is a second, keyed hash of it (foldhash's, as hashbrown's own default):
+//!   its bits 32 and up pick the shard, its low bits the table slot. Clients know their short
+//!   keys' names, so the placement, not the name, carries the secret: they cannot aim their
+//!   keys at one shard or one probe chain. A request locks only the shards its counters live
+//!   in, in ascending order (so two requests can never wait on each other in a cycle), and holds
+//!   them while the engine moves the states: all or nothing. The decision's report is built
+//!   after they are let go.
 //! - Expired counters read as empty, and stay in place (free to reuse) until their shard's table
 //!   reaches twice the live count it had at its last drop; then the dead are dropped. So a flood
 //!   of one-shot keys cannot grow a table past twice its peak live size, sweeping costs O(1) per
@@ -22,6 +30,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 
+use foldhash::SharedSeed;
+use foldhash::fast::SeedableRandomState;
 use siphasher::sip128::SipHasher13;
 use sluice_core::{
     Clock, CounterKey, CounterState, Decision, Timestamp, Transition, conclude, conclude_all, step,
@@ -32,7 +42,7 @@ use smallvec::SmallVec;
 use crate::error::StoreError;
 use crate::sync::{Mutex, MutexGuard, lock};
 use crate::{CounterStore, Record, RecordStore, RecordTable};
-use table::Table;
+use table::{Name, Table};
 
 /// Records by table and id.
 type Records = BTreeMap<(RecordTable, Vec<u8>), Vec<u8>>;
@@ -43,8 +53,9 @@ pub struct MemoryStoreConfig {
     /// Number of shards, rounded up to a power of two. More shards mean less lock contention and
     /// a little more fixed memory; 64 suits machines up to a few dozen cores.
     pub shards: usize,
-    /// The secret keys of the counter-name hash. `None` (the default) draws random ones, which is
-    /// what a server wants; tests that need the same shard layout on every run set them.
+    /// The secret keys of the counter-name and placement hashes. `None` (the default) draws
+    /// random ones, which is what a server wants; tests that need the same shard layout on every
+    /// run set them.
     pub hash_secret: Option<(u64, u64)>,
 }
 
@@ -62,8 +73,10 @@ pub struct MemoryStore {
     /// Invariant: the length is a power of two, `1 << shard_bits`.
     shards: Box<[Shard]>,
     shard_bits: u32,
-    /// SipHash-1-3 under the store's secret keys.
+    /// SipHash-1-3 under the store's secret keys: long keys' names.
     hasher: SipHasher13,
+    /// Where a name goes: foldhash under a secret seed.
+    slots: SeedableRandomState,
     clock: Arc<dyn Clock>,
     /// Keys and overrides: few, and read rarely.
     records: std::sync::Mutex<Records>,
@@ -71,7 +84,7 @@ pub struct MemoryStore {
 
 /// One counter of a request that touches several, as the store finds it.
 struct Held {
-    hash: u128,
+    name: Name,
     shard: usize,
     /// Which of the request's held shard guards covers it.
     guard: usize,
@@ -94,21 +107,29 @@ impl MemoryStore {
     /// An empty store reading time from `clock`.
     pub fn with_config(clock: Arc<dyn Clock>, config: MemoryStoreConfig) -> MemoryStore {
         let shards = config.shards.clamp(1, 1 << 16).next_power_of_two();
-        let secret = config.hash_secret.unwrap_or_else(|| {
-            let random = RandomState::new();
-            (
-                random.hash_one(0x736c_7569_6365_u64),
-                random.hash_one(1_u64),
-            )
-        });
+        let (secret, slots) = match config.hash_secret {
+            Some(secret) => (
+                secret,
+                SeedableRandomState::with_seed(secret.0 ^ secret.1, SharedSeed::global_fixed()),
+            ),
+            None => {
+                let random = RandomState::new();
+                let secret = (
+                    random.hash_one(0x736c_7569_6365_u64),
+                    random.hash_one(1_u64),
+                );
+                (secret, SeedableRandomState::random())
+            }
+        };
         MemoryStore {
             shards: (0..shards)
                 .map(|_| Shard {
-                    table: Mutex::new(Table::default()),
+                    table: Mutex::new(Table::new(slots.clone())),
                 })
                 .collect(),
             shard_bits: shards.trailing_zeros(),
             hasher: SipHasher13::new_with_keys(secret.0, secret.1),
+            slots,
             clock,
             records: std::sync::Mutex::default(),
         }
@@ -141,10 +162,10 @@ impl MemoryStore {
         let mut counters: SmallVec<[Held; 4]> = transitions
             .iter()
             .map(|transition| {
-                let hash = self.hash(&transition.key);
+                let name = self.name(&transition.key);
                 Held {
-                    hash,
-                    shard: self.shard_of(hash),
+                    name,
+                    shard: self.shard_of(name),
                     guard: 0,
                     place: None,
                 }
@@ -154,7 +175,7 @@ impl MemoryStore {
             if let Some(duplicate) = counters
                 .iter()
                 .skip(index + 1)
-                .position(|other| other.hash == counter.hash)
+                .position(|other| other.name.id == counter.name.id)
             {
                 return Err(StoreError::DuplicateKey(
                     transitions[index + 1 + duplicate].key.clone(),
@@ -179,7 +200,7 @@ impl MemoryStore {
                 .position(|&id| id == counter.shard)
                 .unwrap_or(0);
             let table = &guards[counter.guard];
-            counter.place = table.find(counter.hash);
+            counter.place = table.find(counter.name);
             states.push(
                 counter
                     .place
@@ -199,7 +220,7 @@ impl MemoryStore {
         }
         for (counter, state) in counters.iter().zip(&states) {
             if counter.place.is_none() {
-                guards[counter.guard].add(counter.hash, *state, now);
+                guards[counter.guard].add(counter.name, *state, now);
             }
         }
         // The report is built after the shards are let go.
@@ -216,22 +237,32 @@ impl MemoryStore {
         now: Timestamp,
         mut observe: impl FnMut(usize, &CounterState, &CounterState),
     ) -> Decision {
-        let hash = self.hash(&transition.key);
-        let (state, admitted) =
-            lock(&self.shards[self.shard_of(hash)].table).update(hash, now, |state| {
+        let name = self.name(&transition.key);
+        let mut table = lock(&self.shards[self.shard_of(name)].table);
+        let (state, stepped) = match table.get_mut(name) {
+            Some(state) => {
                 let before = *state;
-                let admitted = step(now, transition, state);
+                let stepped = step(now, transition, state);
                 observe(0, &before, state);
-                (*state, admitted)
-            });
+                (*state, stepped)
+            }
+            None => {
+                let mut state = CounterState::EMPTY;
+                let stepped = step(now, transition, &mut state);
+                observe(0, &CounterState::EMPTY, &state);
+                table.add(name, state, now);
+                (state, stepped)
+            }
+        };
         // The report is built after the shard is let go.
-        conclude(now, transition, &state, admitted)
+        drop(table);
+        conclude(now, transition, &state, stepped)
     }
 
     /// Puts back a counter's state as a durable copy recorded it.
     pub(crate) fn restore(&self, key: &CounterKey, state: CounterState, now: Timestamp) {
-        let hash = self.hash(key);
-        lock(&self.shards[self.shard_of(hash)].table).put(hash, state, now);
+        let name = self.name(key);
+        lock(&self.shards[self.shard_of(name)].table).put(name, state, now);
     }
 
     /// Removes every expired counter and gives memory back to the allocator where a table is
@@ -260,19 +291,63 @@ impl MemoryStore {
 
     /// The shard `key`'s counter lives in; for tests and diagnostics.
     pub fn shard_of_key(&self, key: &CounterKey) -> usize {
-        self.shard_of(self.hash(key))
+        self.shard_of(self.name(key))
     }
 
-    fn hash(&self, key: &CounterKey) -> u128 {
-        self.hasher.hash(key.encoded()).as_u128()
+    /// `key`'s counter's name and slot hash.
+    #[inline(always)]
+    fn name(&self, key: &CounterKey) -> Name {
+        let id = match identity(key.encoded()) {
+            Some(id) => id,
+            None => self.long_name(key),
+        };
+        Name {
+            id,
+            slot: self.slots.hash_one(id),
+        }
     }
 
-    fn shard_of(&self, hash: u128) -> usize {
-        // Bits 32 and up of the low half pick the shard. The table takes its slots from that
-        // half's low bits and its tags from its top 7, so the three stay independent, and the
-        // lock and the probe wait only for the half of the hash that is computed first.
-        ((hash as u64) >> 32 & ((1 << self.shard_bits) - 1)) as usize
+    /// The name of a key too long to be its own: its hash, with byte 1 set to a value no packed
+    /// name has there (they have their length, at most 16).
+    #[inline(never)]
+    fn long_name(&self, key: &CounterKey) -> u128 {
+        self.hasher.hash(key.encoded()).as_u128() | 0xff << 8
     }
+
+    fn shard_of(&self, name: Name) -> usize {
+        // Bits 32 and up of the slot hash pick the shard. The table takes its slots from the
+        // low bits and its tags from the top 7, so the three stay independent.
+        (name.slot >> 32 & ((1 << self.shard_bits) - 1)) as usize
+    }
+}
+
+/// A short key's name: its encoding (`CounterKey::encoded`: the scope's length in four bytes,
+/// then the scope and the name) packed into 128 bits, or `None` when it is longer than 16
+/// bytes. The scope of a key that short is at most 12 bytes long, so the length's second byte
+/// is zero (an encoding where it is not is taken as long); it carries the encoding's length
+/// instead, and bytes past the length are zero. Two encodings of one length differ in a byte
+/// kept, so no two keys share a name.
+#[inline(always)]
+fn identity(encoded: &[u8]) -> Option<u128> {
+    let length = encoded.len();
+    if length > 16 || encoded.get(1).is_some_and(|&byte| byte != 0) {
+        return None;
+    }
+    let (head, tail) = match (encoded.first_chunk::<8>(), encoded.last_chunk::<8>()) {
+        // Bytes 8 and up are the last `length - 8` of the last eight.
+        (Some(head), Some(last)) => (
+            u64::from_le_bytes(*head),
+            u64::from_le_bytes(*last)
+                .checked_shr(8 * (16 - length) as u32)
+                .unwrap_or(0),
+        ),
+        _ => {
+            let mut head = [0u8; 8];
+            head.get_mut(..length)?.copy_from_slice(encoded);
+            (u64::from_le_bytes(head), 0)
+        }
+    };
+    Some(u128::from(tail) << 64 | u128::from(head | (length as u64) << 8))
 }
 
 impl CounterStore for MemoryStore {

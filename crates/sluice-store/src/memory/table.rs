@@ -1,5 +1,8 @@
 //! One shard's hash table of counters, and the sweep that keeps it no larger than its live set.
 
+use std::hash::BuildHasher;
+
+use foldhash::fast::SeedableRandomState;
 use hashbrown::HashTable;
 use sluice_core::{CounterState, Timestamp};
 
@@ -8,20 +11,25 @@ use sluice_core::{CounterState, Timestamp};
 /// refills between a client's requests — are reused in place instead of removed and re-inserted.
 const MIN_SWEEP: usize = 1024;
 
-/// A counter: its key's 128-bit hash and its state. 48 bytes.
+/// A counter: its name and its state. 48 bytes.
 #[derive(Clone, Copy)]
 struct Entry {
     key: u128,
     state: CounterState,
 }
 
-fn slot_hash(entry: &Entry) -> u64 {
-    entry.key as u64
+/// A counter's name ([`super::MemoryStore`]'s `identity`) and where it goes: its slot hash under
+/// the table's [`SeedableRandomState`].
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Name {
+    pub(super) id: u128,
+    pub(super) slot: u64,
 }
 
-#[derive(Default)]
 pub(super) struct Table {
     entries: HashTable<Entry>,
+    /// The store's slot hash, for placing entries again when the table grows.
+    slots: SeedableRandomState,
     /// Drop expired entries on insert once `entries` holds this many (at least `MIN_SWEEP`).
     /// Raised to twice the live count after each such drop and never lowered by one, so dead
     /// counters wait for reuse until the table is genuinely crowded; lowered only by `sweep`.
@@ -29,20 +37,32 @@ pub(super) struct Table {
 }
 
 impl Table {
-    /// Stores `state` for `key`. A state that is already expired is not inserted (an existing
-    /// entry is updated in place and left for the sweep).
-    pub(super) fn put(&mut self, key: u128, state: CounterState, now: Timestamp) {
-        if let Some(entry) = self.entries.find_mut(key as u64, |entry| entry.key == key) {
-            entry.state = state;
-        } else {
-            self.add(key, state, now);
+    /// An empty table placing counters by `slots`, the hash their [`Name`]s' slots come from.
+    pub(super) fn new(slots: SeedableRandomState) -> Table {
+        Table {
+            entries: HashTable::new(),
+            slots,
+            drop_at: 0,
         }
     }
 
-    /// Where `key`'s counter is, if the table holds it: valid until the next insert.
-    pub(super) fn find(&self, key: u128) -> Option<usize> {
+    /// Stores `state` for `name`. A state that is already expired is not inserted (an existing
+    /// entry is updated in place and left for the sweep).
+    pub(super) fn put(&mut self, name: Name, state: CounterState, now: Timestamp) {
+        if let Some(entry) = self
+            .entries
+            .find_mut(name.slot, |entry| entry.key == name.id)
+        {
+            entry.state = state;
+        } else {
+            self.add(name, state, now);
+        }
+    }
+
+    /// Where `name`'s counter is, if the table holds it: valid until the next insert.
+    pub(super) fn find(&self, name: Name) -> Option<usize> {
         self.entries
-            .find_bucket_index(key as u64, |entry| entry.key == key)
+            .find_bucket_index(name.slot, |entry| entry.key == name.id)
     }
 
     /// The state of the counter [`Table::find`] found at `index`.
@@ -60,27 +80,17 @@ impl Table {
     }
 
     /// Adds a counter the table does not hold, unless its state is already expired.
-    pub(super) fn add(&mut self, key: u128, state: CounterState, now: Timestamp) {
+    pub(super) fn add(&mut self, name: Name, state: CounterState, now: Timestamp) {
         if state.is_live(now) {
-            self.insert(key, state, now);
+            self.insert(name, state, now);
         }
     }
 
-    /// Runs `f` on the state of `key` (empty if absent) and stores what it leaves, with a single
-    /// probe when the counter exists.
-    pub(super) fn update<R>(
-        &mut self,
-        key: u128,
-        now: Timestamp,
-        f: impl FnOnce(&mut CounterState) -> R,
-    ) -> R {
-        if let Some(entry) = self.entries.find_mut(key as u64, |entry| entry.key == key) {
-            return f(&mut entry.state);
-        }
-        let mut state = CounterState::EMPTY;
-        let result = f(&mut state);
-        self.add(key, state, now);
-        result
+    /// The state of `name`'s counter, if the table holds it, in one probe.
+    pub(super) fn get_mut(&mut self, name: Name) -> Option<&mut CounterState> {
+        self.entries
+            .find_mut(name.slot, |entry| entry.key == name.id)
+            .map(|entry| &mut entry.state)
     }
 
     /// Inserts a new counter. Expired entries are dropped only when the table reaches its drop
@@ -88,7 +98,7 @@ impl Table {
     /// back (a bucket that refills between requests dies and revives constantly). The threshold
     /// doubles past the live count, so this costs O(1) per insert, amortised, and a table holds
     /// at most twice the peak live count between sweeps.
-    fn insert(&mut self, key: u128, state: CounterState, now: Timestamp) {
+    fn insert(&mut self, name: Name, state: CounterState, now: Timestamp) {
         if self.entries.len() >= self.drop_at.max(MIN_SWEEP) {
             self.drop_expired(now);
             self.drop_at = self
@@ -96,8 +106,15 @@ impl Table {
                 .max(self.entries.len().saturating_mul(2))
                 .max(MIN_SWEEP);
         }
-        self.entries
-            .insert_unique(key as u64, Entry { key, state }, slot_hash);
+        let slots = &self.slots;
+        self.entries.insert_unique(
+            name.slot,
+            Entry {
+                key: name.id,
+                state,
+            },
+            |entry| slots.hash_one(entry.key),
+        );
     }
 
     fn drop_expired(&mut self, now: Timestamp) {
@@ -110,7 +127,9 @@ impl Table {
         let live = self.entries.len();
         self.drop_at = live.saturating_mul(2).max(MIN_SWEEP);
         if self.entries.capacity() > live.saturating_mul(4).max(MIN_SWEEP) {
-            self.entries.shrink_to(live.saturating_mul(2), slot_hash);
+            let slots = &self.slots;
+            self.entries
+                .shrink_to(live.saturating_mul(2), |entry| slots.hash_one(entry.key));
         }
     }
 
