@@ -252,6 +252,9 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
         // it (the tolerance less the debt, in whole requests), instead of from a second look
         // at the state once the counter is let go.
         let cells = limit.cells();
+        if let (Some(interval), 1, 0) = (cells.whole_interval(), cost, state.aux) {
+            return step_whole(now, limit, interval, state);
+        }
         let at = Frac::from_nanos(now.as_nanos());
         let tat = if state.is_live(now) {
             cells.frac(state.value, state.aux)
@@ -285,6 +288,40 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
         };
     }
     step_any(now, transition, state)
+}
+
+/// [`step`]'s token bucket taking one request, when its interval and tolerance are whole
+/// nanoseconds and so is the stored instant: the same arithmetic on plain integers, every
+/// fraction being zero.
+#[inline(always)]
+fn step_whole(now: Timestamp, limit: &Limit, interval: u64, state: &mut CounterState) -> Stepped {
+    let cells = limit.cells();
+    let at = now.as_nanos();
+    let tat = if state.is_live(now) { state.value } else { 0 };
+    let next = tat.max(at).saturating_add(interval);
+    if next > at.saturating_add(cells.tolerance.whole) {
+        return Stepped::of(Step::Denied);
+    }
+    *state = CounterState {
+        window: 0,
+        value: next,
+        aux: 0,
+        expires_at: Timestamp::from_nanos(next),
+    };
+    let debt = next.saturating_sub(at);
+    Stepped {
+        step: Step::Admitted,
+        status: Some(LimitStatus {
+            limit: limit.capacity(),
+            remaining: cells.whole_intervals_in(cells.tolerance.whole.saturating_sub(debt)),
+            reset: if next > at {
+                Timestamp::from_nanos(next)
+            } else {
+                now
+            },
+            retry: RetryCode::new(None),
+        }),
+    }
 }
 
 /// [`step`] for any limit and operation.

@@ -66,6 +66,20 @@ pub(crate) struct Cells {
     span: u64,
     /// ⌊2^64 / span⌋, which turns the one division a decision needs into a multiplication.
     span_reciprocal: u128,
+    /// The interval in whole nanoseconds, and ⌊2^64 / it⌋, when the interval and the tolerance
+    /// are whole (the span divides by the capacity): then every instant a decision of cost 1
+    /// makes is whole too, and plain integers do.
+    whole: Option<(u64, u128)>,
+}
+
+/// `⌊n / d⌋` for `d ≥ 1` without dividing, given `r = ⌊2^64 / d⌋`: the estimate `⌊n·r / 2^64⌋`
+/// undershoots `n / d` by less than `n / 2^64 < 1`, so it is the quotient or one less; the
+/// remainder tells which.
+fn div_by(n: u64, d: u64, r: u128) -> u64 {
+    let estimate = u128::from(n).wrapping_mul(r) >> 64;
+    let estimate = u64::try_from(estimate).unwrap_or(u64::MAX);
+    let remainder = n.wrapping_sub(estimate.wrapping_mul(d));
+    estimate.wrapping_add(u64::from(remainder >= d))
 }
 
 impl Cells {
@@ -80,11 +94,36 @@ impl Cells {
             tolerance: Frac::default(),
             span,
             span_reciprocal: (1u128 << 64).checked_div(u128::from(span)).unwrap_or(0),
+            whole: None,
         };
+        let interval = cells.intervals(1);
+        let tolerance = cells.intervals(burst);
         Cells {
-            interval: cells.intervals(1),
-            tolerance: cells.intervals(burst),
+            interval,
+            tolerance,
+            whole: (interval.part == 0 && tolerance.part == 0 && interval.whole > 0).then(|| {
+                (
+                    interval.whole,
+                    (1u128 << 64)
+                        .checked_div(u128::from(interval.whole))
+                        .unwrap_or(0),
+                )
+            }),
             ..cells
+        }
+    }
+
+    /// The interval in whole nanoseconds, when it and the tolerance are whole.
+    pub(crate) fn whole_interval(&self) -> Option<u64> {
+        self.whole.map(|(interval, _)| interval)
+    }
+
+    /// How many whole intervals fit in `room` whole nanoseconds, when the interval is whole:
+    /// [`Cells::intervals_in`] for a room with no fraction, by one multiplication.
+    pub(crate) fn whole_intervals_in(&self, room: u64) -> u64 {
+        match self.whole {
+            Some((interval, reciprocal)) => div_by(room, interval, reciprocal),
+            None => self.intervals_in(Frac::from_nanos(room)),
         }
     }
 
@@ -167,10 +206,7 @@ impl Cells {
     /// undershoots `n / span` by less than `n / 2^64 < 1`, so it is the quotient or one less;
     /// the remainder tells which.
     fn div_span(&self, n: u64) -> u64 {
-        let estimate = u128::from(n).wrapping_mul(self.span_reciprocal) >> 64;
-        let estimate = u64::try_from(estimate).unwrap_or(u64::MAX);
-        let remainder = n.wrapping_sub(estimate.wrapping_mul(self.span));
-        estimate.wrapping_add(u64::from(remainder >= self.span))
+        div_by(n, self.span, self.span_reciprocal)
     }
 
     fn split(&self, scaled: u128) -> Frac {

@@ -417,3 +417,49 @@ proptest! {
         prop_assert_eq!(CounterKey::from_encoded(&expected), key);
     }
 }
+
+proptest! {
+    /// A token bucket whose interval is whole nanoseconds (its span divides by its capacity),
+    /// taking one request at a time through the one-counter path, which decides it on plain
+    /// integers, moves and answers exactly as the general path does, request after request:
+    /// through refills, an empty bucket, a saturated span and a stored state the general path
+    /// wrote.
+    #[test]
+    fn a_whole_nanosecond_bucket_decides_as_the_general_path(
+        capacity in prop_oneof![Just(1u64), 1u64..=1_000],
+        interval in prop_oneof![Just(1_000_000u64), 1_000_000u64..=60_000_000_000],
+        burst in prop_oneof![Just(1u64), 1u64..=2_000],
+        start in prop_oneof![Just(START), any::<u64>()],
+        waits in prop::collection::vec(prop_oneof![Just(0u64), 0u64..=120_000_000_000], 1..40),
+    ) {
+        let limit = Limit::token_bucket(capacity, Duration::from_nanos(capacity * interval), burst)
+            .unwrap();
+        let companion = Limit::fixed_window(1, Period::Span(1_000_000_000)).unwrap();
+        let one = Transition {
+            key: CounterKey::new(b"user:1", b"a"),
+            limit: &limit,
+            op: Op::Acquire { cost: 1 },
+        };
+        let beside = [
+            one.clone(),
+            Transition {
+                key: CounterKey::new(b"user:1", b"b"),
+                limit: &companion,
+                op: Op::Acquire { cost: 0 },
+            },
+        ];
+        let mut alone = [CounterState::EMPTY];
+        let mut together = [CounterState::EMPTY, CounterState::EMPTY];
+        let mut now = start;
+        for wait in waits {
+            now = now.saturating_add(wait);
+            let at = Timestamp::from_nanos(now);
+            let decision = decide(at, std::slice::from_ref(&one), &mut alone);
+            together[1] = CounterState::EMPTY;
+            let general = decide(at, &beside, &mut together);
+            prop_assert_eq!(decision.limits()[0], general.limits()[0]);
+            prop_assert_eq!(decision.denied_by(), general.denied_by());
+            prop_assert_eq!(alone[0], together[0]);
+        }
+    }
+}
