@@ -18,8 +18,8 @@ struct Entry {
     state: CounterState,
 }
 
-/// A counter's name ([`super::MemoryStore`]'s `identity`) and where it goes: its slot hash under
-/// the table's [`SeedableRandomState`].
+/// A counter's 128-bit name (its key packed, or hashed when long) and where it goes: its slot
+/// hash under the table's [`SeedableRandomState`].
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Name {
     pub(super) id: u128,
