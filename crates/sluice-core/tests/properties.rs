@@ -55,6 +55,19 @@ fn limit_of(algorithm: u8, capacity: u64, span: u64, burst: u64, counting: bool)
     }
 }
 
+/// `one`, and beside it a counter of `companion` that the request costs nothing: the general,
+/// several-counter path for a request the one-counter path can take alone.
+fn beside_a_companion<'a>(one: &Transition<'a>, companion: &'a Limit) -> [Transition<'a>; 2] {
+    [
+        one.clone(),
+        Transition {
+            key: CounterKey::new(b"user:1", b"b"),
+            limit: companion,
+            op: Op::Acquire { cost: 0 },
+        },
+    ]
+}
+
 /// A stored state from its four numbers, as a store might hand back anything.
 fn stored((window, value, aux, expires_at): (u64, u64, u64, u64)) -> CounterState {
     CounterState {
@@ -304,14 +317,7 @@ proptest! {
         let one = Transition { key: CounterKey::new(b"user:1", b"a"), limit: &limit, op };
         let mut alone = [stored];
         let decision = decide(now, std::slice::from_ref(&one), &mut alone);
-        let beside = [
-            one.clone(),
-            Transition {
-                key: CounterKey::new(b"user:1", b"b"),
-                limit: &companion,
-                op: Op::Acquire { cost: 0 },
-            },
-        ];
+        let beside = beside_a_companion(&one, &companion);
         let mut together = [stored, CounterState::EMPTY];
         let general = decide(now, &beside, &mut together);
         prop_assert_eq!(decision.limits()[0], general.limits()[0]);
@@ -440,14 +446,7 @@ proptest! {
             limit: &limit,
             op: Op::Acquire { cost: 1 },
         };
-        let beside = [
-            one.clone(),
-            Transition {
-                key: CounterKey::new(b"user:1", b"b"),
-                limit: &companion,
-                op: Op::Acquire { cost: 0 },
-            },
-        ];
+        let beside = beside_a_companion(&one, &companion);
         let mut alone = [CounterState::EMPTY];
         let mut together = [CounterState::EMPTY, CounterState::EMPTY];
         let mut now = start;
