@@ -9,7 +9,9 @@
 //! a 5xx that is not JSON is answered in the API's envelope, its status kept, as the proxy does
 //! with an upstream's. The request is settled once the inner service has answered (concurrency
 //! slots given back, quotas that count only successes refunded unless it answered 2xx), or, when
-//! its future is dropped first (the client went away), as a failure.
+//! its future is dropped first (the client went away), as a failure. The limits in shadow mode
+//! that would have refused it reach the inner service as a [`ShadowLimits`] request extension,
+//! where the gateway writes them into its access line.
 //!
 //! The layer does not serve the gateway's own endpoints (health, the decision API), nor pass
 //! protocol upgrades through with their holds: a concurrency limit counts an upgraded request
@@ -33,6 +35,13 @@ use sluice_store::CounterStore;
 use crate::body::rendered;
 use crate::request_id::X_REQUEST_ID;
 use crate::{RequestIds, Settling, add_cors, coding, policy_request};
+
+/// The names of the limits in shadow mode that would have refused a request the layer admitted:
+/// a request extension for the inner service, present only when some would have, so that the
+/// service can log them beside its own line for the request (the gateway's access line says
+/// `shadow="…"`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShadowLimits(pub Box<[String]>);
 
 /// The body the inner service gets: the bytes the layer read for the policy (`Left`), or the
 /// client's body untouched (`Right`).
@@ -235,7 +244,7 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
             *response.status_mut() = StatusCode::NO_CONTENT;
             return answered(response, cors);
         }
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let matched = service.matched(parts.method.as_str(), parts.uri.path());
         let (content, body) = match matched.body {
             BodyNeed::Stream => (None, Either::Right(body)),
@@ -257,6 +266,9 @@ impl<S: CounterStore + 'static> SluiceLayer<S> {
             Verdict::Admit(admission) => admission,
         };
         let limit_headers = std::mem::take(&mut admission.headers);
+        if let Some(names) = admission.shadowed.take() {
+            parts.extensions.insert(ShadowLimits(names));
+        }
         let settling = Settling::new(service, admission);
         let response = match inner.call(Request::from_parts(parts, body)).await {
             Ok(response) => response,

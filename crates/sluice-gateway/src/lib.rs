@@ -44,7 +44,7 @@ pub use admin::{Admin, OPENAPI};
 pub use body::Body;
 pub use check_api::MAX_BATCH;
 pub use echo::serve_echo;
-pub use layer::{LayerRequestBody, LayerResponseBody, Sluice, SluiceLayer};
+pub use layer::{LayerRequestBody, LayerResponseBody, ShadowLimits, Sluice, SluiceLayer};
 pub use probe::HttpProbe;
 pub use proxy::Upstream;
 pub use request_id::RequestIds;

@@ -12,7 +12,7 @@ use axum::routing::post;
 use http::StatusCode;
 use serde_json::{Value, json};
 use sluice_core::{Clock, ManualClock, Timestamp};
-use sluice_gateway::SluiceLayer;
+use sluice_gateway::{ShadowLimits, SluiceLayer};
 use sluice_service::{KeyRing, LiveService};
 use sluice_store::MemoryStore;
 use tokio::sync::Semaphore;
@@ -35,8 +35,8 @@ struct App {
     shared: Arc<dyn Clock>,
 }
 
-/// Seed 000's policy, with one render at a time per user on a route of its own, edited by
-/// `edit`.
+/// Seed 000's policy, with one render at a time per user on a route of its own and a limit on
+/// trial (in shadow mode) on another, edited by `edit`.
 fn deployment(edit: impl FnOnce(String) -> String) -> (Arc<sluice_policy::Policy>, KeyRing) {
     deployment_edited("streampixel", |policy| {
         edit(policy).replacen(
@@ -48,6 +48,15 @@ fn deployment(edit: impl FnOnce(String) -> String) -> (Arc<sluice_policy::Policy
         rate: 1 per 1m
         algorithm: concurrency
         per: user
+    request:
+      json: true
+      max_body: 64 KB
+  - match: POST /projects/trial
+    limits:
+      - name: trials
+        rate: 1 per 1h
+        per: user
+        shadow: true
     request:
       json: true
       max_body: 64 KB
@@ -101,6 +110,13 @@ async fn serve(live: bool) -> App {
             post(move || async move {
                 boom();
                 (StatusCode::INTERNAL_SERVER_ERROR, "kaboom")
+            }),
+        )
+        .route(
+            "/projects/trial",
+            post(|request: axum::extract::Request| async move {
+                let shadow = request.extensions().get::<ShadowLimits>().cloned();
+                json!({"shadow": shadow.map(|names| names.0.to_vec())}).to_string()
             }),
         )
         .route(
@@ -342,4 +358,20 @@ async fn a_policy_reloaded_through_a_live_service_decides_the_next_request() {
         .post("/projects/upload-file", &upload(ALICE, "alice"))
         .await;
     assert_eq!(alice.status(), 429, "the reload kept alice's count");
+}
+
+#[tokio::test]
+async fn the_app_is_told_which_limits_on_trial_would_have_refused_its_request() {
+    let app = app().await;
+    let mut told = Vec::new();
+    for _ in 0..2 {
+        let response = app.post("/projects/trial", &upload(ALICE, "alice")).await;
+        assert_eq!(response.status(), 200, "a limit on trial refuses nothing");
+        assert!(
+            !response.headers().contains_key("ratelimit"),
+            "nor is a client told of it"
+        );
+        told.push(json_of(response).await["shadow"].clone());
+    }
+    assert_eq!(told, [json!(null), json!(["trials"])]);
 }
