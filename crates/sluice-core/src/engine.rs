@@ -9,7 +9,7 @@ use smallvec::SmallVec;
 
 use crate::calendar::Window;
 use crate::decision::{Decision, LimitStatus, Retry, RetryCode};
-use crate::gcra::{Cells, Frac};
+use crate::gcra::{Cells, Frac, Whole};
 use crate::key::CounterKey;
 use crate::limit::{Algorithm, Limit, MAX_CAPACITY, Period};
 use crate::state::CounterState;
@@ -252,8 +252,8 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
         // it (the tolerance less the debt, in whole requests), instead of from a second look
         // at the state once the counter is let go.
         let cells = limit.cells();
-        if let (Some(interval), 1, 0) = (cells.whole_interval(), cost, state.aux) {
-            return step_whole(now, limit, interval, state);
+        if let (Some(whole), 1, 0) = (cells.whole(), cost, state.aux) {
+            return step_whole(now, limit, whole, state);
         }
         let at = Frac::from_nanos(now.as_nanos());
         let tat = if state.is_live(now) {
@@ -294,12 +294,11 @@ pub fn step(now: Timestamp, transition: &Transition<'_>, state: &mut CounterStat
 /// nanoseconds and so is the stored instant: the same arithmetic on plain integers, every
 /// fraction being zero.
 #[inline(always)]
-fn step_whole(now: Timestamp, limit: &Limit, interval: u64, state: &mut CounterState) -> Stepped {
-    let cells = limit.cells();
+fn step_whole(now: Timestamp, limit: &Limit, whole: Whole, state: &mut CounterState) -> Stepped {
     let at = now.as_nanos();
     let tat = if state.is_live(now) { state.value } else { 0 };
-    let next = tat.max(at).saturating_add(interval);
-    if next > at.saturating_add(cells.tolerance.whole) {
+    let next = tat.max(at).saturating_add(whole.interval);
+    if next > at.saturating_add(whole.tolerance) {
         return Stepped::of(Step::Denied);
     }
     *state = CounterState {
@@ -313,7 +312,7 @@ fn step_whole(now: Timestamp, limit: &Limit, interval: u64, state: &mut CounterS
         step: Step::Admitted,
         status: Some(LimitStatus {
             limit: limit.capacity(),
-            remaining: cells.whole_intervals_in(cells.tolerance.whole.saturating_sub(debt)),
+            remaining: whole.intervals_in(whole.tolerance.saturating_sub(debt)),
             reset: if next > at {
                 Timestamp::from_nanos(next)
             } else {

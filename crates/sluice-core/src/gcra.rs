@@ -66,10 +66,27 @@ pub(crate) struct Cells {
     span: u64,
     /// ⌊2^64 / span⌋, which turns the one division a decision needs into a multiplication.
     span_reciprocal: u128,
-    /// The interval in whole nanoseconds, and ⌊2^64 / it⌋, when the interval and the tolerance
-    /// are whole (the span divides by the capacity): then every instant a decision of cost 1
-    /// makes is whole too, and plain integers do.
-    whole: Option<(u64, u128)>,
+    /// The bucket in whole nanoseconds, when the interval and the tolerance are whole (the span
+    /// divides by the capacity): then every instant a decision of cost 1 makes is whole too,
+    /// and plain integers do.
+    whole: Option<Whole>,
+}
+
+/// A bucket's interval and tolerance in whole nanoseconds, when neither has a fraction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Whole {
+    pub(crate) interval: u64,
+    pub(crate) tolerance: u64,
+    /// ⌊2^64 / interval⌋.
+    reciprocal: u128,
+}
+
+impl Whole {
+    /// How many whole intervals fit in `room` nanoseconds: [`Cells::intervals_in`] for a room
+    /// with no fraction, by one multiplication.
+    pub(crate) fn intervals_in(&self, room: u64) -> u64 {
+        div_by(room, self.interval, self.reciprocal)
+    }
 }
 
 /// `⌊n / d⌋` for `d ≥ 1` without dividing, given `r = ⌊2^64 / d⌋`: the estimate `⌊n·r / 2^64⌋`
@@ -102,29 +119,21 @@ impl Cells {
             interval,
             tolerance,
             whole: (interval.part == 0 && tolerance.part == 0 && interval.whole > 0).then(|| {
-                (
-                    interval.whole,
-                    (1u128 << 64)
+                Whole {
+                    interval: interval.whole,
+                    tolerance: tolerance.whole,
+                    reciprocal: (1u128 << 64)
                         .checked_div(u128::from(interval.whole))
                         .unwrap_or(0),
-                )
+                }
             }),
             ..cells
         }
     }
 
-    /// The interval in whole nanoseconds, when it and the tolerance are whole.
-    pub(crate) fn whole_interval(&self) -> Option<u64> {
-        self.whole.map(|(interval, _)| interval)
-    }
-
-    /// How many whole intervals fit in `room` whole nanoseconds, when the interval is whole:
-    /// [`Cells::intervals_in`] for a room with no fraction, by one multiplication.
-    pub(crate) fn whole_intervals_in(&self, room: u64) -> u64 {
-        match self.whole {
-            Some((interval, reciprocal)) => div_by(room, interval, reciprocal),
-            None => self.intervals_in(Frac::from_nanos(room)),
-        }
+    /// The bucket in whole nanoseconds, when its interval and tolerance have no fraction.
+    pub(crate) fn whole(&self) -> Option<Whole> {
+        self.whole
     }
 
     /// A stored (whole, part) pair as a `Frac`, repairing a part that is out of range.

@@ -351,14 +351,7 @@ fn a_limit_in_shadow_mode_is_read_kept_by_overrides_left_off_the_page_and_refuse
     assert!(!route.limits[0].limit.is_shadow());
     assert!(route.limits[1].limit.is_shadow());
     assert!(policy.overrides[0].limits["per-user"].limit.is_shadow());
-    let runtime = policy
-        .runtime_override(
-            "user",
-            "bigger",
-            None,
-            &[("per-user".to_owned(), "5000 per 1m".to_owned())].into(),
-        )
-        .expect("an override");
+    let runtime = overridden_at_run_time(&policy, "per-user");
     assert!(runtime.limits["per-user"].limit.is_shadow());
     // The published page promises what is enforced: a limit on trial is not on it.
     let page = sluice_policy::docs(&policy);
@@ -397,15 +390,24 @@ fn an_override_keeps_a_limit_counting_the_requests_it_refuses() {
     let replaced = &policy.overrides[0].limits["polls"];
     assert_eq!(replaced.rate.count, 1000);
     assert!(replaced.limit.counts_rejected());
-    let runtime = policy
+    let runtime = overridden_at_run_time(&policy, "polls");
+    assert!(runtime.limits["polls"].limit.counts_rejected());
+}
+
+/// User `bigger`'s override of `limit` to 5000 per minute, set at run time as the admin API
+/// sets one.
+fn overridden_at_run_time(
+    policy: &sluice_policy::Policy,
+    limit: &str,
+) -> sluice_policy::OverrideRule {
+    policy
         .runtime_override(
             "user",
             "bigger",
             None,
-            &[("polls".to_owned(), "5000 per 1m".to_owned())].into(),
+            &[(limit.to_owned(), "5000 per 1m".to_owned())].into(),
         )
-        .expect("an override");
-    assert!(runtime.limits["polls"].limit.counts_rejected());
+        .expect("an override")
 }
 
 const ENVOY: &str = "service:\n  name: Edge\nroutes: []\nenvoy:\n  domain: edge\n  descriptors:\n";

@@ -297,7 +297,7 @@ impl MemoryStore {
     /// `key`'s counter's name and slot hash.
     #[inline(always)]
     fn name(&self, key: &CounterKey) -> Name {
-        let id = match identity(key.encoded()) {
+        let id = match identity(key) {
             Some(id) => id,
             None => self.long_name(key),
         };
@@ -322,32 +322,18 @@ impl MemoryStore {
 }
 
 /// A short key's name: its encoding (`CounterKey::encoded`: the scope's length in four bytes,
-/// then the scope and the name) packed into 128 bits, or `None` when it is longer than 16
-/// bytes. The scope of a key that short is at most 12 bytes long, so the length's second byte
-/// is zero (an encoding where it is not is taken as long); it carries the encoding's length
+/// then the scope and the name) as `CounterKey::packed` reads it, or `None` when it is longer
+/// than 16 bytes. The scope of a key that short is at most 12 bytes long, so the length's second
+/// byte is zero (an encoding where it is not is taken as long); it carries the encoding's length
 /// instead, and bytes past the length are zero. Two encodings of one length differ in a byte
 /// kept, so no two keys share a name.
 #[inline(always)]
-fn identity(encoded: &[u8]) -> Option<u128> {
-    let length = encoded.len();
-    if length > 16 || encoded.get(1).is_some_and(|&byte| byte != 0) {
+fn identity(key: &CounterKey) -> Option<u128> {
+    let packed = key.packed()?;
+    if packed >> 8 & 0xff != 0 {
         return None;
     }
-    let (head, tail) = match (encoded.first_chunk::<8>(), encoded.last_chunk::<8>()) {
-        // Bytes 8 and up are the last `length - 8` of the last eight.
-        (Some(head), Some(last)) => (
-            u64::from_le_bytes(*head),
-            u64::from_le_bytes(*last)
-                .checked_shr(8 * (16 - length) as u32)
-                .unwrap_or(0),
-        ),
-        _ => {
-            let mut head = [0u8; 8];
-            head.get_mut(..length)?.copy_from_slice(encoded);
-            (u64::from_le_bytes(head), 0)
-        }
-    };
-    Some(u128::from(tail) << 64 | u128::from(head | (length as u64) << 8))
+    Some(packed | (key.encoded().len() as u128) << 8)
 }
 
 impl CounterStore for MemoryStore {
